@@ -1,0 +1,3 @@
+from diffclass_cli.cli import app
+
+app(prog_name="diffclass")

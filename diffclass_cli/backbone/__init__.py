@@ -1,0 +1,1 @@
+"""The diffusion backbone: UNet (network), diffusion (math), checkpoint and training."""

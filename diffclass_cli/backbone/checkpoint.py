@@ -1,0 +1,128 @@
+"""Backbone checkpoints: one safetensors file holding weights, optimizer state and config.
+
+safetensors stores only tensors and strings, so loading a checkpoint never runs code
+from the file. The config in the file is all that is needed to rebuild the network.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from diffclass_cli import __version__
+from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule
+from diffclass_cli.backbone.unet import UNet, UNetConfig
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.files import atomic_output
+
+FORMAT = "diffclass-backbone"
+FORMAT_VERSION = 1
+
+
+class Weights(str, Enum):
+    ema = "ema"
+    raw = "raw"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything that defines a backbone; the network is rebuilt from this alone."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    kind: str = "ddpm"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "BackboneConfig":
+        raw = json.loads(text)
+        unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
+        diffusion = DiffusionConfig(**{**raw["diffusion"], "schedule": Schedule(raw["diffusion"]["schedule"])})
+        return cls(unet=unet, diffusion=diffusion, kind=raw["kind"])
+
+
+@dataclass
+class Checkpoint:
+    config: BackboneConfig
+    step: int
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict | None = None
+    training: dict = field(default_factory=dict)  # options and data, for resume and model cards
+
+    def build(self, weights: Weights = Weights.ema) -> UNet:
+        """The network with the EMA (default) or raw weights, in eval mode on the CPU."""
+        model = UNet(self.config.unet)
+        model.load_state_dict(self.ema if weights == Weights.ema else self.model)
+        return model.eval()
+
+
+def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
+    """Write atomically: a kill leaves either the old file or the new one, never half of one."""
+    tensors = {f"model/{k}": v for k, v in ckpt.model.items()}
+    tensors |= {f"ema/{k}": v for k, v in ckpt.ema.items()}
+    groups = None
+    if ckpt.optimizer is not None:
+        for index, state in ckpt.optimizer["state"].items():
+            tensors |= {f"optim/{index}/{k}": torch.as_tensor(v) for k, v in state.items()}
+        groups = ckpt.optimizer["param_groups"]
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "diffclass_version": __version__,
+        "config": ckpt.config.to_json(),
+        "step": str(ckpt.step),
+        "training": json.dumps(ckpt.training),
+        "optimizer_groups": json.dumps(groups),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_output(path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The checkpoint's metadata; a clear error when the file is not a diffclass backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffclassError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DiffclassError(f"{path} is not a diffclass checkpoint (not a safetensors file: {err})") from err
+    if metadata.get("format") != FORMAT:
+        raise DiffclassError(f"{path} is not a diffclass checkpoint (no '{FORMAT}' metadata)")
+    if int(metadata["format_version"]) > FORMAT_VERSION:
+        raise DiffclassError(f"{path} was written by a newer diffclass ({metadata['diffclass_version']})")
+    return metadata
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    metadata = read_metadata(path)
+    tensors = load_file(str(path))
+    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}}
+    for key, value in tensors.items():
+        part, _, name = key.partition("/")
+        parts[part][name] = value
+    groups = json.loads(metadata["optimizer_groups"])
+    optimizer = None
+    if groups is not None:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in parts["optim"].items():
+            index, _, key = name.partition("/")
+            state.setdefault(int(index), {})[key] = value
+        optimizer = {"state": state, "param_groups": groups}
+    return Checkpoint(
+        config=BackboneConfig.from_json(metadata["config"]),
+        step=int(metadata["step"]),
+        model=parts["model"],
+        ema=parts["ema"],
+        optimizer=optimizer,
+        training=json.loads(metadata["training"]),
+    )

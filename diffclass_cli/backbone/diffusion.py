@@ -1,0 +1,92 @@
+"""DDPM math: noise schedules, forward noising, the training loss and the samplers.
+
+Pure functions of tensors and a schedule; nothing here knows the network's layers.
+Images live in [-1, 1] here (`to_model_range` maps [0, 1] pixels there).
+"""
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffclass_cli.console import progress
+
+
+class Schedule(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    num_timesteps: int = 1000
+    schedule: Schedule = Schedule.linear
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> the [-1, 1] range the UNet is trained on."""
+    return pixels * 2 - 1
+
+
+def betas(config: DiffusionConfig) -> torch.Tensor:
+    """`[T]` float64 noise variances of each step."""
+    T = config.num_timesteps
+    if config.schedule == Schedule.linear:
+        return torch.linspace(config.beta_start, config.beta_end, T, dtype=torch.float64)
+    # Nichol & Dhariwal's cosine schedule, clipped as in improved-diffusion.
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    abar = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
+    return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+
+
+def alphas_cumprod(config: DiffusionConfig) -> torch.Tensor:
+    """`[T]` float64 abar_t = prod_{s<=t} (1 - beta_s)."""
+    return torch.cumprod(1 - betas(config), dim=0)
+
+
+def q_sample(x0: torch.Tensor, abar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; `abar_t` is `[N]`."""
+    abar_t = abar_t.to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    return abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * noise
+
+
+def training_loss(model: nn.Module, x0: torch.Tensor, abar: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Epsilon-prediction MSE at uniformly drawn timesteps."""
+    t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    return F.mse_loss(model(q_sample(x0, abar[t], noise), t).float(), noise)
+
+
+@torch.no_grad()
+def sample(model: nn.Module, config: DiffusionConfig, shape: tuple[int, ...],
+           generator: torch.Generator, ddim_steps: int | None = None) -> torch.Tensor:
+    """Generate images `[N, C, H, W]` in [-1, 1]: ancestral DDPM over all steps, or
+    deterministic DDIM (eta = 0) over `ddim_steps` evenly spaced steps."""
+    device = next(model.parameters()).device
+    abar = alphas_cumprod(config).to(device)
+    T = config.num_timesteps
+    steps = (torch.linspace(T - 1, 0, ddim_steps).round().long().unique_consecutive()
+             if ddim_steps else torch.arange(T - 1, -1, -1)).tolist()
+    x = torch.randn(shape, generator=generator, device=device)
+    for i, t in enumerate(progress(steps, desc="sampling", unit="step")):
+        prev = steps[i + 1] if i + 1 < len(steps) else -1
+        eps = model(x, torch.full((shape[0],), t, device=device)).double()
+        a_t = abar[t]
+        a_prev = abar[prev] if prev >= 0 else torch.ones((), dtype=abar.dtype, device=device)
+        x0 = ((x.double() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+        if ddim_steps:
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        else:
+            beta_t = 1 - a_t / a_prev
+            mean = (a_prev.sqrt() * beta_t * x0 + (1 - beta_t).sqrt() * (1 - a_prev) * x.double()) / (1 - a_t)
+            var = beta_t * (1 - a_prev) / (1 - a_t)
+            noise = torch.randn(shape, generator=generator, device=device).double()
+            x = mean + (var.sqrt() * noise if prev >= 0 else 0)
+        x = x.float()
+    return x

@@ -1,0 +1,35 @@
+"""Turn samples of a backbone into PNG files."""
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from diffclass_cli.backbone.checkpoint import Weights, load_checkpoint
+from diffclass_cli.backbone.diffusion import sample
+from diffclass_cli.console import log
+from diffclass_cli.files import atomic_output, refuse_overwrite
+
+
+def grid_columns(n: int) -> int:
+    return max(1, round(n ** 0.5))
+
+
+def sample_to_png(checkpoint: Path, out: Path, n: int, ddim_steps: int | None, out_dir: Path | None,
+                  weights: Weights, device: torch.device, seed: int, overwrite: bool) -> None:
+    """Sample `n` images and save them as one grid PNG (and one PNG each in `out_dir`)."""
+    refuse_overwrite(out, overwrite)
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build(weights).to(device)
+    unet = ckpt.config.unet
+    generator = torch.Generator(device).manual_seed(seed)
+    images = sample(model, ckpt.config.diffusion, (n, unet.channels, unet.image_size, unet.image_size),
+                    generator, ddim_steps)
+    pixels = ((images.cpu() + 1) / 2).clamp(0, 1)
+    with atomic_output(out, overwrite) as tmp:
+        save_image(make_grid(pixels, nrow=grid_columns(n)), tmp, format="png")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(pixels):
+            save_image(image, out_dir / f"sample_{i:04d}.png")
+    log.info(f"wrote {n} samples to {out}" + (f" and {out_dir}/" if out_dir else ""))

@@ -1,0 +1,160 @@
+"""Train an unconditional DDPM on unlabeled images; resumable and deterministic per seed.
+
+Each step's batch rows, timesteps and noise are drawn from generators seeded by
+(seed, step), so a resumed run draws exactly what an uninterrupted one would have.
+"""
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffclass_cli.backbone.checkpoint import (
+    BackboneConfig,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range, training_loss
+from diffclass_cli.backbone.unet import UNet
+from diffclass_cli.console import log, progress
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.files import refuse_overwrite
+
+
+class LRSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: LRSchedule = LRSchedule.cosine
+    warmup: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 500
+    snapshot_every: int = 0  # also keep CKPT-step{N} copies, to pick a checkpoint by a probe later
+
+
+def learning_rate(train: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to a tenth of `lr`."""
+    if step < train.warmup:
+        return train.lr * (step + 1) / train.warmup
+    if train.lr_schedule == LRSchedule.constant:
+        return train.lr
+    progress_ = (step - train.warmup) / max(1, train.steps - train.warmup)
+    return train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
+
+
+def batch_rows(seed: int, step: int, n_images: int, batch_size: int) -> np.ndarray:
+    """The image rows of one step: distinct within the batch, reproducible from (seed, step)."""
+    return np.random.default_rng([seed, step]).choice(n_images, min(batch_size, n_images), replace=False)
+
+
+def snapshot_path(out: Path, step: int) -> Path:
+    return out.with_name(f"{out.stem}-step{step}{out.suffix}")
+
+
+def plan_run(out: Path, config: BackboneConfig, train: TrainConfig, source: str, resume: bool,
+             overwrite: bool) -> tuple[BackboneConfig, TrainConfig, Checkpoint | None]:
+    """With --resume and an existing `out`, the checkpoint's config and options win (only
+    `steps` may grow); otherwise `out` must not exist unless `overwrite`."""
+    if not (resume and out.exists()):
+        refuse_overwrite(out, overwrite)
+        return config, train, None
+    state = load_checkpoint(out)
+    if state.optimizer is None:
+        raise DiffclassError(f"{out} has no optimizer state to resume from")
+    if train.steps < state.step:
+        raise DiffclassError(f"{out} is already at step {state.step}, past --steps {train.steps}")
+    trained_on = state.training["data"].get("source")
+    if trained_on != source:
+        log.warning(f"resuming on {source!r}, but {out} was trained on {trained_on!r}")
+    options = state.training["options"]
+    options |= {"steps": train.steps, "lr_schedule": LRSchedule(options["lr_schedule"])}
+    return state.config, TrainConfig(**options), state
+
+
+def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfig, out: Path,
+                   device: torch.device, data: dict, state: Checkpoint | None = None) -> Checkpoint:
+    """Train on uint8 `images` `[N, C, H, W]`, writing checkpoints to `out`; returns the last.
+
+    `state` is the checkpoint to continue from (see `plan_run`)."""
+    if len(images) == 0:
+        raise DiffclassError("no readable images to train on")
+    _check_images(images, config)
+    torch.manual_seed(train.seed)
+    model = UNet(config.unet).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
+    start, losses = 0, []
+    if state is not None:
+        model.load_state_dict(state.model)
+        ema.load_state_dict(state.ema)
+        optimizer.load_state_dict(state.optimizer)
+        start, losses = state.step, state.training["losses"]
+        log.info(f"resuming {out} at step {start} of {train.steps}")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(f"training a {n_params / 1e6:.2f} M-parameter UNet on {len(images)} images, "
+             f"{train.steps} steps of {min(train.batch_size, len(images))} on {device}")
+    abar = alphas_cumprod(config.diffusion).float().to(device)
+    pixels = torch.from_numpy(images)
+    generator = torch.Generator(device)
+    window, began = [], time.perf_counter()
+
+    def checkpoint(step: int) -> Checkpoint:
+        training = {"options": asdict(train), "data": data, "losses": losses}
+        ckpt = Checkpoint(config, step, model.state_dict(), ema.state_dict(), optimizer.state_dict(), training)
+        save_checkpoint(ckpt, out)
+        return ckpt
+
+    ckpt = None
+    with progress(total=train.steps, initial=start, desc="training", unit="step") as bar:
+        for step in range(start, train.steps):
+            rows = batch_rows(train.seed, step, len(images), train.batch_size)
+            x0 = to_model_range(pixels[rows].to(device).float() / 255)
+            generator.manual_seed(train.seed * 1_000_003 + step)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train, step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = training_loss(model, x0, abar, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            optimizer.step()
+            decay = min(train.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+            window.append(loss.item())
+            elapsed = time.perf_counter() - began
+            bar.set_postfix(loss=f"{loss.item():.4f}",
+                            img_s=f"{(step + 1 - start) * len(rows) / elapsed:.0f}", refresh=False)
+            bar.update()
+            done = step + 1
+            if done % train.save_every == 0 or done == train.steps:
+                losses.append([done, float(np.mean(window))])
+                window = []
+                ckpt = checkpoint(done)
+            if train.snapshot_every and done % train.snapshot_every == 0:
+                save_checkpoint(ckpt if ckpt and ckpt.step == done else checkpoint(done), snapshot_path(out, done))
+    if ckpt is None:  # already at the requested step count
+        ckpt = checkpoint(start)
+    log.info(f"wrote {out} (step {ckpt.step}, recent loss {losses[-1][1]:.4f})" if losses else f"wrote {out}")
+    return ckpt
+
+
+def _check_images(images: np.ndarray, config: BackboneConfig) -> None:
+    unet = config.unet
+    expected = (unet.channels, unet.image_size, unet.image_size)
+    if images.shape[1:] != expected:
+        raise DiffclassError(f"images are {images.shape[1:]} but the backbone expects {expected}")

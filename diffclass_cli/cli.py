@@ -1,0 +1,190 @@
+"""The `diffclass` command line: thin commands that parse options and call the library.
+
+Data goes to stdout, everything else to stderr. A DiffclassError (a user mistake) becomes
+one line on stderr and exit code 1; Typer's own usage errors exit with 2.
+"""
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from diffclass_cli import __version__
+from diffclass_cli.backbone.checkpoint import Weights
+from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule
+from diffclass_cli.backbone.train import LRSchedule, TrainConfig
+from diffclass_cli.backbone.unet import UNetConfig
+from diffclass_cli.console import configure, log
+from diffclass_cli.device import Device
+from diffclass_cli.errors import DiffclassError
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DiffclassError as err:
+            typer.echo(f"diffclass: error: {err}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Few-shot image classification with features of a diffusion model trained on "
+    "unlabeled images.\n\nPipeline: train-backbone -> export -> featurize -> fit -> predict.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options shared by several commands.
+SourceArg = Annotated[str, typer.Argument(
+    help="A folder of images (subfolders = classes), '-' for paths on stdin, or a built-in "
+    "source: mnist-sample[:train|:test], digits[:train|:test], mnist / fashion-mnist / "
+    "cifar10[:train|:test] (with --data-root).", show_default=False)]
+DataRootOpt = Annotated[Path | None, typer.Option(help="Folder with torchvision's dataset files.")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Let torchvision download a missing dataset.")]
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when usable.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
+WeightsOpt = Annotated[Weights, typer.Option(help="The averaged (EMA) or the raw trained weights.")]
+WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in parallel.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffclass {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    configure(quiet)
+
+
+def _parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise DiffclassError(f"{option} takes comma-separated whole numbers, not {text!r}") from None
+    if not values:
+        raise DiffclassError(f"{option} needs at least one number")
+    return values
+
+
+@app.command("train-backbone")
+def train_backbone_cmd(
+    source: SourceArg,
+    out: Annotated[Path, typer.Option(help="Checkpoint file to write (safetensors).")],
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 3000).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = TrainConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainConfig.lr,
+    lr_schedule: Annotated[LRSchedule, typer.Option(help="After warm-up.")] = TrainConfig.lr_schedule,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = TrainConfig.warmup,
+    image_size: Annotated[int | None, typer.Option(
+        help="Side of the square images the backbone sees (a multiple of 4) (default: the first image's).")] = None,
+    channels: Annotated[int | None, typer.Option(
+        help="1 (gray) or 3 (RGB) (default: the first image's).")] = None,
+    width: Annotated[int, typer.Option(help="Channels of the first UNet level.")] = UNetConfig.width,
+    channel_mults: Annotated[str, typer.Option(help="Width multiplier per level.")] = ",".join(
+        map(str, UNetConfig.channel_mults)),
+    blocks_per_level: Annotated[int, typer.Option(help="ResBlocks per UNet level.")] = UNetConfig.blocks_per_level,
+    schedule: Annotated[Schedule, typer.Option(help="Noise schedule.")] = DiffusionConfig.schedule,
+    ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.")] = TrainConfig.ema_decay,
+    save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = TrainConfig.save_every,
+    snapshot_every: Annotated[int, typer.Option(
+        help="Also keep a copy CKPT-step{N} every N steps (0: none).")] = TrainConfig.snapshot_every,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from --out if it exists.")] = False,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = TrainConfig.seed,
+    workers: WorkersOpt = 0,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train an unconditional diffusion backbone on the images of SOURCE (labels are ignored).
+
+    Examples:\n
+      diffclass train-backbone photos/ --out runs/bb.ckpt --steps 5000\n
+      diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 300\n
+      diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 600 --resume
+    """
+    from diffclass_cli.backbone.checkpoint import BackboneConfig
+    from diffclass_cli.backbone.train import plan_run, train_backbone
+    from diffclass_cli.data.loading import load_all
+    from diffclass_cli.data.sources import open_source
+    from diffclass_cli.device import torch_device
+
+    if steps is not None and epochs is not None:
+        raise DiffclassError("give --steps or --epochs, not both")
+    torch_dev = torch_device(device)
+    images_source = open_source(source, data_root, download)
+    size, chans = _image_shape(images_source, image_size, channels)
+    config = BackboneConfig(
+        unet=UNetConfig(image_size=size, channels=chans, width=width,
+                        channel_mults=_parse_ints(channel_mults, "--channel-mults"),
+                        blocks_per_level=blocks_per_level),
+        diffusion=DiffusionConfig(schedule=schedule),
+    )
+    train = TrainConfig(steps=steps or TrainConfig.steps, batch_size=batch_size, lr=lr,
+                        lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
+                        seed=seed, save_every=save_every, snapshot_every=snapshot_every)
+    config, train, state = plan_run(out, config, train, source, resume, overwrite)
+    images, _, skipped = load_all(images_source, config.unet.image_size, config.unet.channels, workers)
+    if epochs is not None:
+        train = TrainConfig(**{**train.__dict__, "steps": math.ceil(epochs * len(images) / train.batch_size)})
+    data = {"source": source, "images": len(images), "skipped": len(skipped)}
+    train_backbone(images, config, train, out, torch_dev, data, state)
+
+
+def _image_shape(source, image_size: int | None, channels: int | None) -> tuple[int, int]:
+    """The backbone's input shape: as given, else taken from the source's first image."""
+    if image_size is not None and channels is not None:
+        return image_size, channels
+    from diffclass_cli.data.sources import UnreadableImage
+
+    for row in range(min(len(source), 100)):
+        try:
+            first = source.load(row)
+            break
+        except UnreadableImage:
+            continue
+    else:
+        raise DiffclassError("could not read any of the first images; pass --image-size and --channels")
+    size = image_size or (first.width if first.width == first.height and first.width % 4 == 0 else 32)
+    chans = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
+    log.info(f"backbone input: {chans} channel(s), {size}x{size} (from {source.ids[row]})")
+    return size, chans
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(help="Backbone checkpoint.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="PNG file for the grid of samples.")],
+    n: Annotated[int, typer.Option("--n", help="How many images.")] = 16,
+    ddim_steps: Annotated[int | None, typer.Option(
+        help="Sample with DDIM in this many steps (fast) instead of all DDPM steps.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Also save each image as a PNG here.")] = None,
+    weights: WeightsOpt = Weights.ema,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Generate images from a backbone, to see what it learned.
+
+    Examples:\n
+      diffclass sample runs/bb.ckpt --out grid.png --n 16 --ddim-steps 50
+    """
+    from diffclass_cli.backbone.sampling import sample_to_png
+    from diffclass_cli.device import torch_device
+
+    if n < 1:
+        raise DiffclassError("--n must be at least 1")
+    sample_to_png(checkpoint, out, n, ddim_steps, out_dir, weights, torch_device(device), seed, overwrite)

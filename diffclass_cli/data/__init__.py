@@ -1,0 +1,1 @@
+"""Image sources and the one preprocessing path shared by training and featurizing."""

