@@ -19,6 +19,7 @@ from diffclass_cli.backbone.unet import UNetConfig
 from diffclass_cli.console import configure, log
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.export.extractor import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
 
 
 class _Group(TyperGroup):
@@ -188,3 +189,76 @@ def sample(
     if n < 1:
         raise DiffclassError("--n must be at least 1")
     sample_to_png(checkpoint, out, n, ddim_steps, out_dir, weights, torch_device(device), seed, overwrite)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Backbone checkpoint.", show_default=False)],
+    out: Annotated[Path | None, typer.Option(help="ONNX file to write.")] = None,
+    list_taps: Annotated[bool, typer.Option("--list-taps", help="Print the backbone's taps and exit.")] = False,
+    timestep: Annotated[int, typer.Option(help="Diffusion step the images are noised to.")] = DEFAULT_TIMESTEPS[0],
+    timesteps: Annotated[str | None, typer.Option(
+        help="Several steps, comma-separated (e.g. 25,100): their features are concatenated.")] = None,
+    taps: Annotated[str | None, typer.Option(
+        help="Blocks to take features from, comma-separated (see --list-taps) (default: mid and every up block).")]
+    = None,
+    pool: Annotated[str, typer.Option(
+        help="'global' average per block, or an RxR grid of averages such as '2x2'.")] = pool_name(DEFAULT_POOL),
+    noise_draws: Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")] = 1,
+    noise_seed: Annotated[int, typer.Option(help="Seed of the fixed noise stored in the file.")] = 0,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 to 20).")] = 18,
+    weights: WeightsOpt = Weights.ema,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Freeze a backbone into a deterministic ONNX feature extractor (no PyTorch needed to run it).
+
+    Examples:\n
+      diffclass export --list-taps runs/bb.ckpt\n
+      diffclass export runs/bb.ckpt --out exports/bb.onnx --timestep 100\n
+      diffclass export runs/bb.ckpt --out bb.onnx --timesteps 25,100 --noise-draws 4 --taps mid,up1 --pool global
+    """
+    from diffclass_cli.export.extractor import ExtractorSpec, parse_pool
+    from diffclass_cli.export.onnx_export import export_onnx
+
+    if list_taps:
+        from diffclass_cli.backbone.checkpoint import load_checkpoint
+
+        for tap in load_checkpoint(checkpoint).build().taps():
+            typer.echo(f"{tap.name}\t{tap.channels} channels\t{tap.size}x{tap.size}")
+        return
+    if out is None:
+        raise DiffclassError("--out is required (or --list-taps)")
+    spec = ExtractorSpec(
+        timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (timestep,),
+        taps=tuple(t.strip() for t in taps.split(",") if t.strip()) if taps else (),
+        pool=parse_pool(pool),
+        noise_seed=noise_seed,
+        noise_draws=noise_draws,
+    )
+    export_onnx(checkpoint, out, spec, weights, opset, overwrite)
+
+
+@app.command()
+def info(
+    model: Annotated[Path, typer.Argument(help="An exported extractor (.onnx).", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Print what an exported extractor computes and where it came from.
+
+    Examples:\n
+      diffclass info exports/mnist-sample-ddpm.onnx
+    """
+    import json
+
+    from diffclass_cli.export.onnx_export import read_metadata
+
+    metadata = read_metadata(model)
+    if as_json:
+        typer.echo(json.dumps(metadata, indent=2))
+        return
+    for key, value in metadata.items():
+        if key == "feature_groups":
+            value = ", ".join(f"{g['name']} [{g['start']}:{g['stop']}]" for g in value)
+        elif not isinstance(value, str):
+            value = json.dumps(value)
+        typer.echo(f"{key}: {value}")

@@ -135,6 +135,24 @@ class UNet(nn.Module):
                 + [Tap("mid", chans[-1], sizes[-1])]
                 + [Tap(f"up{i}", chans[i], sizes[i]) for i in reversed(levels)])
 
+    def prune_intermediate_layers(self, taps: Sequence[str]) -> None:
+        """Replace every block after the deepest of `taps`, and the output conv, with
+        Identity, so an extractor holds only the weights it uses."""
+        order = self.config.tap_names
+        deepest = max(order.index(name) for name in taps)
+        levels = len(self.down)
+        for i in range(levels):
+            if order.index(f"down{i}") > deepest:
+                self.down[i] = nn.Identity()
+                self.downsample[i - 1] = nn.Identity()
+            if order.index(f"up{i}") > deepest:
+                self.up[i] = nn.Identity()
+                if i < levels - 1:
+                    self.upsample[i] = nn.Identity()
+        if order.index("mid") > deepest:
+            self.mid = nn.Identity()
+        self.out = nn.Identity()
+
     def forward_intermediates(self, x: torch.Tensor, timesteps: torch.Tensor,
                               taps: Sequence[str]) -> dict[str, torch.Tensor]:
         """Outputs of the named blocks; stops after the deepest one asked for."""

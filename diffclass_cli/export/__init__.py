@@ -1,0 +1,1 @@
+"""Freeze a trained backbone into a deterministic ONNX feature extractor."""

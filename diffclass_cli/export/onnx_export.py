@@ -1,0 +1,97 @@
+"""Write a FeatureExtractor as one self-describing ONNX file, and read that description back.
+
+The ONNX metadata (`metadata_props`, all strings; structured values as JSON) carries
+everything a consumer needs: preprocessing, what the columns are, where the weights came from.
+"""
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+import torch
+
+from diffclass_cli import __version__
+from diffclass_cli.backbone.checkpoint import Weights, load_checkpoint
+from diffclass_cli.console import log
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.export.extractor import ExtractorSpec, FeatureExtractor, pool_name
+from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
+
+FORMAT = "diffclass-extractor"
+FORMAT_VERSION = 1
+MAX_OPSET = 20  # GroupNorm becomes GroupNormalization at 21, which not every provider runs
+INPUT_NAME, OUTPUT_NAME = "images", "features"
+
+
+def build_extractor(checkpoint: Path, spec: ExtractorSpec, weights: Weights = Weights.ema):
+    """The PyTorch extractor of a checkpoint, and the checkpoint it came from."""
+    ckpt = load_checkpoint(checkpoint)
+    return FeatureExtractor(ckpt.build(weights), ckpt.config.diffusion, spec), ckpt
+
+
+def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weights = Weights.ema,
+                opset: int = 18, overwrite: bool = False) -> dict:
+    """Export the extractor of `checkpoint` to `out`; returns the metadata written."""
+    refuse_overwrite(out, overwrite)
+    if not 17 <= opset <= MAX_OPSET:
+        raise DiffclassError(f"--opset must be between 17 and {MAX_OPSET}, not {opset}")
+    extractor, ckpt = build_extractor(checkpoint, spec, weights)
+    unet = ckpt.config.unet
+    example = torch.rand(2, unet.channels, unet.image_size, unet.image_size)
+    program = torch.onnx.export(
+        extractor, (example,), dynamo=True, opset_version=opset, verbose=False,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    model = program.model_proto
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone_kind": ckpt.config.kind,
+        "image_size": unet.image_size,
+        "channels": unet.channels,
+        "input_range": [0.0, 1.0],
+        "timesteps": list(spec.timesteps),
+        "taps": extractor.taps,
+        "pool": pool_name(spec.pool),
+        "noise_seed": spec.noise_seed,
+        "noise_draws": spec.noise_draws,
+        "feature_dim": extractor.feature_dim,
+        "feature_groups": [asdict(g) for g in extractor.feature_groups()],
+        "weights": weights.value,
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint_step": ckpt.step,
+        "trained_on": ckpt.training.get("data", {}),
+        "backbone_config": json.loads(ckpt.config.to_json()),
+        "diffclass_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
+    model.doc_string = f"diffclass feature extractor: images [N, {unet.channels}, {unet.image_size}, " \
+                       f"{unet.image_size}] in [0, 1] -> features [N, {extractor.feature_dim}]"
+    onnx.checker.check_model(model, full_check=True)
+    with atomic_output(out, overwrite) as tmp:
+        onnx.save(model, str(tmp))
+    log.info(f"wrote {out}: {extractor.feature_dim} features per image "
+             f"({', '.join(g.name for g in extractor.feature_groups())})")
+    return metadata
+
+
+def read_metadata(path: Path) -> dict:
+    """The metadata of a diffclass ONNX extractor, values decoded; a clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffclassError(f"extractor {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError and others for non-ONNX bytes
+        raise DiffclassError(f"{path} is not an ONNX file ({type(err).__name__})") from err
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("format") != json.dumps(FORMAT):
+        raise DiffclassError(f"{path} is an ONNX file but not a diffclass extractor (no '{FORMAT}' metadata)")
+    metadata = {k: json.loads(v) for k, v in props.items()}
+    if metadata["format_version"] > FORMAT_VERSION:
+        raise DiffclassError(f"{path} was written by a newer diffclass ({metadata['diffclass_version']})")
+    return metadata

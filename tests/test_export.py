@@ -1,0 +1,130 @@
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.export.extractor import ExtractorSpec, FeatureExtractor, parse_pool
+from diffclass_cli.export.onnx_export import build_extractor, export_onnx, read_metadata
+
+
+def run_onnx(path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["features"], {"images": images})[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "bb.onnx"
+    export_onnx(tiny_checkpoint, out, ExtractorSpec())
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_onnxruntime_matches_pytorch(exported, tiny_checkpoint, batch):
+    extractor, _ = build_extractor(tiny_checkpoint, ExtractorSpec())
+    images = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        expected = extractor(images).numpy()
+    got = run_onnx(exported, images.numpy())
+    assert got.shape == (batch, read_metadata(exported)["feature_dim"])
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_deterministic_across_runs_and_processes(exported, tmp_path):
+    images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    np.save(tmp_path / "images.npy", images)
+    first, second = run_onnx(exported, images), run_onnx(exported, images)
+    assert np.array_equal(first, second)
+    script = ("import sys, numpy as np; from tests.test_export import run_onnx; "
+              "np.save(sys.argv[2], run_onnx(sys.argv[1], np.load(sys.argv[3])))")
+    subprocess.run([sys.executable, "-c", script, str(exported), str(tmp_path / "out.npy"),
+                    str(tmp_path / "images.npy")], check=True)
+    assert np.array_equal(first, np.load(tmp_path / "out.npy"))
+
+
+def test_metadata_describes_the_graph(exported, tiny_checkpoint):
+    meta = read_metadata(exported)
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert meta["taps"] == ["mid", "up2", "up1", "up0"] and meta["pool"] == "2x2"
+    assert meta["timesteps"] == [100] and meta["noise_draws"] == 1
+    assert meta["feature_dim"] == (16 + 16 + 16 + 8) * 4 == meta["feature_groups"][-1]["stop"]
+    assert meta["image_size"] == 28 and meta["channels"] == 1 and meta["input_range"] == [0.0, 1.0]
+    assert meta["checkpoint_step"] == ckpt.step and meta["trained_on"]["source"] == "mnist-sample:train"
+    assert len(meta["checkpoint_sha256"]) == 64
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["images"]  # no label input, ever
+    assert not any(i.name.startswith("unet.out.") for i in model.graph.initializer)
+
+
+def test_only_the_blocks_up_to_the_deepest_tap_are_exported(tiny_checkpoint, tmp_path):
+    out = tmp_path / "mid.onnx"
+    meta = export_onnx(tiny_checkpoint, out, ExtractorSpec(taps=("mid",), pool=1))
+    names = [i.name for i in onnx.load(str(out)).graph.initializer]
+    assert meta["feature_dim"] == 16
+    assert any(n.startswith("unet.mid.") for n in names)
+    assert not any(n.startswith(("unet.up.", "unet.upsample.", "unet.out.")) for n in names)
+
+
+def test_timesteps_concatenate_and_noise_draws_average(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+    def features(spec, noise=None):
+        extractor = FeatureExtractor(ckpt.build(), ckpt.config.diffusion, spec)
+        if noise is not None:
+            extractor.noise = noise
+        with torch.no_grad():
+            return extractor(images), extractor
+
+    single, _ = features(ExtractorSpec(timesteps=(100,)))
+    early, _ = features(ExtractorSpec(timesteps=(25,)))
+    both, _ = features(ExtractorSpec(timesteps=(25, 100)))
+    assert both.shape[1] == 2 * single.shape[1]
+    torch.testing.assert_close(both, torch.cat([early, single], dim=1))
+
+    two, extractor = features(ExtractorSpec(noise_draws=2))
+    assert two.shape == single.shape and not torch.allclose(two, single)
+    first, _ = features(ExtractorSpec(), extractor.noise[:1])
+    second, _ = features(ExtractorSpec(), extractor.noise[1:])
+    torch.testing.assert_close(two, (first + second) / 2)
+
+
+def test_pool_parsing():
+    assert parse_pool("global") == 1 and parse_pool("2x2") == 2 and parse_pool("3") == 3
+    for bad in ("2x3", "x", "0x0", "avg"):
+        with pytest.raises(Exception, match="--pool"):
+            parse_pool(bad)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--taps", "mid,up7"], "unknown tap"),
+    (["--timestep", "1000"], "outside [0, 1000)"),
+    (["--timesteps", "10,x"], "comma-separated whole numbers"),
+    (["--pool", "2x3"], "--pool"),
+    (["--opset", "21"], "--opset"),
+    (["--noise-draws", "0"], "--noise-draws"),
+])
+def test_bad_export_options_fail_cleanly(cli, tiny_checkpoint, tmp_path, args, message):
+    result = cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", *args)
+    assert result.exit_code == 1 and message in result.stderr, result.output
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.onnx.partial").exists()
+
+
+def test_export_cli_list_taps_info_and_refusals(cli, tiny_checkpoint, exported, tmp_path):
+    listed = cli("export", "--list-taps", tiny_checkpoint)
+    assert listed.exit_code == 0
+    assert listed.stdout.splitlines()[0].split("\t") == ["down0", "8 channels", "28x28"]
+    info = cli("info", exported)
+    assert info.exit_code == 0 and "feature_dim: 224" in info.stdout
+    assert cli("export", tiny_checkpoint, "--out", exported).exit_code == 1
+    (tmp_path / "foreign.ckpt").write_bytes(b"junk")
+    result = cli("export", tmp_path / "foreign.ckpt", "--out", tmp_path / "x.onnx")
+    assert result.exit_code == 1 and "not a diffclass checkpoint" in result.stderr
+    result = cli("info", tiny_checkpoint)
+    assert result.exit_code == 1 and "not an ONNX file" in result.stderr
