@@ -262,3 +262,36 @@ def info(
         elif not isinstance(value, str):
             value = json.dumps(value)
         typer.echo(f"{key}: {value}")
+
+
+@app.command()
+def featurize(
+    source: SourceArg,
+    out: Annotated[Path, typer.Argument(help="HDF5 feature file to write.", show_default=False)],
+    model: Annotated[Path | None, typer.Option(
+        help="Exported extractor (.onnx) (default: the shipped exports/mnist-sample-ddpm.onnx).")] = None,
+    device: DeviceOpt = Device.auto,
+    batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 256,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).")] = None,
+    workers: WorkersOpt = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue OUT.partial from an interrupted run.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image.")] = False,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Turn the images of SOURCE into a feature file, with onnxruntime (CUDA when usable).
+
+    Examples:\n
+      diffclass featurize photos/ photos.h5 --model exports/bb.onnx\n
+      find photos -name '*.jpg' | diffclass featurize - photos.h5 --model exports/bb.onnx\n
+      diffclass featurize mnist-sample:test test.h5
+    """
+    from diffclass_cli.data.sources import open_source
+    from diffclass_cli.featurize.run import featurize as run_featurize
+    from diffclass_cli.featurize.run import resolve_model
+
+    if batch_size < 1:
+        raise DiffclassError("--batch-size must be at least 1")
+    run_featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
+                  threads, workers, overwrite, resume, strict)

@@ -69,3 +69,31 @@ def class_tree(tmp_path) -> Path:
     (root / "cats" / "notes.txt").write_text("not an image")
     write_image(root / "loose.bmp", seed=20)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory):
+    """The tiny gray 28x28 backbone exported with default options."""
+    from diffclass_cli.export.extractor import ExtractorSpec
+    from diffclass_cli.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(tiny_checkpoint, out, ExtractorSpec())
+    return out
+
+
+@pytest.fixture(scope="session")
+def rgb_onnx(tmp_path_factory):
+    """A randomly initialised RGB 16x16 backbone, exported (global pooling of `mid`)."""
+    from diffclass_cli.backbone.checkpoint import Checkpoint, save_checkpoint
+    from diffclass_cli.backbone.unet import UNet
+    from diffclass_cli.export.extractor import ExtractorSpec
+    from diffclass_cli.export.onnx_export import export_onnx
+
+    folder = tmp_path_factory.mktemp("rgb")
+    config = BackboneConfig(unet=UNetConfig(image_size=16, channels=3, width=8, channel_mults=(1, 2)))
+    torch.manual_seed(0)
+    weights = UNet(config.unet).state_dict()
+    save_checkpoint(Checkpoint(config, 0, weights, weights), folder / "rgb.ckpt")
+    export_onnx(folder / "rgb.ckpt", folder / "rgb.onnx", ExtractorSpec(taps=("mid",), pool=1))
+    return folder / "rgb.onnx"

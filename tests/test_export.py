@@ -17,11 +17,9 @@ def run_onnx(path, images: np.ndarray) -> np.ndarray:
     return session.run(["features"], {"images": images})[0]
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "bb.onnx"
-    export_onnx(tiny_checkpoint, out, ExtractorSpec())
-    return out
+@pytest.fixture
+def exported(tiny_onnx):
+    return tiny_onnx
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])

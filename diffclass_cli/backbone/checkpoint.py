@@ -81,7 +81,7 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
         "training": json.dumps(ckpt.training),
         "optimizer_groups": json.dumps(groups),
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tensors = {k: v.detach().cpu().clone() for k, v in tensors.items()}  # safetensors refuses shared memory
     with atomic_output(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 

@@ -1,0 +1,1 @@
+"""Run an exported extractor over image sources into HDF5 feature files."""

@@ -1,0 +1,106 @@
+"""The feature file (HDF5): the one place that knows its layout.
+
+    features     float32 [N, D], chunked along N
+    labels       int64 [N]: class index, or -1 for unlabeled
+    paths        UTF-8 [N]: source-relative path, or name:index for built-in datasets
+    class_names  UTF-8 [K] (empty when unlabeled)
+    skipped      UTF-8 [M, 2]: (path, reason) of files that could not be read
+    attributes   extractor_sha256, extractor_name, feature_dim, timesteps, taps, pool,
+                 source, provider, created, diffclass_version, ...
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from diffclass_cli.errors import DiffclassError
+
+STR = h5py.string_dtype("utf-8")
+CHUNK_ROWS = 1024
+PROGRESS_ATTR = "source_rows_done"  # rows of the source consumed so far (written or skipped)
+
+
+class FeatureWriter:
+    """Appends rows batch by batch, so memory stays flat; can reopen a partial file to resume."""
+
+    def __init__(self, path: Path, feature_dim: int, attrs: dict, class_names: list[str], resume: bool = False):
+        self.file = h5py.File(path, "a" if resume else "w")
+        if resume and "features" in self.file:
+            self._check_resumable(path, attrs)
+            return
+        f = self.file
+        f.create_dataset("features", (0, feature_dim), np.float32, maxshape=(None, feature_dim),
+                         chunks=(CHUNK_ROWS, feature_dim))
+        f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(CHUNK_ROWS,))
+        f.create_dataset("paths", (0,), STR, maxshape=(None,), chunks=(CHUNK_ROWS,))
+        f.create_dataset("skipped", (0, 2), STR, maxshape=(None, 2), chunks=(256, 2))
+        f.create_dataset("class_names", data=np.array(class_names, dtype=object), dtype=STR)
+        f.attrs.update(attrs)
+        f.attrs[PROGRESS_ATTR] = 0
+        f.attrs["rows"] = 0
+
+    def _check_resumable(self, path: Path, attrs: dict) -> None:
+        for key in ("extractor_sha256", "source"):
+            if self.file.attrs.get(key) != attrs[key]:
+                raise DiffclassError(f"cannot resume {path}: it was made with a different {key}")
+        rows = int(self.file.attrs["rows"])  # a crash may have left rows past the last commit
+        for name in ("features", "labels", "paths"):
+            self.file[name].resize(rows, axis=0)
+
+    @property
+    def source_rows_done(self) -> int:
+        return int(self.file.attrs[PROGRESS_ATTR])
+
+    def append(self, features: np.ndarray, labels: np.ndarray, paths: list[str],
+               skipped: list[tuple[str, str]], source_rows: int) -> None:
+        """Add one batch; `source_rows` is how many source rows it covered."""
+        f = self.file
+        n, start = len(features), int(f.attrs["rows"])
+        for name, values in (("features", features), ("labels", labels), ("paths", paths)):
+            f[name].resize(start + n, axis=0)
+            f[name][start:] = values
+        if skipped:
+            done = f["skipped"].shape[0]
+            f["skipped"].resize(done + len(skipped), axis=0)
+            f["skipped"][done:] = np.array(skipped, dtype=object)
+        f.flush()
+        # The commit point: a crash before it leaves rows that resume will cut away.
+        f.attrs["rows"] = start + n
+        f.attrs[PROGRESS_ATTR] = self.source_rows_done + source_rows
+        f.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass
+class FeatureFile:
+    """A feature file read into memory."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    class_names: list[str]
+    attrs: dict
+
+
+def read_features(path: Path) -> FeatureFile:
+    """Load a feature file, with a clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffclassError(f"feature file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f:
+                raise DiffclassError(f"{path} is not a diffclass feature file (no 'features' dataset)")
+            return FeatureFile(
+                features=f["features"][:],
+                labels=f["labels"][:],
+                paths=[p.decode() for p in f["paths"][:]],
+                class_names=[c.decode() for c in f["class_names"][:]],
+                attrs=dict(f.attrs),
+            )
+    except OSError as err:
+        raise DiffclassError(f"{path} is not an HDF5 file ({err})") from err

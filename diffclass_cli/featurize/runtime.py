@@ -1,0 +1,61 @@
+"""The onnxruntime session that runs an extractor: CUDA when usable, else the CPU, and
+always saying which one actually runs."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from diffclass_cli.console import log
+from diffclass_cli.device import Device
+from diffclass_cli.errors import DiffclassError
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def choose_providers(device: Device, available: list[str]) -> list[str]:
+    """Providers to ask onnxruntime for, best first."""
+    if device == Device.cpu:
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == Device.cuda:
+        raise DiffclassError(
+            "--device cuda needs onnxruntime-gpu with its CUDA provider; this onnxruntime offers "
+            f"{', '.join(available)}"
+        )
+    return [CPU]
+
+
+def _preload_cuda_libraries() -> None:
+    # onnxruntime-gpu can load the CUDA and cuDNN libraries that the torch wheels install.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except (OSError, RuntimeError) as err:
+            log.debug(f"could not preload CUDA libraries: {err}")
+
+
+class ExtractorSession:
+    """An extractor loaded into onnxruntime; `provider` is the one that actually runs."""
+
+    def __init__(self, model: Path, device: Device = Device.auto, threads: int | None = None):
+        providers = choose_providers(device, ort.get_available_providers())
+        if CUDA in providers:
+            _preload_cuda_libraries()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # onnxruntime's own fallback warnings: we report it ourselves
+        self.session = ort.InferenceSession(str(model), options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if device == Device.cuda and self.provider != CUDA:
+            raise DiffclassError("--device cuda: onnxruntime could not start its CUDA provider "
+                                 "(no usable GPU or CUDA libraries)")
+        if CUDA in providers and self.provider != CUDA:
+            log.info("no usable GPU for onnxruntime; running on the CPU")
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """float32 `[N, C, H, W]` in [0, 1] -> float32 `[N, D]`."""
+        return self.session.run(["features"], {"images": images})[0]

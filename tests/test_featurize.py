@@ -1,0 +1,133 @@
+import h5py
+import numpy as np
+import pytest
+
+from diffclass_cli.data.loading import iter_batches
+from diffclass_cli.data.sources import open_source
+from diffclass_cli.device import Device
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.featurize import h5 as h5_module
+from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.featurize.run import featurize
+from diffclass_cli.featurize.runtime import CPU, CUDA, ExtractorSession, choose_providers
+from tests.conftest import write_image
+from tests.test_export import run_onnx
+
+
+def test_class_tree_labels_paths_and_skipped(cli, class_tree, tiny_onnx, tmp_path):
+    out = tmp_path / "f.h5"
+    result = cli("featurize", class_tree, out, "--model", tiny_onnx, "--batch-size", 2)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    ff = read_features(out)
+    assert ff.class_names == ["cats", "dogs"]
+    assert dict(zip(ff.paths, ff.labels.tolist())) == {
+        "cats/c0.png": 0, "cats/c1.png": 0, "cats/c2.png": 0, "dogs/d0.jpg": 1, "dogs/more/d1.jpg": 1,
+        "loose.bmp": -1}
+    assert ff.features.shape == (6, ff.attrs["feature_dim"]) and ff.features.dtype == np.float32
+    with h5py.File(out) as f:
+        skipped = {p.decode(): r.decode() for p, r in f["skipped"][:]}
+        assert f["features"].chunks[0] >= 1
+    assert set(skipped) == {"cats/notes.txt", "dogs/broken.png"}
+    assert "skipped 2 file(s)" in result.stderr
+    assert ff.attrs["provider"] == CPU and ff.attrs["source"] == str(class_tree)
+    assert ff.attrs["extractor_name"] == "tiny" and len(ff.attrs["extractor_sha256"]) == 64
+    assert list(ff.attrs["taps"]) == ["mid", "up2", "up1", "up0"]
+    assert not out.with_name("f.h5.partial").exists()
+
+
+def test_features_equal_the_onnx_model_on_the_same_batch(class_tree, tiny_onnx, tmp_path):
+    source = open_source(str(class_tree))
+    featurize(source, tmp_path / "f.h5", tiny_onnx, Device.cpu, batch_size=4)
+    batch = next(iter_batches(source, 28, 1, batch_size=100))
+    direct = run_onnx(tiny_onnx, batch.images.astype(np.float32) / 255)
+    np.testing.assert_allclose(read_features(tmp_path / "f.h5").features, direct, atol=1e-5)
+
+
+def test_flat_folder_is_unlabeled_and_stdin_paths(cli, tmp_path, tiny_onnx, monkeypatch):
+    paths = [write_image(tmp_path / "flat" / f"{i}.png", seed=i) for i in range(3)]
+    assert cli("featurize", tmp_path / "flat", tmp_path / "a.h5", "--model", tiny_onnx).exit_code == 0
+    flat = read_features(tmp_path / "a.h5")
+    assert (flat.labels == -1).all() and flat.class_names == []
+    monkeypatch.chdir(tmp_path)
+    listing = "\n".join(str(p.relative_to(tmp_path)) for p in paths) + "\nmissing.png\n"
+    result = cli("featurize", "-", "b.h5", "--model", tiny_onnx, input=listing)
+    assert result.exit_code == 0, result.output
+    piped = read_features(tmp_path / "b.h5")
+    assert piped.paths == ["flat/0.png", "flat/1.png", "flat/2.png"]
+    np.testing.assert_array_equal(piped.features, flat.features)
+    assert "missing.png" in result.stderr
+
+
+def test_builtin_source(cli, tiny_onnx, tmp_path):
+    result = cli("featurize", "digits:test", tmp_path / "d.h5", "--model", tiny_onnx, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    ff = read_features(tmp_path / "d.h5")
+    assert len(ff.paths) == 359 and ff.paths[0].startswith("digits:") and set(ff.labels) == set(range(10))
+
+
+def test_gray_and_rgb_inputs_are_converted(class_tree, tiny_onnx, rgb_onnx, tmp_path):
+    source = open_source(str(class_tree))  # a mix of RGB and gray files
+    featurize(source, tmp_path / "gray.h5", tiny_onnx)
+    featurize(source, tmp_path / "rgb.h5", rgb_onnx)
+    assert read_features(tmp_path / "gray.h5").features.shape[0] == 6
+    assert read_features(tmp_path / "rgb.h5").features.shape == (6, 16)
+
+
+def test_errors_empty_folder_overwrite_strict(cli, tmp_path, tiny_onnx, class_tree):
+    (tmp_path / "empty").mkdir()
+    result = cli("featurize", tmp_path / "empty", tmp_path / "e.h5", "--model", tiny_onnx)
+    assert result.exit_code == 1 and "no images found" in result.stderr
+    out = tmp_path / "f.h5"
+    out.write_text("precious")
+    result = cli("featurize", class_tree, out, "--model", tiny_onnx)
+    assert result.exit_code == 1 and "--overwrite" in result.stderr and out.read_text() == "precious"
+    result = cli("featurize", class_tree, tmp_path / "s.h5", "--model", tiny_onnx, "--strict")
+    assert result.exit_code == 1 and "--strict" in result.stderr
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.partial").exists()
+    result = cli("featurize", class_tree, tmp_path / "m.h5", "--model", tmp_path / "nope.onnx")
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+def test_interrupted_run_resumes_to_the_same_file(tiny_onnx, tmp_path, monkeypatch):
+    source = open_source("mnist-sample:test")
+    featurize(source, tmp_path / "clean.h5", tiny_onnx, batch_size=128)
+
+    real_append, calls = h5_module.FeatureWriter.append, []
+
+    def dying_append(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if killed part-way through the third batch
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5_module.FeatureWriter, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        featurize(source, tmp_path / "resumed.h5", tiny_onnx, batch_size=128)
+    monkeypatch.setattr(h5_module.FeatureWriter, "append", real_append)
+    partial = tmp_path / "resumed.h5.partial"
+    with h5py.File(partial) as f:
+        assert f.attrs["rows"] == 256 and not (tmp_path / "resumed.h5").exists()
+    featurize(source, tmp_path / "resumed.h5", tiny_onnx, batch_size=128, resume=True)
+    clean, resumed = read_features(tmp_path / "clean.h5"), read_features(tmp_path / "resumed.h5")
+    assert resumed.paths == clean.paths and np.array_equal(resumed.labels, clean.labels)
+    assert np.array_equal(resumed.features, clean.features)
+
+
+def test_provider_selection():
+    assert choose_providers(Device.cpu, [CUDA, CPU]) == [CPU]
+    assert choose_providers(Device.auto, [CUDA, CPU]) == [CUDA, CPU]
+    assert choose_providers(Device.auto, [CPU]) == [CPU]
+    assert choose_providers(Device.cuda, [CUDA, CPU]) == [CUDA, CPU]
+    with pytest.raises(DiffclassError, match="onnxruntime-gpu"):
+        choose_providers(Device.cuda, [CPU])
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tiny_onnx):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(DiffclassError, match="cuda"):
+        ExtractorSession(tiny_onnx, Device.cuda)
+    assert ExtractorSession(tiny_onnx, Device.auto).provider == CPU
