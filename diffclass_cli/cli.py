@@ -20,6 +20,7 @@ from diffclass_cli.console import configure, log
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
+from diffclass_cli.heads.models import HeadKind
 
 
 class _Group(TyperGroup):
@@ -295,3 +296,87 @@ def featurize(
         raise DiffclassError("--batch-size must be at least 1")
     run_featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
                   threads, workers, overwrite, resume, strict)
+
+
+FeaturesArg = Annotated[Path, typer.Argument(help="A feature file made by `diffclass featurize`.", show_default=False)]
+HeadOpt = Annotated[Path, typer.Option("--head", help="A head file made by `diffclass fit`.")]
+
+
+@app.command()
+def fit(
+    features: FeaturesArg,
+    out: Annotated[Path, typer.Option(help="Head file to write (.skops).")],
+    head: Annotated[HeadKind, typer.Option(
+        help="logreg: scaled logistic regression; mlp: one hidden ReLU layer; semi: label spreading "
+        "that also learns from the unlabeled rows.")] = HeadKind.logreg,
+    per_class: Annotated[int | None, typer.Option(
+        help="Use only K labeled rows per class, drawn with --seed (the rest count as unlabeled).")] = None,
+    seed: SeedOpt = 0,
+    C: Annotated[float, typer.Option("--C", help="logreg: inverse regularisation strength.")] = 1.0,
+    alpha: Annotated[float, typer.Option(help="mlp: L2 penalty.")] = 1e-3,
+    hidden: Annotated[int, typer.Option(help="mlp: hidden units.")] = 128,
+    cv: Annotated[int | None, typer.Option(
+        help="Choose --C / --alpha by K-fold cross-validation on the labeled rows.")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fit a small classifier on the labeled rows of a feature file.
+
+    Examples:\n
+      diffclass fit train.h5 --out head.skops\n
+      diffclass fit train.h5 --out head.skops --per-class 10 --seed 1 --head semi
+    """
+    from diffclass_cli.heads.run import fit_head
+
+    if per_class is not None and per_class < 1:
+        raise DiffclassError("--per-class must be at least 1")
+    fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, overwrite)
+
+
+@app.command()
+def predict(
+    features: FeaturesArg,
+    head: HeadOpt,
+    proba: Annotated[bool, typer.Option("--proba", help="Add one probability column per class.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the CSV here instead of standard output.")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Label every row of a feature file: CSV `path,label,confidence` on standard output.
+
+    Examples:\n
+      diffclass predict new.h5 --head head.skops > predictions.csv\n
+      diffclass predict new.h5 --head head.skops --proba --out predictions.csv
+    """
+    import sys
+
+    from diffclass_cli.files import atomic_output
+    from diffclass_cli.heads.run import predict as run_predict
+    from diffclass_cli.heads.run import write_csv
+
+    predictions, _ = run_predict(features, head)
+    if out is None:
+        write_csv(predictions, sys.stdout, proba)
+        return
+    with atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as stream:
+        write_csv(predictions, stream, proba)
+    log.info(f"wrote {len(predictions.paths)} predictions to {out}")
+
+
+@app.command()
+def evaluate(
+    features: FeaturesArg,
+    head: HeadOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Score a head on the labeled rows of a feature file (accuracy, per class, confusion matrix).
+
+    Examples:\n
+      diffclass evaluate test.h5 --head head.skops\n
+      diffclass evaluate test.h5 --head head.skops --json | jq .accuracy
+    """
+    import json
+
+    from diffclass_cli.heads.run import evaluate as run_evaluate
+    from diffclass_cli.heads.run import format_report
+
+    report = run_evaluate(features, head)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -97,3 +97,27 @@ def rgb_onnx(tmp_path_factory):
     save_checkpoint(Checkpoint(config, 0, weights, weights), folder / "rgb.ckpt")
     export_onnx(folder / "rgb.ckpt", folder / "rgb.onnx", ExtractorSpec(taps=("mid",), pool=1))
     return folder / "rgb.onnx"
+
+
+def write_feature_file(path: Path, features, labels, paths, class_names, extractor_sha256="raw-pixels") -> Path:
+    """A feature file written through the real writer (for heads tests without an extractor)."""
+    from diffclass_cli.featurize.h5 import FeatureWriter
+
+    attrs = {"extractor_sha256": extractor_sha256, "extractor_name": "pixels", "source": "test"}
+    writer = FeatureWriter(path, features.shape[1], attrs, class_names)
+    writer.append(features.astype(np.float32), np.asarray(labels), list(paths), [], len(paths))
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def digit_files(tmp_path_factory):
+    """Raw-pixel feature files of digits:train and digits:test."""
+    folder = tmp_path_factory.mktemp("digits")
+    files = {}
+    for split in ("train", "test"):
+        source = open_source(f"digits:{split}")
+        pixels = np.stack([np.asarray(source.load(i), dtype=np.float32).ravel() / 255 for i in range(len(source))])
+        files[split] = write_feature_file(folder / f"{split}.h5", pixels, source.labels, source.ids,
+                                          source.class_names)
+    return files

@@ -1,0 +1,128 @@
+"""The classifier heads: plain scikit-learn Pipelines, so users can reuse them directly."""
+
+from enum import Enum
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.semi_supervised import LabelSpreading
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from diffclass_cli.errors import DiffclassError
+
+UNLABELED = -1
+SEMI_COMPONENTS = 32  # label spreading runs on a PCA projection of the features
+SEMI_NEIGHBORS = 10
+
+
+class HeadKind(str, Enum):
+    logreg = "logreg"
+    mlp = "mlp"
+    semi = "semi"
+
+
+class SpreadLabels(ClassifierMixin, BaseEstimator):
+    """Label spreading over a k-NN graph of all rows (targets -1 = unlabeled), then a logistic
+    regression fitted on the spread labels, so that rows never seen can be predicted too."""
+
+    def __init__(self, n_neighbors: int = SEMI_NEIGHBORS, alpha: float = 0.2, C: float = 1.0):
+        self.n_neighbors = n_neighbors
+        self.alpha = alpha
+        self.C = C
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        labeled = y != UNLABELED
+        self.classes_, codes = np.unique(y[labeled], return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"SpreadLabels needs at least 2 labeled classes; got {len(self.classes_)} class")
+        targets = np.full(len(y), UNLABELED, dtype=np.int64)
+        targets[labeled] = codes
+        spreading = LabelSpreading(kernel="knn", n_neighbors=max(1, min(self.n_neighbors, len(X) - 1)),
+                                   alpha=self.alpha, max_iter=200)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spreading.fit(X, targets)
+        distributions = spreading.label_distributions_
+        # Rows in graph components without any label get no distribution: leave them out.
+        reached = labeled | (np.isfinite(distributions).all(axis=1) & (distributions.sum(axis=1) > 0))
+        targets = np.where(labeled, targets, spreading.transduction_)
+        self.classifier_ = LogisticRegression(C=self.C, max_iter=2000).fit(X[reached], targets[reached])
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        proba = np.zeros((len(X), len(self.classes_)))
+        proba[:, self.classifier_.classes_] = self.classifier_.predict_proba(X)
+        return proba
+
+    def predict(self, X):
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
+
+
+def make_head(kind: HeadKind, n_rows: int, n_features: int, C: float = 1.0, alpha: float = 1e-3,
+              hidden: int = 128, cv: int | None = None, seed: int = 0) -> Pipeline:
+    """An unfitted head. `semi` learns from rows labeled -1 too; the others never see them."""
+    if kind == HeadKind.semi:
+        if cv:
+            raise DiffclassError("--cv is not available for the semi head")
+        return Pipeline([
+            ("scale", StandardScaler()),
+            ("project", PCA(n_components=min(SEMI_COMPONENTS, n_features, n_rows), random_state=seed)),
+            ("spread", SpreadLabels(n_neighbors=SEMI_NEIGHBORS, C=C)),
+        ])
+    if kind == HeadKind.logreg:
+        model, grid = LogisticRegression(C=C, max_iter=2000), {"C": np.logspace(-4, 2, 13)}
+    else:
+        model = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, max_iter=1000, random_state=seed)
+        grid = {"alpha": np.logspace(-5, 1, 7)}
+    if cv:
+        model = GridSearchCV(model, grid, cv=_folds(cv, seed), scoring="neg_log_loss")
+    return Pipeline([("scale", StandardScaler()), ("classify", model)])
+
+
+def _folds(cv: int, seed: int) -> StratifiedKFold:
+    if cv < 2:
+        raise DiffclassError("--cv needs at least 2 folds")
+    return StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+
+
+def draw_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of `per_class` labeled rows of each class, drawn reproducibly from `seed`."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels[labels != UNLABELED]):
+        members = np.flatnonzero(labels == label)
+        if len(members) < per_class:
+            raise DiffclassError(f"class {label} has only {len(members)} labeled rows, fewer than "
+                                 f"--per-class {per_class}")
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def training_labels(labels: np.ndarray, kind: HeadKind, per_class: int | None, seed: int,
+                    cv: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows a head is fitted on and their targets (-1 = unlabeled, used by `semi` only)."""
+    labeled = np.flatnonzero(labels != UNLABELED)
+    if len(labeled) == 0:
+        raise DiffclassError("the feature file has no labeled rows to fit on")
+    if per_class is not None:
+        labeled = draw_per_class(labels, per_class, seed)
+    if len(np.unique(labels[labeled])) < 2:
+        raise DiffclassError("fitting a classifier needs labeled rows of at least 2 classes")
+    counts = np.bincount(labels[labeled])
+    if cv and counts[counts > 0].min() < cv:
+        raise DiffclassError(f"--cv {cv} needs at least {cv} labeled rows in every class")
+    if kind != HeadKind.semi:
+        return labeled, labels[labeled]
+    targets = np.full(len(labels), UNLABELED, dtype=np.int64)
+    targets[labeled] = labels[labeled]
+    return np.arange(len(labels)), targets

@@ -1,0 +1,133 @@
+"""fit / predict / evaluate: heads applied to feature files."""
+
+import csv
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from sklearn import metrics
+
+from diffclass_cli import __version__
+from diffclass_cli.console import log
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.featurize.h5 import FeatureFile, read_features
+from diffclass_cli.files import refuse_overwrite
+from diffclass_cli.heads.models import UNLABELED, HeadKind, make_head, training_labels
+from diffclass_cli.heads.store import load_head, save_head
+
+
+def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.logreg, per_class: int | None = None,
+             seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
+             overwrite: bool = False) -> dict:
+    """Fit a head on the labeled rows of a feature file and save it; returns its info."""
+    refuse_overwrite(out, overwrite)
+    ff = read_features(features)
+    rows, targets = training_labels(ff.labels, kind, per_class, seed, cv)
+    head = make_head(kind, len(rows), ff.features.shape[1], C, alpha, hidden, cv, seed)
+    head.fit(ff.features[rows], targets)
+    params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
+    if cv:  # keep the refitted best model only: a plain Pipeline, nothing of the search
+        search = head.steps[-1][1]
+        head.steps[-1] = ("classify", search.best_estimator_)
+        params |= {k: float(v) for k, v in search.best_params_.items()}
+        log.info(f"cross-validation chose {search.best_params_}")
+    labeled = int((targets != UNLABELED).sum())
+    info = {
+        "head": kind.value,
+        "params": params,
+        "class_names": ff.class_names,
+        "feature_dim": int(ff.features.shape[1]),
+        "extractor_sha256": ff.attrs.get("extractor_sha256", ""),
+        "extractor_name": ff.attrs.get("extractor_name", ""),
+        "fitted_on": {"file": str(features), "source": ff.attrs.get("source", ""), "labeled_rows": labeled,
+                      "unlabeled_rows": len(rows) - labeled, "per_class": per_class, "seed": seed},
+        "diffclass_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_head(out, head, info, overwrite)
+    log.info(f"wrote {out}: {kind.value} head on {labeled} labeled rows"
+             + (f" and {len(rows) - labeled} unlabeled ones" if kind == HeadKind.semi else ""))
+    return info
+
+
+@dataclass
+class Predictions:
+    paths: list[str]
+    labels: list[str]  # predicted class names
+    confidence: np.ndarray  # [N]
+    proba: np.ndarray  # [N, K], columns in `class_names` order
+    class_names: list[str]
+
+
+def predict(features: Path, head_path: Path) -> tuple[Predictions, FeatureFile]:
+    """Predict every row of a feature file; refuses files of another extractor or width."""
+    head, info = load_head(head_path)
+    ff = read_features(features)
+    _check_compatible(ff, info, features, head_path)
+    proba = head.predict_proba(ff.features)
+    names = [info["class_names"][c] for c in head.classes_]
+    best = proba.argmax(axis=1)
+    return Predictions(ff.paths, [names[i] for i in best], proba.max(axis=1), proba, names), ff
+
+
+def _check_compatible(ff: FeatureFile, info: dict, features: Path, head_path: Path) -> None:
+    width = ff.features.shape[1]
+    if width != info["feature_dim"]:
+        raise DiffclassError(f"{features} has {width} features per row but {head_path} was fitted on "
+                             f"{info['feature_dim']}")
+    sha = ff.attrs.get("extractor_sha256", "")
+    if sha != info["extractor_sha256"]:
+        raise DiffclassError(
+            f"{features} was made by extractor {ff.attrs.get('extractor_name', '?')} ({sha[:12]}) but "
+            f"{head_path} was fitted on features of {info['extractor_name']} ({info['extractor_sha256'][:12]})")
+
+
+def write_csv(predictions: Predictions, stream: TextIO, proba: bool = False) -> None:
+    """`path,label,confidence` (+ one `p_<class>` column per class with `proba`)."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["path", "label", "confidence"] + ([f"p_{c}" for c in predictions.class_names] if proba else []))
+    for i, path in enumerate(predictions.paths):
+        row = [path, predictions.labels[i], f"{predictions.confidence[i]:.6f}"]
+        if proba:
+            row += [f"{p:.6f}" for p in predictions.proba[i]]
+        writer.writerow(row)
+
+
+def evaluate(features: Path, head_path: Path) -> dict:
+    """Accuracy, balanced accuracy, per-class precision/recall and the confusion matrix over
+    the labeled rows of a feature file."""
+    predictions, ff = predict(features, head_path)
+    labeled = np.flatnonzero(ff.labels != UNLABELED)
+    if len(labeled) == 0:
+        raise DiffclassError(f"{features} has no labeled rows to evaluate on")
+    truth = [ff.class_names[label] for label in ff.labels[labeled]]
+    guess = [predictions.labels[i] for i in labeled]
+    classes = predictions.class_names + sorted(set(truth) - set(predictions.class_names))
+    precision, recall, _, support = metrics.precision_recall_fscore_support(
+        truth, guess, labels=classes, zero_division=0)
+    return {
+        "rows": len(labeled),
+        "accuracy": metrics.accuracy_score(truth, guess),
+        "balanced_accuracy": metrics.balanced_accuracy_score(truth, guess),
+        "classes": classes,
+        "per_class": {c: {"precision": float(p), "recall": float(r), "support": int(s)}
+                      for c, p, r, s in zip(classes, precision, recall, support)},
+        "confusion_matrix": metrics.confusion_matrix(truth, guess, labels=classes).tolist(),
+    }
+
+
+def format_report(report: dict) -> str:
+    """The evaluation as text for people."""
+    lines = [f"rows: {report['rows']}", f"accuracy: {report['accuracy']:.4f}",
+             f"balanced_accuracy: {report['balanced_accuracy']:.4f}", "",
+             f"{'class':<16}{'precision':>10}{'recall':>10}{'support':>10}"]
+    for name, row in report["per_class"].items():
+        lines.append(f"{name:<16}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['support']:>10d}")
+    width = max(6, *(len(c) + 1 for c in report["classes"]))
+    lines += ["", "confusion matrix (rows: true, columns: predicted)",
+              " " * 16 + "".join(f"{c:>{width}}" for c in report["classes"])]
+    for name, row in zip(report["classes"], report["confusion_matrix"]):
+        lines.append(f"{name:<16}" + "".join(f"{v:>{width}d}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Head files (skops): the fitted Pipeline plus what it was fitted on.
+
+skops reconstructs objects from an allowlist of types instead of running pickle code, so
+loading a head never executes code from the file.
+"""
+
+import zipfile
+from pathlib import Path
+
+import skops.io as sio
+from sklearn.pipeline import Pipeline
+
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.files import atomic_output
+
+FORMAT = "diffclass-head"
+# Types beyond skops' defaults that our heads contain (MLP optimizer state, the k-NN graph).
+TRUSTED_TYPES = [
+    "diffclass_cli.heads.models.SpreadLabels",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._kd_tree.KDTree",
+]
+
+
+def save_head(path: Path, head: Pipeline, info: dict, overwrite: bool = False) -> None:
+    with atomic_output(path, overwrite) as tmp:
+        sio.dump({"format": FORMAT, "head": head, "info": info}, tmp)
+
+
+def load_head(path: Path) -> tuple[Pipeline, dict]:
+    """The head and its info; a clear error for a missing, foreign or untrusted file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffclassError(f"head {path} does not exist")
+    try:
+        untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
+        if untrusted:
+            raise DiffclassError(f"{path} holds types diffclass does not load: {', '.join(untrusted)}")
+        content = sio.load(path, trusted=TRUSTED_TYPES)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        raise DiffclassError(f"{path} is not a skops head file ({type(err).__name__}: {err})") from err
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise DiffclassError(f"{path} is a skops file but not a diffclass head")
+    return content["head"], content["info"]

@@ -1,0 +1,127 @@
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn import metrics
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.heads.models import HeadKind, SpreadLabels, draw_per_class
+from diffclass_cli.heads.run import evaluate, fit_head, predict
+from diffclass_cli.heads.store import load_head
+from tests.conftest import write_feature_file
+
+
+@parametrize_with_checks([SpreadLabels()], expected_failed_checks=lambda est: {
+    "check_classifiers_classes": "-1 means unlabeled, as in scikit-learn's LabelSpreading"})
+def test_spread_labels_is_a_scikit_learn_estimator(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("kind", list(HeadKind))
+def test_each_head_fits_and_predicts_real_digits(kind, digit_files, tmp_path):
+    fit_head(digit_files["train"], tmp_path / "h.skops", kind, per_class=10, seed=0)
+    report = evaluate(digit_files["test"], tmp_path / "h.skops")
+    assert report["rows"] == 359 and report["accuracy"] > 0.75
+
+
+def test_semi_uses_the_unlabeled_rows(digit_files, tmp_path):
+    scores = {}
+    for kind in (HeadKind.logreg, HeadKind.semi):
+        info = fit_head(digit_files["train"], tmp_path / f"{kind.value}.skops", kind, per_class=1, seed=3)
+        scores[kind] = evaluate(digit_files["test"], tmp_path / f"{kind.value}.skops")["accuracy"]
+    assert info["fitted_on"]["labeled_rows"] == 10 and info["fitted_on"]["unlabeled_rows"] == 1428
+    assert scores[HeadKind.semi] > scores[HeadKind.logreg] + 0.1, scores
+
+
+def test_per_class_draws_exactly_k_reproducibly():
+    labels = np.repeat(np.arange(3), 20)
+    labels[::7] = -1
+    first = draw_per_class(labels, 4, seed=1)
+    assert np.bincount(labels[first]).tolist() == [4, 4, 4] and (labels[first] != -1).all()
+    assert np.array_equal(first, draw_per_class(labels, 4, seed=1))
+    assert not np.array_equal(first, draw_per_class(labels, 4, seed=2))
+
+
+def test_head_round_trip_in_a_fresh_process(digit_files, tmp_path):
+    head_path = tmp_path / "h.skops"
+    fit_head(digit_files["train"], head_path, HeadKind.mlp, per_class=5)
+    here, _ = predict(digit_files["test"], head_path)
+    script = ("import sys, numpy as np; from diffclass_cli.heads.run import predict; "
+              "p, _ = predict(sys.argv[1], sys.argv[2]); np.save(sys.argv[3], p.proba)")
+    subprocess.run([sys.executable, "-c", script, str(digit_files["test"]), str(head_path),
+                    str(tmp_path / "p.npy")], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), here.proba)
+    head, info = load_head(head_path)
+    assert info["class_names"] == [str(d) for d in range(10)] and info["feature_dim"] == 64
+    assert info["extractor_sha256"] == "raw-pixels" and head.predict(np.zeros((1, 64))).shape == (1,)
+
+
+def test_csv_on_stdout_and_proba_columns(cli, digit_files, tmp_path):
+    assert cli("fit", digit_files["train"], "--out", tmp_path / "h.skops").exit_code == 0
+    result = cli("predict", digit_files["test"], "--head", tmp_path / "h.skops", "--proba")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["path", "label", "confidence"] + [f"p_{d}" for d in range(10)]
+    assert len(rows) == 360 and rows[1][0].startswith("digits:")
+    probs = np.array([[float(v) for v in row[3:]] for row in rows[1:]])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert all(float(row[2]) == max(map(float, row[3:])) for row in rows[1:])
+    assert cli("predict", digit_files["test"], "--head", tmp_path / "h.skops", "--out", tmp_path / "p.csv").exit_code == 0
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "path,label,confidence"
+
+
+def test_evaluate_matches_scikit_learn(cli, digit_files, tmp_path):
+    fit_head(digit_files["train"], tmp_path / "h.skops", per_class=3)
+    result = cli("evaluate", digit_files["test"], "--head", tmp_path / "h.skops", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    predictions, ff = predict(digit_files["test"], tmp_path / "h.skops")
+    truth = [ff.class_names[i] for i in ff.labels]
+    assert report["accuracy"] == pytest.approx(metrics.accuracy_score(truth, predictions.labels))
+    assert report["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy_score(truth, predictions.labels))
+    assert report["confusion_matrix"] == metrics.confusion_matrix(truth, predictions.labels, labels=report["classes"]).tolist()
+    recall = metrics.recall_score(truth, predictions.labels, labels=["3"], average=None)[0]
+    assert report["per_class"]["3"]["recall"] == pytest.approx(recall)
+    text = cli("evaluate", digit_files["test"], "--head", tmp_path / "h.skops")
+    assert f"accuracy: {report['accuracy']:.4f}" in text.stdout and "confusion matrix" in text.stdout
+
+
+def test_refuses_features_of_another_extractor_or_width(cli, digit_files, tmp_path):
+    fit_head(digit_files["train"], tmp_path / "h.skops")
+    ff = read_features(digit_files["test"])
+    other = write_feature_file(tmp_path / "other.h5", ff.features, ff.labels, ff.paths, ff.class_names, "abc123")
+    result = cli("predict", other, "--head", tmp_path / "h.skops")
+    assert result.exit_code == 1 and "different" not in result.stdout and "abc123" in result.stderr
+    narrow = write_feature_file(tmp_path / "narrow.h5", ff.features[:, :10], ff.labels, ff.paths, ff.class_names)
+    result = cli("evaluate", narrow, "--head", tmp_path / "h.skops")
+    assert result.exit_code == 1 and "10 features per row" in result.stderr and "64" in result.stderr
+
+
+def test_fit_errors(cli, digit_files, tmp_path):
+    ff = read_features(digit_files["train"])
+    unlabeled = write_feature_file(tmp_path / "u.h5", ff.features[:20], -np.ones(20, int), ff.paths[:20], [])
+    cases = [
+        ((unlabeled, "--out", tmp_path / "a.skops"), "no labeled rows"),
+        ((digit_files["train"], "--out", tmp_path / "b.skops", "--per-class", 1000), "fewer than --per-class 1000"),
+        ((digit_files["train"], "--out", tmp_path / "c.skops", "--per-class", 2, "--cv", 3), "--cv 3 needs"),
+        ((tmp_path / "missing.h5", "--out", tmp_path / "d.skops"), "does not exist"),
+        ((tmp_path / "u.h5", "--out", digit_files["train"]), "--overwrite"),
+    ]
+    for args, message in cases:
+        result = cli("fit", *args)
+        assert result.exit_code == 1 and message in result.stderr, (args, result.output)
+    (tmp_path / "junk.skops").write_bytes(b"junk")
+    result = cli("predict", digit_files["test"], "--head", tmp_path / "junk.skops")
+    assert result.exit_code == 1 and "not a skops head file" in result.stderr
+
+
+def test_cv_chooses_regularisation(digit_files, tmp_path):
+    fit_head(digit_files["train"], tmp_path / "h.skops", per_class=10, cv=3)
+    head, info = load_head(tmp_path / "h.skops")
+    assert info["params"]["cv"] == 3 and head[-1].C == pytest.approx(info["params"]["C"])
+    assert np.isclose(np.log10(head[-1].C) * 2, round(np.log10(head[-1].C) * 2))  # a point of the grid
