@@ -71,7 +71,8 @@ def test_csv_on_stdout_and_proba_columns(cli, digit_files, tmp_path):
     probs = np.array([[float(v) for v in row[3:]] for row in rows[1:]])
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
     assert all(float(row[2]) == max(map(float, row[3:])) for row in rows[1:])
-    assert cli("predict", digit_files["test"], "--head", tmp_path / "h.skops", "--out", tmp_path / "p.csv").exit_code == 0
+    to_file = cli("predict", digit_files["test"], "--head", tmp_path / "h.skops", "--out", tmp_path / "p.csv")
+    assert to_file.exit_code == 0 and to_file.stdout == ""
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == "path,label,confidence"
 
 
@@ -84,7 +85,8 @@ def test_evaluate_matches_scikit_learn(cli, digit_files, tmp_path):
     truth = [ff.class_names[i] for i in ff.labels]
     assert report["accuracy"] == pytest.approx(metrics.accuracy_score(truth, predictions.labels))
     assert report["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy_score(truth, predictions.labels))
-    assert report["confusion_matrix"] == metrics.confusion_matrix(truth, predictions.labels, labels=report["classes"]).tolist()
+    expected = metrics.confusion_matrix(truth, predictions.labels, labels=report["classes"])
+    assert report["confusion_matrix"] == expected.tolist()
     recall = metrics.recall_score(truth, predictions.labels, labels=["3"], average=None)[0]
     assert report["per_class"]["3"]["recall"] == pytest.approx(recall)
     text = cli("evaluate", digit_files["test"], "--head", tmp_path / "h.skops")
