@@ -380,3 +380,63 @@ def evaluate(
 
     report = run_evaluate(features, head)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@app.command()
+def benchmark(
+    models: Annotated[list[Path], typer.Argument(
+        help="Backbone checkpoints or exported extractors (.onnx); each is one feature set.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Folder for results.csv, summary.md and the plots.")],
+    train: Annotated[str, typer.Option(help="Labeled pool the few labels are drawn from.")] = "mnist-sample:train",
+    test: Annotated[str, typer.Option(help="Held-out labeled split accuracy is measured on.")] = "mnist-sample:test",
+    per_class: Annotated[str, typer.Option(help="Labels per class, comma-separated.")] = "1,2,5,10,32,100",
+    draws: Annotated[int, typer.Option(help="Seeded draws of the labeled set per K.")] = 5,
+    heads: Annotated[str, typer.Option(help="Heads, comma-separated: logreg, mlp, semi.")] = "logreg,mlp,semi",
+    baselines: Annotated[str, typer.Option(
+        help="Comparisons, comma-separated: pixels, pca (of pixels), cnn (supervised, from scratch).")]
+    = "pixels,pca,cnn",
+    cnn_steps: Annotated[int, typer.Option(help="Training steps of the supervised CNN per draw.")] = 300,
+    timesteps: Annotated[str, typer.Option(help="Extractor timesteps, as in export.")] = "100",
+    taps: Annotated[str | None, typer.Option(help="Extractor taps, as in export.")] = None,
+    pool: Annotated[str, typer.Option(help="Extractor pooling, as in export.")] = pool_name(DEFAULT_POOL),
+    noise_draws: Annotated[int, typer.Option(help="Extractor noise draws, as in export.")] = 1,
+    sweep_timestep: Annotated[str | None, typer.Option(
+        help="Also compare these timesteps (e.g. 10,25,50,100,250,500), logreg head.")] = None,
+    sweep_taps: Annotated[bool, typer.Option("--sweep-taps", help="Also compare each tap alone.")] = False,
+    sweep_pool: Annotated[bool, typer.Option("--sweep-pool", help="Also compare global, 2x2, 3x3 pooling.")]
+    = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A small grid for smoke tests (a couple of minutes).")]
+    = False,
+    seed: SeedOpt = 0,
+    data_root: DataRootOpt = None,
+) -> None:
+    """Few-shot accuracy curves of diffusion features against raw pixels, PCA and a supervised CNN.
+
+    Accuracy is always measured on the held-out test split, as mean and std over seeded draws.
+
+    Examples:\n
+      diffclass benchmark runs/bb.ckpt --out bench/\n
+      diffclass benchmark runs/bb.ckpt --out bench/ --sweep-timestep 10,25,50,100,250,500 --sweep-taps\n
+      diffclass benchmark exports/mnist-sample-ddpm.onnx --out bench/ --quick
+    """
+    from diffclass_cli.benchmark.protocol import Protocol
+    from diffclass_cli.benchmark.run import run_benchmark
+    from diffclass_cli.export.extractor import ExtractorSpec, parse_pool
+
+    known = {"pixels", "pca", "cnn"}
+    chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
+    if set(chosen) - known:
+        raise DiffclassError(f"unknown baseline(s) {sorted(set(chosen) - known)}; choose from {sorted(known)}")
+    try:
+        head_kinds = tuple(HeadKind(h.strip()) for h in heads.split(",") if h.strip())
+    except ValueError:
+        raise DiffclassError(f"--heads takes logreg, mlp, semi, not {heads!r}") from None
+    spec = ExtractorSpec(timesteps=_parse_ints(timesteps, "--timesteps"),
+                         taps=tuple(t.strip() for t in taps.split(",")) if taps else (),
+                         pool=parse_pool(pool), noise_draws=noise_draws)
+    protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,
+                        seed=seed, cnn_steps=cnn_steps)
+    summary = run_benchmark(models, out, spec, protocol, train, test, chosen,
+                            _parse_ints(sweep_timestep, "--sweep-timestep") if sweep_timestep else (),
+                            sweep_taps, sweep_pool, quick, data_root)
+    typer.echo(summary)

@@ -116,11 +116,17 @@ def training_labels(labels: np.ndarray, kind: HeadKind, per_class: int | None, s
         raise DiffclassError("the feature file has no labeled rows to fit on")
     if per_class is not None:
         labeled = draw_per_class(labels, per_class, seed)
-    if len(np.unique(labels[labeled])) < 2:
-        raise DiffclassError("fitting a classifier needs labeled rows of at least 2 classes")
     counts = np.bincount(labels[labeled])
+    if (counts > 0).sum() < 2:
+        raise DiffclassError("fitting a classifier needs labeled rows of at least 2 classes")
     if cv and counts[counts > 0].min() < cv:
         raise DiffclassError(f"--cv {cv} needs at least {cv} labeled rows in every class")
+    return fit_rows(labels, labeled, kind)
+
+
+def fit_rows(labels: np.ndarray, labeled: np.ndarray, kind: HeadKind) -> tuple[np.ndarray, np.ndarray]:
+    """Given the rows whose labels may be used: the rows to fit on and their targets. `semi`
+    also gets every other row, as unlabeled (-1); the other heads get the labeled rows only."""
     if kind != HeadKind.semi:
         return labeled, labels[labeled]
     targets = np.full(len(labels), UNLABELED, dtype=np.int64)

@@ -1,0 +1,1 @@
+"""Honest few-shot curves: heads on diffusion features vs. baselines, measured on held-out images."""

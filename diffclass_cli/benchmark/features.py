@@ -1,0 +1,69 @@
+"""Feature sets compared by the benchmark: each maps the pool and test images to feature
+matrices without ever seeing a label. Adding one is adding one function here."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+
+from diffclass_cli.console import progress
+from diffclass_cli.export.extractor import ExtractorSpec
+from diffclass_cli.export.onnx_export import build_extractor, read_metadata
+from diffclass_cli.featurize.runtime import ExtractorSession
+
+PCA_COMPONENTS = 50
+
+
+@dataclass
+class FeatureSet:
+    name: str
+    pool: np.ndarray  # [N_pool, D]
+    test: np.ndarray  # [N_test, D]
+
+
+def _in_batches(run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """uint8 `[N, C, H, W]` -> features `[N, D]`, batch by batch."""
+    out = [run(images[i:i + batch_size].astype(np.float32) / 255)
+           for i in progress(range(0, len(images), batch_size), desc="features", unit="batch", leave=False)]
+    return np.concatenate(out)
+
+
+def model_input_shape(model: Path) -> tuple[int, int]:
+    """(image size, channels) a checkpoint or ONNX extractor expects."""
+    if model.suffix == ".onnx":
+        meta = read_metadata(model)
+        return meta["image_size"], meta["channels"]
+    from diffclass_cli.backbone.checkpoint import load_checkpoint
+
+    unet = load_checkpoint(model).config.unet
+    return unet.image_size, unet.channels
+
+
+def extractor_features(name: str, model: Path, spec: ExtractorSpec, pool: np.ndarray,
+                       test: np.ndarray) -> FeatureSet:
+    """Features of an exported extractor (run by onnxruntime) or of a checkpoint with `spec`
+    (run by the same PyTorch module that export writes out)."""
+    if model.suffix == ".onnx":
+        run = ExtractorSession(model)
+    else:
+        extractor, _ = build_extractor(model, spec)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return extractor(torch.from_numpy(batch)).numpy()
+
+    return FeatureSet(name, _in_batches(run, pool), _in_batches(run, test))
+
+
+def pixel_features(pool: np.ndarray, test: np.ndarray) -> FeatureSet:
+    flat = lambda images: images.reshape(len(images), -1).astype(np.float32) / 255  # noqa: E731
+    return FeatureSet("pixels", flat(pool), flat(test))
+
+
+def pca_features(pool: np.ndarray, test: np.ndarray, seed: int = 0) -> FeatureSet:
+    """PCA of raw pixels, fitted on the (unlabeled) pool."""
+    pixels = pixel_features(pool, test)
+    pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.pool.shape), random_state=seed).fit(pixels.pool)
+    return FeatureSet(f"pca{pca.n_components_}", pca.transform(pixels.pool), pca.transform(pixels.test))

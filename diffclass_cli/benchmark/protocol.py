@@ -1,0 +1,79 @@
+"""The few-shot protocol. For each K labels per class and each seeded draw, K labeled rows
+per class are drawn from the pool (the train split; its other rows are the unlabeled set of
+the semi head), a head is fitted, and accuracy is measured on the whole test split, which
+is never used to choose anything."""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+from diffclass_cli.benchmark.cnn import cnn_accuracy
+from diffclass_cli.benchmark.features import FeatureSet
+from diffclass_cli.console import progress
+from diffclass_cli.heads.models import HeadKind, draw_per_class, fit_rows, make_head
+
+CNN_NAME = "cnn"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    per_class: tuple[int, ...] = (1, 2, 5, 10, 32, 100)
+    draws: int = 5
+    heads: tuple[HeadKind, ...] = tuple(HeadKind)
+    seed: int = 0
+    cnn_steps: int = 300  # 0: no supervised CNN baseline
+
+
+@dataclass
+class Split:
+    """Images `[N, C, H, W]` uint8 and labels `[N]` of one split."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str] = field(default_factory=list)
+
+
+def draw_seed(seed: int, per_class: int, draw: int) -> int:
+    """One seed per (K, draw): every feature set and head sees the same labeled rows."""
+    return seed * 1_000_003 + per_class * 1_000 + draw
+
+
+def head_accuracy(features: FeatureSet, kind: HeadKind, labels: np.ndarray, labeled: np.ndarray,
+                  test_labels: np.ndarray, seed: int) -> float:
+    rows, targets = fit_rows(labels, labeled, kind)
+    head = make_head(kind, len(rows), features.pool.shape[1], seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        head.fit(features.pool[rows], targets)
+    return float((head.predict(features.test) == test_labels).mean())
+
+
+def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, protocol: Protocol,
+                 sweep: str = "main", heads: tuple[HeadKind, ...] | None = None,
+                 cnn: bool = True) -> tuple[list[dict], dict]:
+    """Result rows (one per feature set, head, K and draw) and the labeled pool ids of each draw."""
+    heads = heads or protocol.heads
+    with_cnn = cnn and protocol.cnn_steps > 0
+    total = len(protocol.per_class) * protocol.draws * (len(feature_sets) * len(heads) + with_cnn)
+    rows, labeled_ids = [], {}
+    with progress(total=total, desc=f"benchmark ({sweep})", unit="fit") as bar:
+        for k in protocol.per_class:
+            for draw in range(protocol.draws):
+                seed = draw_seed(protocol.seed, k, draw)
+                labeled = draw_per_class(pool.labels, k, seed)
+                labeled_ids[f"{k}/{draw}"] = [pool.ids[i] for i in labeled] if pool.ids else labeled.tolist()
+                common = {"sweep": sweep, "per_class": k, "draw": draw, "seed": seed}
+                for features in feature_sets:
+                    for kind in heads:
+                        accuracy = head_accuracy(features, kind, pool.labels, labeled, test.labels, seed)
+                        rows.append({"feature_set": features.name, "head": kind.value, **common,
+                                     "accuracy": accuracy})
+                        bar.update()
+                if with_cnn:
+                    accuracy = cnn_accuracy(pool.images[labeled], pool.labels[labeled], test.images, test.labels,
+                                            seed, protocol.cnn_steps)
+                    rows.append({"feature_set": CNN_NAME, "head": "supervised", **common, "accuracy": accuracy})
+                    bar.update()
+    return rows, labeled_ids

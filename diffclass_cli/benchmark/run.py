@@ -1,0 +1,123 @@
+"""`diffclass benchmark`: load the splits, build the feature sets, run the protocol and the
+sweeps, and write results.csv, summary.md and the plots."""
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from diffclass_cli.benchmark.features import (
+    FeatureSet,
+    extractor_features,
+    model_input_shape,
+    pca_features,
+    pixel_features,
+)
+from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
+from diffclass_cli.benchmark.report import (
+    TIMESTEP_PREFIX,
+    plot_curves,
+    plot_timesteps,
+    summary_markdown,
+    write_results,
+)
+from diffclass_cli.console import log
+from diffclass_cli.data.loading import load_all
+from diffclass_cli.data.sources import open_source
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.export.extractor import ExtractorSpec, pool_name
+from diffclass_cli.heads.models import HeadKind, draw_per_class
+
+QUICK = Protocol(per_class=(1, 10), draws=2, heads=(HeadKind.logreg, HeadKind.semi), cnn_steps=40)
+QUICK_POOL_PER_CLASS, QUICK_TEST_PER_CLASS = 100, 30
+SWEEP_POOLS = (1, 2, 3)
+
+
+def load_split(spec: str, size: int, channels: int, data_root: Path | None) -> Split:
+    source = open_source(spec, data_root)
+    if not source.is_labeled:
+        raise DiffclassError(f"{spec} has no labels: the benchmark needs a labeled train and test split")
+    images, kept, _ = load_all(source, size, channels)
+    return Split(images, source.labels[kept], [source.ids[i] for i in kept])
+
+
+def _subset(split: Split, per_class: int) -> Split:
+    rows = draw_per_class(split.labels, per_class, seed=0)
+    return Split(split.images[rows], split.labels[rows], [split.ids[i] for i in rows])
+
+
+def feature_set_name(model: Path) -> str:
+    return f"diffusion:{model.stem}"
+
+
+def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: Protocol,
+                  train: str = "mnist-sample:train", test: str = "mnist-sample:test",
+                  baselines: tuple[str, ...] = ("pixels", "pca"), sweep_timesteps: tuple[int, ...] = (),
+                  sweep_taps: bool = False, sweep_pool: bool = False, quick: bool = False,
+                  data_root: Path | None = None) -> str:
+    """Run everything and write the outputs into `out`; returns the summary markdown."""
+    began = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    size, channels = model_input_shape(models[0])
+    pool, held_out = load_split(train, size, channels, data_root), load_split(test, size, channels, data_root)
+    if quick:
+        protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws, heads=QUICK.heads,
+                           cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
+        pool, held_out = _subset(pool, QUICK_POOL_PER_CLASS), _subset(held_out, QUICK_TEST_PER_CLASS)
+    if set(pool.ids) & set(held_out.ids):
+        raise DiffclassError(f"{train} and {test} share images: the test split must be held out")
+
+    def features(name: str, model: Path, model_spec: ExtractorSpec) -> FeatureSet:
+        return extractor_features(name, model, model_spec, pool.images, held_out.images)
+
+    feature_sets = [features(feature_set_name(m), m, spec) for m in models]
+    if "pixels" in baselines:
+        feature_sets.append(pixel_features(pool.images, held_out.images))
+    if "pca" in baselines:
+        feature_sets.append(pca_features(pool.images, held_out.images, protocol.seed))
+    rows, draws = run_protocol(feature_sets, pool, held_out, protocol, cnn="cnn" in baselines)
+
+    # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
+    if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
+        raise DiffclassError("the sweeps re-export the backbone: give a checkpoint, not an .onnx file")
+    sweeps = {
+        "timestep": [(f"{TIMESTEP_PREFIX}{t}", replace(spec, timesteps=(t,))) for t in sweep_timesteps],
+        "taps": [(f"taps={tap}", replace(spec, taps=(tap,))) for tap in _tap_names(models[0])] if sweep_taps else [],
+        "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
+    }
+    for sweep, variants in sweeps.items():
+        if variants:
+            sets = [features(name, models[0], variant) for name, variant in variants]
+            sweep_rows, _ = run_protocol(sets, pool, held_out, protocol, sweep=sweep,
+                                         heads=(HeadKind.logreg,), cnn=False)
+            rows += sweep_rows
+
+    minutes = (time.perf_counter() - began) / 60
+    preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
+                f"({len(pool.labels)} images), test {test} ({len(held_out.labels)} images, never used to choose "
+                f"anything); {protocol.draws} draws per K; extractor options {_describe(spec)}; "
+                f"total time {minutes:.1f} min.\n")
+    summary = summary_markdown(rows, preamble)
+    write_results(rows, out / "results.csv")
+    (out / "summary.md").write_text(summary)
+    (out / "labeled_draws.json").write_text(json.dumps(draws))
+    plot_curves(rows, "main", out / "accuracy_vs_labels.png", f"Few-shot accuracy on {test}")
+    if sweep_timesteps:
+        plot_timesteps(rows, out / "accuracy_vs_timestep.png", f"Accuracy vs diffusion timestep on {test}")
+    for sweep in ("taps", "pool"):
+        if sweeps[sweep]:
+            plot_curves(rows, sweep, out / f"sweep_{sweep}.png", f"Feature design: {sweep} ({test})")
+    log.info(f"benchmark finished in {minutes:.1f} min; wrote {out}/")
+    return summary
+
+
+def _tap_names(model: Path) -> list[str]:
+    from diffclass_cli.backbone.checkpoint import load_checkpoint
+
+    return load_checkpoint(model).config.unet.tap_names
+
+
+def _describe(spec: ExtractorSpec) -> str:
+    taps = ",".join(spec.taps) if spec.taps else "mid+up (default)"
+    return (f"timesteps {','.join(map(str, spec.timesteps))}, taps {taps}, pool {pool_name(spec.pool)}, "
+            f"noise draws {spec.noise_draws}")

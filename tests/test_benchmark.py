@@ -1,0 +1,57 @@
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+
+from diffclass_cli.benchmark.features import FeatureSet
+from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
+from diffclass_cli.benchmark.report import COLUMNS
+from diffclass_cli.data.sources import open_source
+from diffclass_cli.heads.models import HeadKind
+
+
+def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
+    out = tmp_path / "bench"
+    result = cli("benchmark", tiny_checkpoint, "--out", out, "--quick", "--baselines", "pixels,cnn",
+                 "--cnn-steps", 5, "--sweep-timestep", "10,100")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert list(rows[0]) == COLUMNS
+    main = [r for r in rows if r["sweep"] == "main"]
+    assert {(r["feature_set"], r["head"]) for r in main} == {
+        ("diffusion:tiny", "logreg"), ("diffusion:tiny", "semi"), ("pixels", "logreg"), ("pixels", "semi"),
+        ("cnn", "supervised")}
+    assert {r["per_class"] for r in main} == {"1", "10"} and {r["draw"] for r in main} == {"0", "1"}
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    assert {r["feature_set"] for r in rows if r["sweep"] == "timestep"} == {"t=10", "t=100"}
+    summary = (out / "summary.md").read_text()
+    assert "| diffusion:tiny | logreg |" in summary and "±" in summary and summary in result.stdout
+
+    draws = json.loads((out / "labeled_draws.json").read_text())
+    train_ids = set(open_source("mnist-sample:train").ids)
+    test_ids = set(open_source("mnist-sample:test").ids)
+    labeled = {i for ids in draws.values() for i in ids}
+    assert labeled <= train_ids and not labeled & test_ids  # no test row is ever labeled
+    assert len(draws["1/0"]) == 10 and draws["1/0"] != draws["1/1"]
+
+    for name in ("accuracy_vs_labels.png", "accuracy_vs_timestep.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_draws_repeat_for_a_seed_and_differ_between_seeds():
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.arange(3), 40)
+    features = np.eye(3)[labels] * 3 + rng.normal(size=(120, 3))
+    pool = Split(np.zeros((80, 1, 8, 8), np.uint8), labels[:80], [f"p{i}" for i in range(80)])
+    test = Split(np.zeros((40, 1, 8, 8), np.uint8), labels[80:], [f"t{i}" for i in range(40)])
+    sets = [FeatureSet("toy", features[:80], features[80:])]
+    protocol = Protocol(per_class=(2,), draws=3, heads=(HeadKind.logreg,), seed=0, cnn_steps=0)
+    rows_a, draws_a = run_protocol(sets, pool, test, protocol)
+    rows_b, draws_b = run_protocol(sets, pool, test, protocol)
+    rows_c, draws_c = run_protocol(sets, pool, test, Protocol(**{**protocol.__dict__, "seed": 1}))
+    assert draws_a == draws_b and rows_a == rows_b
+    assert draws_a != draws_c
+    assert len({tuple(v) for v in draws_a.values()}) == 3  # the draws of one K differ
