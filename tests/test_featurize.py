@@ -121,6 +121,9 @@ def test_provider_selection():
     assert choose_providers(Device.cuda, [CUDA, CPU]) == [CUDA, CPU]
     with pytest.raises(DiffclassError, match="onnxruntime-gpu"):
         choose_providers(Device.cuda, [CPU])
+    assert choose_providers(Device.auto, [CUDA, CPU], driver=False) == [CPU]
+    with pytest.raises(DiffclassError, match="NVIDIA driver"):
+        choose_providers(Device.cuda, [CUDA, CPU], driver=False)
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tiny_onnx):

@@ -1,6 +1,8 @@
 """The onnxruntime session that runs an extractor: CUDA when usable, else the CPU, and
 always saying which one actually runs."""
 
+import ctypes
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +15,23 @@ from diffclass_cli.errors import DiffclassError
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
-def choose_providers(device: Device, available: list[str]) -> list[str]:
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads; without it onnxruntime's CUDA provider cannot
+    start (and asking for it anyway fills stderr with loader errors)."""
+    try:
+        ctypes.CDLL("libcuda.so.1" if sys.platform != "win32" else "nvcuda.dll")
+        return True
+    except OSError:
+        return False
+
+
+def choose_providers(device: Device, available: list[str], driver: bool = True) -> list[str]:
     """Providers to ask onnxruntime for, best first."""
     if device == Device.cpu:
         return [CPU]
-    if CUDA in available:
+    if device == Device.cuda and CUDA in available and not driver:
+        raise DiffclassError("--device cuda: no NVIDIA driver found (libcuda could not be loaded)")
+    if CUDA in available and driver:
         return [CUDA, CPU]
     if device == Device.cuda:
         raise DiffclassError(
@@ -41,7 +55,7 @@ class ExtractorSession:
     """An extractor loaded into onnxruntime; `provider` is the one that actually runs."""
 
     def __init__(self, model: Path, device: Device = Device.auto, threads: int | None = None):
-        providers = choose_providers(device, ort.get_available_providers())
+        providers = choose_providers(device, ort.get_available_providers(), cuda_driver_present())
         if CUDA in providers:
             _preload_cuda_libraries()
         options = ort.SessionOptions()
