@@ -21,6 +21,7 @@ from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
 from diffclass_cli.heads.models import HeadKind
+from diffclass_cli.plot import Projection
 
 
 class _Group(TyperGroup):
@@ -440,3 +441,32 @@ def benchmark(
                             _parse_ints(sweep_timestep, "--sweep-timestep") if sweep_timestep else (),
                             sweep_taps, sweep_pool, quick, data_root)
     typer.echo(summary)
+
+
+@app.command()
+def plot(
+    features: FeaturesArg,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    method: Annotated[Projection, typer.Option(help="How to project to 2-D.")] = Projection.umap,
+    compare: Annotated[Path | None, typer.Option(
+        help="A second feature file drawn beside the first (e.g. raw pixels).")] = None,
+    thumbnails: Annotated[str | None, typer.Option(
+        help="The SOURCE the features came from: draw a sample of its images at their positions.")] = None,
+    max_points: Annotated[int | None, typer.Option(help="Plot a reproducible sample of at most N rows.")] = 5000,
+    seed: SeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Draw a feature file as a 2-D map coloured by class, and print how well classes separate
+    (5-NN accuracy in the map, cross-validated over the labeled rows).
+
+    Examples:\n
+      diffclass plot train.h5 --out map.png\n
+      diffclass plot train.h5 --out map.png --compare pixels.h5 --thumbnails mnist-sample:train
+    """
+    from diffclass_cli.plot import plot_feature_map
+
+    if max_points is not None and max_points < 3:
+        raise DiffclassError("--max-points must be at least 3")
+    scores = plot_feature_map(features, out, method, max_points, seed, thumbnails, compare, overwrite)
+    for path, score in scores.items():
+        typer.echo(f"{path}\t5nn_accuracy_in_map\t{'n/a' if score is None else f'{score:.4f}'}")
