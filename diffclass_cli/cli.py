@@ -195,8 +195,12 @@ def sample(
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Backbone checkpoint.", show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Argument(help="Backbone checkpoint.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="ONNX file to write.")] = None,
+    pixels: Annotated[bool, typer.Option(
+        "--pixels", help="Write the raw-pixel baseline extractor instead (needs --image-size, --channels).")] = False,
+    image_size: Annotated[int, typer.Option(help="With --pixels: side of the square images.")] = 28,
+    channels: Annotated[int, typer.Option(help="With --pixels: 1 (gray) or 3 (RGB).")] = 1,
     list_taps: Annotated[bool, typer.Option("--list-taps", help="Print the backbone's taps and exit.")] = False,
     timestep: Annotated[int, typer.Option(help="Diffusion step the images are noised to.")] = DEFAULT_TIMESTEPS[0],
     timesteps: Annotated[str | None, typer.Option(
@@ -217,11 +221,20 @@ def export(
     Examples:\n
       diffclass export --list-taps runs/bb.ckpt\n
       diffclass export runs/bb.ckpt --out exports/bb.onnx --timestep 100\n
-      diffclass export runs/bb.ckpt --out bb.onnx --timesteps 25,100 --noise-draws 4 --taps mid,up1 --pool global
+      diffclass export runs/bb.ckpt --out bb.onnx --timesteps 25,100 --noise-draws 4 --taps mid,up1 --pool global\n
+      diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
     from diffclass_cli.export.extractor import ExtractorSpec, parse_pool
-    from diffclass_cli.export.onnx_export import export_onnx
+    from diffclass_cli.export.onnx_export import export_onnx, export_pixels
 
+    if pixels:
+        if out is None:
+            raise DiffclassError("--out is required")
+        UNetConfig(image_size=image_size, channels=channels)  # the same size rules as a backbone
+        export_pixels(out, image_size, channels, opset, overwrite)
+        return
+    if checkpoint is None:
+        raise DiffclassError("give a CHECKPOINT (or --pixels)")
     if list_taps:
         from diffclass_cli.backbone.checkpoint import load_checkpoint
 

@@ -126,3 +126,14 @@ def test_export_cli_list_taps_info_and_refusals(cli, tiny_checkpoint, exported, 
     assert result.exit_code == 1 and "not a diffclass checkpoint" in result.stderr
     result = cli("info", tiny_checkpoint)
     assert result.exit_code == 1 and "not an ONNX file" in result.stderr
+
+
+def test_pixel_baseline_extractor(cli, tmp_path):
+    result = cli("export", "--pixels", "--image-size", 16, "--channels", 3, "--out", tmp_path / "px.onnx")
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(tmp_path / "px.onnx")
+    assert meta["backbone_kind"] == "pixels" and meta["feature_dim"] == 3 * 16 * 16
+    images = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(run_onnx(tmp_path / "px.onnx", images), images.reshape(3, -1))
+    bad = cli("export", "--pixels", "--image-size", 30, "--out", tmp_path / "bad.onnx")
+    assert bad.exit_code == 1 and "multiple of 4" in bad.stderr

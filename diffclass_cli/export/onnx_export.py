@@ -35,47 +35,74 @@ def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weigh
                 opset: int = 18, overwrite: bool = False) -> dict:
     """Export the extractor of `checkpoint` to `out`; returns the metadata written."""
     refuse_overwrite(out, overwrite)
-    if not 17 <= opset <= MAX_OPSET:
-        raise DiffclassError(f"--opset must be between 17 and {MAX_OPSET}, not {opset}")
     extractor, ckpt = build_extractor(checkpoint, spec, weights)
-    unet = ckpt.config.unet
-    example = torch.rand(2, unet.channels, unet.image_size, unet.image_size)
-    program = torch.onnx.export(
-        extractor, (example,), dynamo=True, opset_version=opset, verbose=False,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-    )
-    model = program.model_proto
-    metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    described = {
         "backbone_kind": ckpt.config.kind,
-        "image_size": unet.image_size,
-        "channels": unet.channels,
-        "input_range": [0.0, 1.0],
         "timesteps": list(spec.timesteps),
         "taps": extractor.taps,
         "pool": pool_name(spec.pool),
         "noise_seed": spec.noise_seed,
         "noise_draws": spec.noise_draws,
-        "feature_dim": extractor.feature_dim,
         "feature_groups": [asdict(g) for g in extractor.feature_groups()],
         "weights": weights.value,
         "checkpoint_sha256": sha256_file(checkpoint),
         "checkpoint_step": ckpt.step,
         "trained_on": ckpt.training.get("data", {}),
         "backbone_config": json.loads(ckpt.config.to_json()),
+    }
+    return _write_onnx(extractor, ckpt.config.unet.image_size, ckpt.config.unet.channels, described, out,
+                       opset, overwrite)
+
+
+class PixelExtractor(torch.nn.Module):
+    """The raw-pixel baseline as an extractor: `[N, C, H, W]` -> `[N, C*H*W]`."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)
+
+
+def export_pixels(out: Path, image_size: int, channels: int, opset: int = 18, overwrite: bool = False) -> dict:
+    """An extractor whose features are the resized pixels themselves, for baselines that go
+    through the same featurize / fit / plot pipeline."""
+    refuse_overwrite(out, overwrite)
+    dim = channels * image_size * image_size
+    described = {"backbone_kind": "pixels", "timesteps": [], "taps": [], "pool": "none",
+                 "feature_groups": [{"name": "pixels", "start": 0, "stop": dim}]}
+    return _write_onnx(PixelExtractor(), image_size, channels, described, out, opset, overwrite)
+
+
+def _write_onnx(module: torch.nn.Module, image_size: int, channels: int, described: dict, out: Path,
+                opset: int, overwrite: bool) -> dict:
+    """Export `module` with a dynamic batch, add the metadata, check, write atomically."""
+    if not 17 <= opset <= MAX_OPSET:
+        raise DiffclassError(f"--opset must be between 17 and {MAX_OPSET}, not {opset}")
+    example = torch.rand(2, channels, image_size, image_size)
+    program = torch.onnx.export(
+        module.eval(), (example,), dynamo=True, opset_version=opset, verbose=False,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    model = program.model_proto
+    feature_dim = described["feature_groups"][-1]["stop"]
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "image_size": image_size,
+        "channels": channels,
+        "input_range": [0.0, 1.0],
+        **described,
+        "feature_dim": feature_dim,
         "diffclass_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
-    model.doc_string = f"diffclass feature extractor: images [N, {unet.channels}, {unet.image_size}, " \
-                       f"{unet.image_size}] in [0, 1] -> features [N, {extractor.feature_dim}]"
+    model.doc_string = (f"diffclass feature extractor: images [N, {channels}, {image_size}, {image_size}] "
+                        f"in [0, 1] -> features [N, {feature_dim}]")
     onnx.checker.check_model(model, full_check=True)
     with atomic_output(out, overwrite) as tmp:
         onnx.save(model, str(tmp))
-    log.info(f"wrote {out}: {extractor.feature_dim} features per image "
-             f"({', '.join(g.name for g in extractor.feature_groups())})")
+    groups = ", ".join(g["name"] for g in described["feature_groups"])
+    log.info(f"wrote {out}: {feature_dim} features per image ({groups})")
     return metadata
 
 
