@@ -6,8 +6,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from diffclass_cli.benchmark.features import (
-    FeatureSet,
     extractor_features,
     model_input_shape,
     pca_features,
@@ -23,7 +24,7 @@ from diffclass_cli.benchmark.report import (
 )
 from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
-from diffclass_cli.data.sources import open_source
+from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import ExtractorSpec, pool_name
 from diffclass_cli.heads.models import HeadKind, draw_per_class
@@ -41,9 +42,19 @@ def load_split(spec: str, size: int, channels: int, data_root: Path | None) -> S
     return Split(images, source.labels[kept], [source.ids[i] for i in kept])
 
 
-def _subset(split: Split, per_class: int) -> Split:
-    rows = draw_per_class(split.labels, per_class, seed=0)
+def _rows(split: Split, rows: np.ndarray) -> Split:
     return Split(split.images[rows], split.labels[rows], [split.ids[i] for i in rows])
+
+
+def _subset(split: Split, per_class: int) -> Split:
+    return _rows(split, draw_per_class(split.labels, per_class, seed=0))
+
+
+def validation_split(pool: Split) -> tuple[Split, Split]:
+    """Sweeps choose settings, so they are measured on a validation part of the pool (the
+    same stratified 80/20 rule as the built-in splits), never on the test split."""
+    fit_rows, validation_rows = stratified_split(pool.labels)
+    return _rows(pool, fit_rows), _rows(pool, validation_rows)
 
 
 def feature_set_name(model: Path) -> str:
@@ -67,10 +78,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     if set(pool.ids) & set(held_out.ids):
         raise DiffclassError(f"{train} and {test} share images: the test split must be held out")
 
-    def features(name: str, model: Path, model_spec: ExtractorSpec) -> FeatureSet:
-        return extractor_features(name, model, model_spec, pool.images, held_out.images)
-
-    feature_sets = [features(feature_set_name(m), m, spec) for m in models]
+    feature_sets = [extractor_features(feature_set_name(m), m, spec, pool.images, held_out.images) for m in models]
     if "pixels" in baselines:
         feature_sets.append(pixel_features(pool.images, held_out.images))
     if "pca" in baselines:
@@ -85,10 +93,12 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         "taps": [(f"taps={tap}", replace(spec, taps=(tap,))) for tap in _tap_names(models[0])] if sweep_taps else [],
         "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
     }
+    sweep_pool_split, validation = validation_split(pool)
     for sweep, variants in sweeps.items():
         if variants:
-            sets = [features(name, models[0], variant) for name, variant in variants]
-            sweep_rows, _ = run_protocol(sets, pool, held_out, protocol, sweep=sweep,
+            sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
+                    for name, variant in variants]
+            sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol, sweep=sweep,
                                          heads=(HeadKind.logreg,), cnn=False)
             rows += sweep_rows
 
@@ -96,17 +106,20 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
                 f"({len(pool.labels)} images), test {test} ({len(held_out.labels)} images, never used to choose "
                 f"anything); {protocol.draws} draws per K; extractor options {_describe(spec)}; "
-                f"total time {minutes:.1f} min.\n")
+                f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from {len(sweep_pool_split.labels)} "
+                f"pool images and are scored on the other {len(validation.labels)} pool images (a validation split), "
+                "never on the test split.\n")
     summary = summary_markdown(rows, preamble)
     write_results(rows, out / "results.csv")
     (out / "summary.md").write_text(summary)
     (out / "labeled_draws.json").write_text(json.dumps(draws))
     plot_curves(rows, "main", out / "accuracy_vs_labels.png", f"Few-shot accuracy on {test}")
+    on_validation = f"validation part of {train}"
     if sweep_timesteps:
-        plot_timesteps(rows, out / "accuracy_vs_timestep.png", f"Accuracy vs diffusion timestep on {test}")
+        plot_timesteps(rows, out / "accuracy_vs_timestep.png", f"Accuracy vs diffusion timestep ({on_validation})")
     for sweep in ("taps", "pool"):
         if sweeps[sweep]:
-            plot_curves(rows, sweep, out / f"sweep_{sweep}.png", f"Feature design: {sweep} ({test})")
+            plot_curves(rows, sweep, out / f"sweep_{sweep}.png", f"Feature design: {sweep} ({on_validation})")
     log.info(f"benchmark finished in {minutes:.1f} min; wrote {out}/")
     return summary
 
