@@ -415,7 +415,8 @@ def benchmark(
     pool: Annotated[str, typer.Option(help="Extractor pooling, as in export.")] = pool_name(DEFAULT_POOL),
     noise_draws: Annotated[int, typer.Option(help="Extractor noise draws, as in export.")] = 1,
     sweep_timestep: Annotated[str | None, typer.Option(
-        help="Also compare these timesteps (e.g. 10,25,50,100,250,500), logreg head.")] = None,
+        help="Also compare these timesteps (e.g. 10,25,50,100,250,500; 50+100 concatenates two), logreg head, "
+        "on a validation part of the train split.")] = None,
     sweep_taps: Annotated[bool, typer.Option("--sweep-taps", help="Also compare each tap alone.")] = False,
     sweep_pool: Annotated[bool, typer.Option("--sweep-pool", help="Also compare global, 2x2, 3x3 pooling.")]
     = False,
@@ -451,7 +452,8 @@ def benchmark(
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,
                         seed=seed, cnn_steps=cnn_steps)
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,
-                            _parse_ints(sweep_timestep, "--sweep-timestep") if sweep_timestep else (),
+                            tuple(_parse_ints(group.replace("+", ","), "--sweep-timestep")
+                                  for group in sweep_timestep.split(",")) if sweep_timestep else (),
                             sweep_taps, sweep_pool, quick, data_root)
     typer.echo(summary)
 

@@ -14,7 +14,7 @@ from diffclass_cli.heads.models import HeadKind
 def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
     out = tmp_path / "bench"
     result = cli("benchmark", tiny_checkpoint, "--out", out, "--quick", "--baselines", "pixels,cnn",
-                 "--cnn-steps", 5, "--sweep-timestep", "10,100")
+                 "--cnn-steps", 5, "--sweep-timestep", "10,100,10+100")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert list(rows[0]) == COLUMNS
@@ -24,7 +24,7 @@ def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
         ("cnn", "supervised")}
     assert {r["per_class"] for r in main} == {"1", "10"} and {r["draw"] for r in main} == {"0", "1"}
     assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
-    assert {r["feature_set"] for r in rows if r["sweep"] == "timestep"} == {"t=10", "t=100"}
+    assert {r["feature_set"] for r in rows if r["sweep"] == "timestep"} == {"t=10", "t=100", "t=10+100"}
     summary = (out / "summary.md").read_text()
     assert "| diffusion:tiny | logreg |" in summary and "±" in summary and summary in result.stdout
 

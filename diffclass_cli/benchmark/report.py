@@ -68,7 +68,8 @@ def plot_curves(rows: list[dict], sweep: str, path: Path, title: str) -> None:
 
 def plot_timesteps(rows: list[dict], path: Path, title: str) -> None:
     """Accuracy vs diffusion timestep, one line per labels-per-class, ±std bands."""
-    stats = {key: v for key, v in cell_stats(rows).items() if key[0] == "timestep"}
+    stats = {key: v for key, v in cell_stats(rows).items()
+             if key[0] == "timestep" and key[1].removeprefix(TIMESTEP_PREFIX).isdigit()}  # single steps only
     timesteps = sorted(int(key[1].removeprefix(TIMESTEP_PREFIX)) for key in stats)
     head = next(iter(stats))[2]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)

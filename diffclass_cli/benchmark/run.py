@@ -26,7 +26,7 @@ from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
 from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import ExtractorSpec, pool_name
+from diffclass_cli.export.extractor import ExtractorSpec, default_taps, pool_name
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
 QUICK = Protocol(per_class=(1, 10), draws=2, heads=(HeadKind.logreg, HeadKind.semi), cnn_steps=40)
@@ -63,7 +63,7 @@ def feature_set_name(model: Path) -> str:
 
 def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: Protocol,
                   train: str = "mnist-sample:train", test: str = "mnist-sample:test",
-                  baselines: tuple[str, ...] = ("pixels", "pca"), sweep_timesteps: tuple[int, ...] = (),
+                  baselines: tuple[str, ...] = ("pixels", "pca"), sweep_timesteps: tuple[tuple[int, ...], ...] = (),
                   sweep_taps: bool = False, sweep_pool: bool = False, quick: bool = False,
                   data_root: Path | None = None) -> str:
     """Run everything and write the outputs into `out`; returns the summary markdown."""
@@ -89,8 +89,10 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
         raise DiffclassError("the sweeps re-export the backbone: give a checkpoint, not an .onnx file")
     sweeps = {
-        "timestep": [(f"{TIMESTEP_PREFIX}{t}", replace(spec, timesteps=(t,))) for t in sweep_timesteps],
-        "taps": [(f"taps={tap}", replace(spec, taps=(tap,))) for tap in _tap_names(models[0])] if sweep_taps else [],
+        "timestep": [(f"{TIMESTEP_PREFIX}{'+'.join(map(str, group))}", replace(spec, timesteps=group))
+                     for group in sweep_timesteps],
+        "taps": [(f"taps={'+'.join(taps)}", replace(spec, taps=taps)) for taps in _tap_sets(models[0])]
+        if sweep_taps else [],
         "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
     }
     sweep_pool_split, validation = validation_split(pool)
@@ -124,10 +126,12 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     return summary
 
 
-def _tap_names(model: Path) -> list[str]:
+def _tap_sets(model: Path) -> list[tuple[str, ...]]:
+    """Each tap alone, the default set (mid and the up blocks) and all taps."""
     from diffclass_cli.backbone.checkpoint import load_checkpoint
 
-    return load_checkpoint(model).config.unet.tap_names
+    names = load_checkpoint(model).config.unet.tap_names
+    return [(name,) for name in names] + [default_taps(names), tuple(names)]
 
 
 def _describe(spec: ExtractorSpec) -> str:
