@@ -485,3 +485,25 @@ def plot(
     scores = plot_feature_map(features, out, method, max_points, seed, thumbnails, compare, overwrite)
     for path, score in scores.items():
         typer.echo(f"{path}\t5nn_accuracy_in_map\t{'n/a' if score is None else f'{score:.4f}'}")
+
+
+@app.command("show-predictions")
+def show_predictions(
+    predictions: Annotated[str, typer.Argument(help="predict's CSV file, or - for standard input.",
+                                               show_default=False)],
+    source: Annotated[str, typer.Option(help="The SOURCE the predicted images came from.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    n: Annotated[int, typer.Option("--n", help="How many images.")] = 40,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Draw predicted images with their labels; wrong ones (when SOURCE knows the truth) in red.
+
+    Examples:\n
+      diffclass predict test.h5 --head head.skops | diffclass show-predictions - --source mnist-sample:test --out p.png
+    """
+    from diffclass_cli.plot import prediction_grid
+
+    if n < 1:
+        raise DiffclassError("--n must be at least 1")
+    shown, wrong = prediction_grid(predictions, source, out, n, overwrite=overwrite)
+    log.info(f"wrote {out}: {shown} images, {wrong} wrong")

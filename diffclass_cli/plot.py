@@ -131,3 +131,50 @@ def plot_feature_map(features: Path, out: Path, method: Projection = Projection.
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return scores
+
+
+def prediction_grid(predictions_csv: Path | str, source_spec: str, out: Path, n: int = 40, columns: int = 10,
+                    overwrite: bool = False) -> tuple[int, int]:
+    """`n` predicted images of SOURCE, spread evenly over the CSV, with their predicted labels, wrong ones in red
+    with the true label beside. `predictions_csv` is `predict`'s CSV (`-`: stdin). Returns
+    (shown, wrong)."""
+    import csv
+    import sys
+
+    if str(predictions_csv) != "-" and not Path(predictions_csv).is_file():
+        raise DiffclassError(f"predictions file {predictions_csv} does not exist")
+    stream = sys.stdin if str(predictions_csv) == "-" else open(predictions_csv, newline="")
+    try:
+        with stream:
+            predictions = list(csv.DictReader(stream))
+    except (UnicodeDecodeError, csv.Error):
+        predictions = []
+    if not predictions or not {"path", "label"} <= set(predictions[0]):
+        raise DiffclassError(f"{predictions_csv} is not a predictions CSV (path,label,...)")
+    source = open_source(source_spec)
+    position = {image_id: row for row, image_id in enumerate(source.ids)}
+    known = [p for p in predictions if p["path"] in position]
+    shown = known[::max(1, len(known) // n)][:n]  # spread over the file, which is often sorted by class
+    if not shown:
+        raise DiffclassError(f"none of the predicted paths is in {source_spec}")
+    rows_needed = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows_needed, columns, figsize=(columns * 1.1, rows_needed * 1.3), dpi=110,
+                             squeeze=False)
+    wrong = 0
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, prediction in zip(axes.ravel(), shown):
+        row = position[prediction["path"]]
+        true = source.class_names[source.labels[row]] if source.labels[row] != UNLABELED else None
+        image = source.load(row)
+        ax.imshow(np.asarray(image), cmap="gray" if image.mode == "L" else None)
+        correct = true is None or true == prediction["label"]
+        wrong += not correct
+        ax.set_title(prediction["label"] if correct else f"{prediction['label']} (is {true})",
+                     color="black" if correct else "red", fontsize=8)
+    fig.suptitle(f"{len(shown)} predictions, {wrong} wrong (red: predicted, true in brackets)", fontsize=10)
+    fig.tight_layout()
+    with atomic_output(out, overwrite) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return len(shown), wrong

@@ -67,3 +67,27 @@ def test_refuses_to_overwrite(cli, digit_files, tmp_path, method):
     (tmp_path / "m.png").write_bytes(b"keep")
     result = cli("plot", digit_files["test"], "--out", tmp_path / "m.png", "--method", method)
     assert result.exit_code == 1 and (tmp_path / "m.png").read_bytes() == b"keep"
+
+
+def test_show_predictions_marks_the_wrong_ones(cli, digit_files, tmp_path):
+    from diffclass_cli.heads.run import fit_head
+
+    fit_head(digit_files["train"], tmp_path / "h.skops", per_class=1)
+    csv_text = cli("predict", digit_files["test"], "--head", tmp_path / "h.skops").stdout
+    result = cli("show-predictions", "-", "--source", "digits:test", "--out", tmp_path / "p.png", "--n", 20,
+                 input=csv_text)
+    assert result.exit_code == 0, result.output
+    wrong = int(result.stderr.split("images, ")[1].split(" wrong")[0])
+    rows = [line.split(",") for line in csv_text.splitlines()[1:]][::359 // 20][:20]
+    source_labels = dict(zip(*_ids_and_labels("digits:test")))
+    assert wrong == sum(source_labels[path] != label for path, label, *_ in rows)
+    _is_png(tmp_path / "p.png")
+    bad = cli("show-predictions", digit_files["test"], "--source", "digits:test", "--out", tmp_path / "q.png")
+    assert bad.exit_code == 1 and "not a predictions CSV" in bad.stderr
+
+
+def _ids_and_labels(spec):
+    from diffclass_cli.data.sources import open_source
+
+    source = open_source(spec)
+    return source.ids, [source.class_names[label] for label in source.labels]
