@@ -422,6 +422,9 @@ def benchmark(
     = False,
     quick: Annotated[bool, typer.Option("--quick", help="A small grid for smoke tests (a couple of minutes).")]
     = False,
+    on_validation: Annotated[bool, typer.Option(
+        "--on-validation", help="Score on a validation part of the train split instead of the test split: "
+        "use this to choose checkpoints or options.")] = False,
     seed: SeedOpt = 0,
     data_root: DataRootOpt = None,
 ) -> None:
@@ -454,7 +457,7 @@ def benchmark(
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,
                             tuple(_parse_ints(group.replace("+", ","), "--sweep-timestep")
                                   for group in sweep_timestep.split(",")) if sweep_timestep else (),
-                            sweep_taps, sweep_pool, quick, data_root)
+                            sweep_taps, sweep_pool, quick, data_root, on_validation)
     typer.echo(summary)
 
 

@@ -55,3 +55,18 @@ def test_draws_repeat_for_a_seed_and_differ_between_seeds():
     assert draws_a == draws_b and rows_a == rows_b
     assert draws_a != draws_c
     assert len({tuple(v) for v in draws_a.values()}) == 3  # the draws of one K differ
+
+
+def test_on_validation_never_touches_the_test_split(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    import diffclass_cli.benchmark.run as run
+
+    loaded = []
+    real = run.load_split
+    monkeypatch.setattr(run, "load_split", lambda spec, *a: loaded.append(spec) or real(spec, *a))
+    result = cli("benchmark", tiny_checkpoint, "--out", tmp_path / "v", "--quick", "--baselines", "pixels",
+                 "--on-validation")
+    assert result.exit_code == 0, result.output
+    assert loaded == ["mnist-sample:train"]
+    draws = json.loads((tmp_path / "v" / "labeled_draws.json").read_text())
+    assert "validation part of mnist-sample:train" in (tmp_path / "v" / "summary.md").read_text()
+    assert all(i.startswith("mnist-sample:") for ids in draws.values() for i in ids)

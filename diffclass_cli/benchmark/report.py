@@ -35,7 +35,8 @@ def summary_markdown(rows: list[dict], preamble: str = "") -> str:
     for sweep in dict.fromkeys(key[0] for key in stats):
         keys = [key for key in stats if key[0] == sweep]
         ks = sorted({k for key in keys for k in stats[key]})
-        lines += [f"## {sweep}", "", "Test accuracy, mean ± std over draws, by labels per class.", "",
+        scored_on = "the main grid's held-out split" if sweep == "main" else "the validation part of the pool"
+        lines += [f"## {sweep}", "", f"Accuracy on {scored_on}, mean ± std over draws, by labels per class.", "",
                   "| feature set | head | " + " | ".join(str(k) for k in ks) + " |",
                   "|---|---|" + "---|" * len(ks)]
         for key in keys:

@@ -65,12 +65,17 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
                   train: str = "mnist-sample:train", test: str = "mnist-sample:test",
                   baselines: tuple[str, ...] = ("pixels", "pca"), sweep_timesteps: tuple[tuple[int, ...], ...] = (),
                   sweep_taps: bool = False, sweep_pool: bool = False, quick: bool = False,
-                  data_root: Path | None = None) -> str:
+                  data_root: Path | None = None, on_validation: bool = False) -> str:
     """Run everything and write the outputs into `out`; returns the summary markdown."""
     began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     size, channels = model_input_shape(models[0])
-    pool, held_out = load_split(train, size, channels, data_root), load_split(test, size, channels, data_root)
+    pool = load_split(train, size, channels, data_root)
+    if on_validation:  # for choosing checkpoints and options: the test split is not even loaded
+        pool, held_out = validation_split(pool)
+        test = f"the validation part of {train}"
+    else:
+        held_out = load_split(test, size, channels, data_root)
     if quick:
         protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws, heads=QUICK.heads,
                            cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
@@ -106,8 +111,8 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
 
     minutes = (time.perf_counter() - began) / 60
     preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
-                f"({len(pool.labels)} images), test {test} ({len(held_out.labels)} images, never used to choose "
-                f"anything); {protocol.draws} draws per K; extractor options {_describe(spec)}; "
+                f"({len(pool.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
+                f"{protocol.draws} draws per K; extractor options {_describe(spec)}; "
                 f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from {len(sweep_pool_split.labels)} "
                 f"pool images and are scored on the other {len(validation.labels)} pool images (a validation split), "
                 "never on the test split.\n")
