@@ -110,14 +110,23 @@ def write_feature_file(path: Path, features, labels, paths, class_names, extract
     return path
 
 
-@pytest.fixture(scope="session")
-def digit_files(tmp_path_factory):
-    """Raw-pixel feature files of digits:train and digits:test."""
-    folder = tmp_path_factory.mktemp("digits")
+def _pixel_files(folder: Path, name: str) -> dict[str, Path]:
     files = {}
     for split in ("train", "test"):
-        source = open_source(f"digits:{split}")
+        source = open_source(f"{name}:{split}")
         pixels = np.stack([np.asarray(source.load(i), dtype=np.float32).ravel() / 255 for i in range(len(source))])
         files[split] = write_feature_file(folder / f"{split}.h5", pixels, source.labels, source.ids,
                                           source.class_names)
     return files
+
+
+@pytest.fixture(scope="session")
+def digit_files(tmp_path_factory):
+    """Raw-pixel feature files of digits:train and digits:test."""
+    return _pixel_files(tmp_path_factory.mktemp("digits"), "digits")
+
+
+@pytest.fixture(scope="session")
+def mnist_pixel_files(tmp_path_factory):
+    """Raw-pixel feature files of mnist-sample:train (4000) and :test (1000)."""
+    return _pixel_files(tmp_path_factory.mktemp("mnist"), "mnist-sample")
