@@ -6,6 +6,7 @@ Each step's batch rows, timesteps and noise are drawn from generators seeded by
 
 import copy
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -146,7 +147,9 @@ def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfi
                 window = []
                 ckpt = checkpoint(done)
             if train.snapshot_every and done % train.snapshot_every == 0:
-                save_checkpoint(ckpt if ckpt and ckpt.step == done else checkpoint(done), snapshot_path(out, done))
+                if ckpt is None or ckpt.step != done:
+                    ckpt = checkpoint(done)
+                shutil.copyfile(out, snapshot_path(out, done))
     if ckpt is None:  # already at the requested step count
         ckpt = checkpoint(start)
     log.info(f"wrote {out} (step {ckpt.step}, recent loss {losses[-1][1]:.4f})" if losses else f"wrote {out}")
