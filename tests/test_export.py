@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
-from diffclass_cli.export.extractor import ExtractorSpec, FeatureExtractor, parse_pool
+from diffclass_cli.export.extractor import DEFAULT_POOL, ExtractorSpec, FeatureExtractor, parse_pool, pool_name
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx, read_metadata
 
 
@@ -48,9 +48,9 @@ def test_deterministic_across_runs_and_processes(exported, tmp_path):
 def test_metadata_describes_the_graph(exported, tiny_checkpoint):
     meta = read_metadata(exported)
     ckpt = load_checkpoint(tiny_checkpoint)
-    assert meta["taps"] == ["mid", "up2", "up1", "up0"] and meta["pool"] == "2x2"
+    assert meta["taps"] == ["mid", "up2", "up1", "up0"] and meta["pool"] == pool_name(DEFAULT_POOL) == "3x3"
     assert meta["timesteps"] == [100] and meta["noise_draws"] == 1
-    assert meta["feature_dim"] == (16 + 16 + 16 + 8) * 4 == meta["feature_groups"][-1]["stop"]
+    assert meta["feature_dim"] == (16 + 16 + 16 + 8) * 9 == meta["feature_groups"][-1]["stop"]
     assert meta["image_size"] == 28 and meta["channels"] == 1 and meta["input_range"] == [0.0, 1.0]
     assert meta["checkpoint_step"] == ckpt.step and meta["trained_on"]["source"] == "mnist-sample:train"
     assert len(meta["checkpoint_sha256"]) == 64
@@ -119,7 +119,7 @@ def test_export_cli_list_taps_info_and_refusals(cli, tiny_checkpoint, exported, 
     assert listed.exit_code == 0
     assert listed.stdout.splitlines()[0].split("\t") == ["down0", "8 channels", "28x28"]
     info = cli("info", exported)
-    assert info.exit_code == 0 and "feature_dim: 224" in info.stdout
+    assert info.exit_code == 0 and "feature_dim: 504" in info.stdout
     assert cli("export", tiny_checkpoint, "--out", exported).exit_code == 1
     (tmp_path / "foreign.ckpt").write_bytes(b"junk")
     result = cli("export", tmp_path / "foreign.ckpt", "--out", tmp_path / "x.onnx")
