@@ -24,6 +24,7 @@ from diffclass_cli.backbone.checkpoint import (
 from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range, training_loss
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.console import log, progress
+from diffclass_cli.data.loading import to_unit_range
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
 
@@ -109,7 +110,6 @@ def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfi
     log.info(f"training a {n_params / 1e6:.2f} M-parameter UNet on {len(images)} images, "
              f"{train.steps} steps of {min(train.batch_size, len(images))} on {device}")
     abar = alphas_cumprod(config.diffusion).float().to(device)
-    pixels = torch.from_numpy(images)
     generator = torch.Generator(device)
     window, began = [], time.perf_counter()
 
@@ -123,7 +123,7 @@ def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfi
     with progress(total=train.steps, initial=start, desc="training", unit="step") as bar:
         for step in range(start, train.steps):
             rows = batch_rows(train.seed, step, len(images), train.batch_size)
-            x0 = to_model_range(pixels[rows].to(device).float() / 255)
+            x0 = to_model_range(torch.from_numpy(to_unit_range(images[rows])).to(device))
             generator.manual_seed(train.seed * 1_000_003 + step)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(train, step)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffclass_cli.data.loading import to_unit_range
+
 
 class SmallCNN(nn.Module):
     """conv32-conv32-pool-conv64-conv64-pool-global average-linear, BatchNorm, dropout."""
@@ -35,7 +37,7 @@ def cnn_accuracy(train_images: np.ndarray, train_labels: np.ndarray, test_images
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     model = SmallCNN(train_images.shape[1], classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
-    x = torch.from_numpy(train_images).float() / 255
+    x = torch.from_numpy(to_unit_range(train_images))
     y = torch.from_numpy(train_labels).long()
     model.train()
     for _ in range(steps):
@@ -48,6 +50,6 @@ def cnn_accuracy(train_images: np.ndarray, train_labels: np.ndarray, test_images
         optimizer.step()
     model.eval()
     with torch.inference_mode():
-        logits = torch.cat([model(torch.from_numpy(test_images[i:i + 512]).float() / 255)
+        logits = torch.cat([model(torch.from_numpy(to_unit_range(test_images[i:i + 512])))
                             for i in range(0, len(test_images), 512)])
     return float((logits.argmax(1).numpy() == test_labels).mean())

@@ -9,6 +9,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from diffclass_cli.console import progress
+from diffclass_cli.data.loading import to_unit_range
 from diffclass_cli.export.extractor import ExtractorSpec
 from diffclass_cli.export.onnx_export import build_extractor, read_metadata
 from diffclass_cli.featurize.runtime import ExtractorSession
@@ -25,7 +26,7 @@ class FeatureSet:
 
 def _in_batches(run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """uint8 `[N, C, H, W]` -> features `[N, D]`, batch by batch."""
-    out = [run(images[i:i + batch_size].astype(np.float32) / 255)
+    out = [run(to_unit_range(images[i:i + batch_size]))
            for i in progress(range(0, len(images), batch_size), desc="features", unit="batch", leave=False)]
     return np.concatenate(out)
 
@@ -58,7 +59,7 @@ def extractor_features(name: str, model: Path, spec: ExtractorSpec, pool: np.nda
 
 
 def pixel_features(pool: np.ndarray, test: np.ndarray) -> FeatureSet:
-    flat = lambda images: images.reshape(len(images), -1).astype(np.float32) / 255  # noqa: E731
+    flat = lambda images: to_unit_range(images.reshape(len(images), -1))  # noqa: E731
     return FeatureSet("pixels", flat(pool), flat(test))
 
 

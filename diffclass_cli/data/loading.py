@@ -22,6 +22,11 @@ def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
+def to_unit_range(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1], the input range of every extractor and of training."""
+    return images.astype(np.float32) / 255
+
+
 @dataclass
 class Batch:
     indices: np.ndarray  # int64 [n], source rows that decoded

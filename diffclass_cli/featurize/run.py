@@ -10,7 +10,7 @@ import numpy as np
 
 from diffclass_cli import __version__
 from diffclass_cli.console import log, progress
-from diffclass_cli.data.loading import iter_batches, report_skipped
+from diffclass_cli.data.loading import iter_batches, report_skipped, to_unit_range
 from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
@@ -74,7 +74,7 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
                                       rows=np.arange(start, len(source))):
                 skipped = [(source.ids[row], reason) for row, reason in batch.skipped]
                 _check_strict(strict, skipped)
-                features = session(batch.images.astype(np.float32) / 255) if len(batch.indices) else empty
+                features = session(to_unit_range(batch.images)) if len(batch.indices) else empty
                 writer.append(features, source.labels[batch.indices], [source.ids[i] for i in batch.indices],
                               skipped, source_rows=len(batch.indices) + len(batch.skipped))
                 skipped_total += skipped
