@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffclass_cli.backbone.checkpoint import BackboneConfig, Checkpoint, save_checkpoint
+from diffclass_cli.backbone.checkpoint import Checkpoint, save_checkpoint
+from diffclass_cli.backbone.ddpm import DDPMConfig
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
@@ -55,7 +56,7 @@ def main() -> None:
         tmp = Path(tmp)
         checkpoint = args.checkpoint
         if checkpoint is None:
-            config = BackboneConfig()
+            config = DDPMConfig()
             torch.manual_seed(0)
             weights = UNet(config.unet).state_dict()
             checkpoint = tmp / "random.ckpt"

@@ -4,7 +4,6 @@ Data goes to stdout, everything else to stderr. A DiffclassError (a user mistake
 one line on stderr and exit code 1; Typer's own usage errors exit with 2.
 """
 
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +11,11 @@ import typer
 from typer.core import TyperGroup
 
 from diffclass_cli import __version__
-from diffclass_cli.backbone.checkpoint import Weights
+from diffclass_cli.backbone.checkpoint import BackboneKind, Weights
 from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule
 from diffclass_cli.backbone.train import LRSchedule, TrainConfig
 from diffclass_cli.backbone.unet import UNetConfig
+from diffclass_cli.backbone.vae import VAEConfig
 from diffclass_cli.console import configure, log
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
@@ -85,6 +85,8 @@ def _parse_ints(text: str, option: str) -> tuple[int, ...]:
 def train_backbone_cmd(
     source: SourceArg,
     out: Annotated[Path, typer.Option(help="Checkpoint file to write (safetensors).")],
+    kind: Annotated[BackboneKind, typer.Option(
+        help="ddpm: a diffusion UNet; vae: a convolutional VAE (the research's comparison).")] = BackboneKind.ddpm,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 3000).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = TrainConfig.batch_size,
@@ -95,11 +97,14 @@ def train_backbone_cmd(
         help="Side of the square images the backbone sees (a multiple of 4) (default: the first image's).")] = None,
     channels: Annotated[int | None, typer.Option(
         help="1 (gray) or 3 (RGB) (default: the first image's).")] = None,
-    width: Annotated[int, typer.Option(help="Channels of the first UNet level.")] = UNetConfig.width,
+    width: Annotated[int, typer.Option(help="Channels of the first level.")] = UNetConfig.width,
     channel_mults: Annotated[str, typer.Option(help="Width multiplier per level.")] = ",".join(
         map(str, UNetConfig.channel_mults)),
-    blocks_per_level: Annotated[int, typer.Option(help="ResBlocks per UNet level.")] = UNetConfig.blocks_per_level,
-    schedule: Annotated[Schedule, typer.Option(help="Noise schedule.")] = DiffusionConfig.schedule,
+    blocks_per_level: Annotated[int, typer.Option(
+        help="ddpm: ResBlocks per UNet level.")] = UNetConfig.blocks_per_level,
+    schedule: Annotated[Schedule, typer.Option(help="ddpm: noise schedule.")] = DiffusionConfig.schedule,
+    latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.")] = VAEConfig.latent_dim,
+    beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.")] = VAEConfig.beta,
     ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.")] = TrainConfig.ema_decay,
     save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = TrainConfig.save_every,
     snapshot_every: Annotated[int, typer.Option(
@@ -112,16 +117,16 @@ def train_backbone_cmd(
     download: DownloadOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Train an unconditional diffusion backbone on the images of SOURCE (labels are ignored).
+    """Train an unconditional diffusion backbone (or a VAE) on the images of SOURCE (labels are ignored).
 
     Examples:\n
       diffclass train-backbone photos/ --out runs/bb.ckpt --steps 5000\n
       diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 300\n
-      diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 600 --resume
+      diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 600 --resume\n
+      diffclass train-backbone mnist-sample:train --out runs/vae.ckpt --kind vae --latent-dim 32
     """
-    from diffclass_cli.backbone.checkpoint import BackboneConfig
-    from diffclass_cli.backbone.train import plan_run, train_backbone
-    from diffclass_cli.data.loading import load_all
+    from diffclass_cli.backbone.ddpm import DDPMConfig
+    from diffclass_cli.backbone.train import run_training
     from diffclass_cli.data.sources import open_source
     from diffclass_cli.device import torch_device
 
@@ -130,21 +135,18 @@ def train_backbone_cmd(
     torch_dev = torch_device(device)
     images_source = open_source(source, data_root, download)
     size, chans = _image_shape(images_source, image_size, channels)
-    config = BackboneConfig(
-        unet=UNetConfig(image_size=size, channels=chans, width=width,
-                        channel_mults=_parse_ints(channel_mults, "--channel-mults"),
-                        blocks_per_level=blocks_per_level),
-        diffusion=DiffusionConfig(schedule=schedule),
-    )
+    mults = _parse_ints(channel_mults, "--channel-mults")
+    if kind == BackboneKind.vae:
+        config = VAEConfig(image_size=size, channels=chans, width=width, channel_mults=mults,
+                           latent_dim=latent_dim, beta=beta)
+    else:
+        config = DDPMConfig(unet=UNetConfig(image_size=size, channels=chans, width=width, channel_mults=mults,
+                                            blocks_per_level=blocks_per_level),
+                            diffusion=DiffusionConfig(schedule=schedule))
     train = TrainConfig(steps=steps or TrainConfig.steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
                         seed=seed, save_every=save_every, snapshot_every=snapshot_every)
-    config, train, state = plan_run(out, config, train, source, resume, overwrite)
-    images, _, skipped = load_all(images_source, config.unet.image_size, config.unet.channels, workers)
-    if epochs is not None:
-        train = TrainConfig(**{**train.__dict__, "steps": math.ceil(epochs * len(images) / train.batch_size)})
-    data = {"source": source, "images": len(images), "skipped": len(skipped)}
-    train_backbone(images, config, train, out, torch_dev, data, state)
+    run_training(images_source, config, train, out, torch_dev, resume, overwrite, workers, epochs)
 
 
 def _image_shape(source, image_size: int | None, channels: int | None) -> tuple[int, int]:
@@ -202,12 +204,13 @@ def export(
     image_size: Annotated[int, typer.Option(help="With --pixels: side of the square images.")] = 28,
     channels: Annotated[int, typer.Option(help="With --pixels: 1 (gray) or 3 (RGB).")] = 1,
     list_taps: Annotated[bool, typer.Option("--list-taps", help="Print the backbone's taps and exit.")] = False,
-    timestep: Annotated[int, typer.Option(help="Diffusion step the images are noised to.")] = DEFAULT_TIMESTEPS[0],
+    timestep: Annotated[int | None, typer.Option(
+        help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}).")] = None,
     timesteps: Annotated[str | None, typer.Option(
         help="Several steps, comma-separated (e.g. 25,100): their features are concatenated.")] = None,
     taps: Annotated[str | None, typer.Option(
-        help="Blocks to take features from, comma-separated (see --list-taps) (default: mid and every up block).")]
-    = None,
+        help="Blocks to take features from, comma-separated (see --list-taps), or the groups encoder, decoder, "
+        "all (default: ddpm: mid and every up block; vae: the encoder blocks and the latent mean).")] = None,
     pool: Annotated[str, typer.Option(
         help="'global' average per block, or an RxR grid of averages such as '2x2'.")] = pool_name(DEFAULT_POOL),
     noise_draws: Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")] = 1,
@@ -238,13 +241,17 @@ def export(
     if list_taps:
         from diffclass_cli.backbone.checkpoint import load_checkpoint
 
-        for tap in load_checkpoint(checkpoint).build().taps():
-            typer.echo(f"{tap.name}\t{tap.channels} channels\t{tap.size}x{tap.size}")
+        config = load_checkpoint(checkpoint).config
+        for tap in config.build().taps():
+            shape = "vector" if tap.size is None else f"{tap.size}x{tap.size}"
+            typer.echo(f"{tap.name}\t{tap.channels} channels\t{shape}")
+        for group, names in config.tap_groups.items():
+            typer.echo(f"{group}\t{','.join(names)}")
         return
     if out is None:
         raise DiffclassError("--out is required (or --list-taps)")
     spec = ExtractorSpec(
-        timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (timestep,),
+        timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (timestep,) if timestep is not None else (),
         taps=tuple(t.strip() for t in taps.split(",") if t.strip()) if taps else (),
         pool=parse_pool(pool),
         noise_seed=noise_seed,
@@ -410,7 +417,7 @@ def benchmark(
         help="Comparisons, comma-separated: pixels, pca (of pixels), cnn (supervised, from scratch).")]
     = "pixels,pca,cnn",
     cnn_steps: Annotated[int, typer.Option(help="Training steps of the supervised CNN per draw.")] = 300,
-    timesteps: Annotated[str, typer.Option(help="Extractor timesteps, as in export.")] = "100",
+    timesteps: Annotated[str | None, typer.Option(help="Extractor timesteps, as in export (default: 100).")] = None,
     taps: Annotated[str | None, typer.Option(help="Extractor taps, as in export.")] = None,
     pool: Annotated[str, typer.Option(help="Extractor pooling, as in export.")] = pool_name(DEFAULT_POOL),
     noise_draws: Annotated[int, typer.Option(help="Extractor noise draws, as in export.")] = 1,
@@ -449,7 +456,7 @@ def benchmark(
         head_kinds = tuple(HeadKind(h.strip()) for h in heads.split(",") if h.strip())
     except ValueError:
         raise DiffclassError(f"--heads takes logreg, mlp, semi, not {heads!r}") from None
-    spec = ExtractorSpec(timesteps=_parse_ints(timesteps, "--timesteps"),
+    spec = ExtractorSpec(timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (),
                          taps=tuple(t.strip() for t in taps.split(",")) if taps else (),
                          pool=parse_pool(pool), noise_draws=noise_draws)
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,

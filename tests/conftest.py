@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffclass_cli.backbone.checkpoint import BackboneConfig
+from diffclass_cli.backbone.ddpm import DDPMConfig
 from diffclass_cli.backbone.train import TrainConfig, train_backbone
 from diffclass_cli.backbone.unet import UNetConfig
 from diffclass_cli.cli import app
@@ -44,7 +44,7 @@ def tiny_checkpoint(tmp_path_factory, mnist_train_pixels):
     """A width-8 backbone trained for 30 steps: enough to be non-random, quick to make."""
     out = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     train = TrainConfig(steps=30, batch_size=32, warmup=5, save_every=30)
-    train_backbone(mnist_train_pixels, BackboneConfig(unet=TINY_UNET), train, out,
+    train_backbone(mnist_train_pixels, DDPMConfig(unet=TINY_UNET), train, out,
                    torch.device("cpu"), {"source": "mnist-sample:train", "images": 512})
     return out
 
@@ -91,7 +91,7 @@ def rgb_onnx(tmp_path_factory):
     from diffclass_cli.export.onnx_export import export_onnx
 
     folder = tmp_path_factory.mktemp("rgb")
-    config = BackboneConfig(unet=UNetConfig(image_size=16, channels=3, width=8, channel_mults=(1, 2)))
+    config = DDPMConfig(unet=UNetConfig(image_size=16, channels=3, width=8, channel_mults=(1, 2)))
     torch.manual_seed(0)
     weights = UNet(config.unet).state_dict()
     save_checkpoint(Checkpoint(config, 0, weights, weights), folder / "rgb.ckpt")

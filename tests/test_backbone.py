@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffclass_cli.backbone.checkpoint import BackboneConfig, Weights, load_checkpoint
+from diffclass_cli.backbone.checkpoint import Weights, load_checkpoint
+from diffclass_cli.backbone.ddpm import DDPMConfig
 from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule, alphas_cumprod, q_sample
 from diffclass_cli.backbone.train import TrainConfig, plan_run, snapshot_path, train_backbone
 from diffclass_cli.backbone.unet import UNet, UNetConfig, timestep_embedding
@@ -66,7 +67,7 @@ def test_schedules_and_forward_noising():
 
 def _train(pixels, out, steps, **kw):
     train = TrainConfig(steps=steps, batch_size=32, warmup=5, save_every=10, **kw)
-    return train_backbone(pixels, BackboneConfig(unet=TINY_UNET), train, out, CPU, DATA)
+    return train_backbone(pixels, DDPMConfig(unet=TINY_UNET), train, out, CPU, DATA)
 
 
 def test_short_training_loss_falls_and_checkpoint_round_trips(mnist_train_pixels, tmp_path):
@@ -86,7 +87,7 @@ def test_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train_pix
     again = _train(mnist_train_pixels, tmp_path / "again.ckpt", steps=20)
     # The step-10 snapshot is what a run killed between steps 10 and 20 leaves behind.
     shutil.copy(snapshot_path(tmp_path / "full.ckpt", 10), tmp_path / "resumed.ckpt")
-    config, train, state = plan_run(tmp_path / "resumed.ckpt", BackboneConfig(),
+    config, train, state = plan_run(tmp_path / "resumed.ckpt", DDPMConfig(),
                                     TrainConfig(steps=20), DATA["source"], resume=True, overwrite=False)
     assert state.step == 10 and train.batch_size == 32
     resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, DATA, state)
@@ -106,7 +107,7 @@ def test_refuses_to_overwrite_and_rejects_foreign_files(tmp_path):
     existing = tmp_path / "bb.ckpt"
     existing.write_bytes(b"not a checkpoint")
     with pytest.raises(DiffclassError, match="--overwrite"):
-        plan_run(existing, BackboneConfig(), TrainConfig(), "x", resume=False, overwrite=False)
+        plan_run(existing, DDPMConfig(), TrainConfig(), "x", resume=False, overwrite=False)
     with pytest.raises(DiffclassError, match="not a diffclass checkpoint"):
         load_checkpoint(existing)
     from safetensors.torch import save_file

@@ -57,7 +57,7 @@ def test_metadata_describes_the_graph(exported, tiny_checkpoint):
     model = onnx.load(str(exported))
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["images"]  # no label input, ever
-    assert not any(i.name.startswith("unet.out.") for i in model.graph.initializer)
+    assert not any(i.name.startswith("network.out.") for i in model.graph.initializer)
 
 
 def test_only_the_blocks_up_to_the_deepest_tap_are_exported(tiny_checkpoint, tmp_path):
@@ -65,8 +65,8 @@ def test_only_the_blocks_up_to_the_deepest_tap_are_exported(tiny_checkpoint, tmp
     meta = export_onnx(tiny_checkpoint, out, ExtractorSpec(taps=("mid",), pool=1))
     names = [i.name for i in onnx.load(str(out)).graph.initializer]
     assert meta["feature_dim"] == 16
-    assert any(n.startswith("unet.mid.") for n in names)
-    assert not any(n.startswith(("unet.up.", "unet.upsample.", "unet.out.")) for n in names)
+    assert any(n.startswith("network.mid.") for n in names)
+    assert not any(n.startswith(("network.up.", "network.upsample.", "network.out.")) for n in names)
 
 
 def test_timesteps_concatenate_and_noise_draws_average(tiny_checkpoint):

@@ -14,8 +14,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from diffclass_cli import __version__
+from diffclass_cli.backbone.ddpm import DDPMConfig
 from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule
-from diffclass_cli.backbone.unet import UNet, UNetConfig
+from diffclass_cli.backbone.unet import UNetConfig
+from diffclass_cli.backbone.vae import VAEConfig
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import atomic_output
 
@@ -28,23 +30,25 @@ class Weights(str, Enum):
     raw = "raw"
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    """Everything that defines a backbone; the network is rebuilt from this alone."""
+class BackboneKind(str, Enum):
+    ddpm = "ddpm"
+    vae = "vae"
 
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    kind: str = "ddpm"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+BackboneConfig = DDPMConfig | VAEConfig  # each rebuilds its network (`build`) and defines its loss (`loss_fn`)
 
-    @classmethod
-    def from_json(cls, text: str) -> "BackboneConfig":
-        raw = json.loads(text)
-        unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
-        diffusion = DiffusionConfig(**{**raw["diffusion"], "schedule": Schedule(raw["diffusion"]["schedule"])})
-        return cls(unet=unet, diffusion=diffusion, kind=raw["kind"])
+
+def config_to_json(config: BackboneConfig) -> str:
+    return json.dumps(asdict(config))
+
+
+def config_from_json(text: str) -> BackboneConfig:
+    raw = json.loads(text)
+    if raw["kind"] == "vae":
+        return VAEConfig(**{**raw, "channel_mults": tuple(raw["channel_mults"])})
+    unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
+    diffusion = DiffusionConfig(**{**raw["diffusion"], "schedule": Schedule(raw["diffusion"]["schedule"])})
+    return DDPMConfig(unet=unet, diffusion=diffusion)
 
 
 @dataclass
@@ -56,9 +60,9 @@ class Checkpoint:
     optimizer: dict | None = None
     training: dict = field(default_factory=dict)  # options and data, for resume and model cards
 
-    def build(self, weights: Weights = Weights.ema) -> UNet:
+    def build(self, weights: Weights = Weights.ema) -> torch.nn.Module:
         """The network with the EMA (default) or raw weights, in eval mode on the CPU."""
-        model = UNet(self.config.unet)
+        model = self.config.build()
         model.load_state_dict(self.ema if weights == Weights.ema else self.model)
         return model.eval()
 
@@ -76,7 +80,7 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "diffclass_version": __version__,
-        "config": ckpt.config.to_json(),
+        "config": config_to_json(ckpt.config),
         "step": str(ckpt.step),
         "training": json.dumps(ckpt.training),
         "optimizer_groups": json.dumps(groups),
@@ -119,7 +123,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             state.setdefault(int(index), {})[key] = value
         optimizer = {"state": state, "param_groups": groups}
     return Checkpoint(
-        config=BackboneConfig.from_json(metadata["config"]),
+        config=config_from_json(metadata["config"]),
         step=int(metadata["step"]),
         model=parts["model"],
         ema=parts["ema"],

@@ -7,6 +7,7 @@ from torchvision.utils import make_grid, save_image
 
 from diffclass_cli.backbone.checkpoint import Weights, load_checkpoint
 from diffclass_cli.backbone.diffusion import sample
+from diffclass_cli.backbone.vae import sample_vae
 from diffclass_cli.console import log
 from diffclass_cli.files import atomic_output, refuse_overwrite
 
@@ -17,14 +18,18 @@ def grid_columns(n: int) -> int:
 
 def sample_to_png(checkpoint: Path, out: Path, n: int, ddim_steps: int | None, out_dir: Path | None,
                   weights: Weights, device: torch.device, seed: int, overwrite: bool) -> None:
-    """Sample `n` images and save them as one grid PNG (and one PNG each in `out_dir`)."""
+    """Sample `n` images (DDPM/DDIM steps, or VAE prior draws) and save them as one grid PNG
+    (and one PNG each in `out_dir`)."""
     refuse_overwrite(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build(weights).to(device)
-    unet = ckpt.config.unet
+    config = ckpt.config
     generator = torch.Generator(device).manual_seed(seed)
-    images = sample(model, ckpt.config.diffusion, (n, unet.channels, unet.image_size, unet.image_size),
-                    generator, ddim_steps)
+    if config.kind == "vae":
+        images = sample_vae(model, n, generator)
+    else:
+        images = sample(model, config.diffusion, (n, config.channels, config.image_size, config.image_size),
+                        generator, ddim_steps)
     pixels = ((images.cpu() + 1) / 2).clamp(0, 1)
     with atomic_output(out, overwrite) as tmp:
         save_image(make_grid(pixels, nrow=grid_columns(n)), tmp, format="png")

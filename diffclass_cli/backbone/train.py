@@ -1,6 +1,6 @@
-"""Train an unconditional DDPM on unlabeled images; resumable and deterministic per seed.
+"""Train a backbone (a DDPM, or a VAE) on unlabeled images; resumable and deterministic per seed.
 
-Each step's batch rows, timesteps and noise are drawn from generators seeded by
+Each step's batch rows and the loss's randomness (timesteps and noise, latent draws) are drawn from generators seeded by
 (seed, step), so a resumed run draws exactly what an uninterrupted one would have.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from diffclass_cli.backbone.checkpoint import (
     BackboneConfig,
@@ -21,10 +22,10 @@ from diffclass_cli.backbone.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range, training_loss
-from diffclass_cli.backbone.unet import UNet
-from diffclass_cli.console import log, progress
-from diffclass_cli.data.loading import to_unit_range
+from diffclass_cli.console import configure, log, progress
+from diffclass_cli.data.loading import load_all, to_unit_range
+from diffclass_cli.data.sources import ImageSource
+from diffclass_cli.distributed import Launch, detect_launch, rank_rows, start, stop, sum_over_ranks
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
 
@@ -58,9 +59,11 @@ def learning_rate(train: TrainConfig, step: int) -> float:
     return train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
 
 
-def batch_rows(seed: int, step: int, n_images: int, batch_size: int) -> np.ndarray:
-    """The image rows of one step: distinct within the batch, reproducible from (seed, step)."""
-    return np.random.default_rng([seed, step]).choice(n_images, min(batch_size, n_images), replace=False)
+def batch_rows(seed: int, step: int, n_images: int, batch_size: int, launch: Launch = Launch()) -> np.ndarray:
+    """The image rows of one step: distinct within the batch, reproducible from (seed, step)
+    (and the rank, when several processes train together)."""
+    key = [seed, step, launch.rank] if launch.is_distributed else [seed, step]
+    return np.random.default_rng(key).choice(n_images, min(batch_size, n_images), replace=False)
 
 
 def snapshot_path(out: Path, step: int) -> Path:
@@ -77,6 +80,8 @@ def plan_run(out: Path, config: BackboneConfig, train: TrainConfig, source: str,
     state = load_checkpoint(out)
     if state.optimizer is None:
         raise DiffclassError(f"{out} has no optimizer state to resume from")
+    if state.config.kind != config.kind:
+        raise DiffclassError(f"{out} holds a {state.config.kind} backbone, not a {config.kind} one")
     if train.steps < state.step:
         raise DiffclassError(f"{out} is already at step {state.step}, past --steps {train.steps}")
     trained_on = state.training["data"].get("source")
@@ -88,16 +93,22 @@ def plan_run(out: Path, config: BackboneConfig, train: TrainConfig, source: str,
 
 
 def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfig, out: Path,
-                   device: torch.device, data: dict, state: Checkpoint | None = None) -> Checkpoint:
+                   device: torch.device, data: dict, state: Checkpoint | None = None,
+                   launch: Launch = Launch()) -> Checkpoint:
     """Train on uint8 `images` `[N, C, H, W]`, writing checkpoints to `out`; returns the last.
 
-    `state` is the checkpoint to continue from (see `plan_run`)."""
+    `state` is the checkpoint to continue from (see `plan_run`). Under torchrun (`launch`),
+    `images` are this rank's shard, gradients are averaged by DistributedDataParallel and
+    only rank 0 writes checkpoints."""
     if len(images) == 0:
         raise DiffclassError("no readable images to train on")
     _check_images(images, config)
     torch.manual_seed(train.seed)
-    model = UNet(config.unet).to(device)
+    model = config.build().to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
+    trainer = model
+    if launch.is_distributed:  # same initial weights everywhere: DDP broadcasts rank 0's
+        trainer = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
     start, losses = 0, []
     if state is not None:
@@ -107,28 +118,32 @@ def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfi
         start, losses = state.step, state.training["losses"]
         log.info(f"resuming {out} at step {start} of {train.steps}")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(f"training a {n_params / 1e6:.2f} M-parameter UNet on {len(images)} images, "
-             f"{train.steps} steps of {min(train.batch_size, len(images))} on {device}")
-    abar = alphas_cumprod(config.diffusion).float().to(device)
+    batch = min(train.batch_size, len(images))
+    per_step = f"{batch}" if not launch.is_distributed else (
+        f"{batch} per rank x {launch.world_size} ranks = {batch * launch.world_size} (effective batch size)")
+    log.info(f"training a {n_params / 1e6:.2f} M-parameter {type(model).__name__} on {data['images']} images, "
+             f"{train.steps} steps of {per_step} on {device}")
+    loss_fn = config.loss_fn(device)
     generator = torch.Generator(device)
     window, began = [], time.perf_counter()
 
     def checkpoint(step: int) -> Checkpoint:
         training = {"options": asdict(train), "data": data, "losses": losses}
         ckpt = Checkpoint(config, step, model.state_dict(), ema.state_dict(), optimizer.state_dict(), training)
-        save_checkpoint(ckpt, out)
+        if launch.is_main:
+            save_checkpoint(ckpt, out)
         return ckpt
 
     ckpt = None
     with progress(total=train.steps, initial=start, desc="training", unit="step") as bar:
         for step in range(start, train.steps):
-            rows = batch_rows(train.seed, step, len(images), train.batch_size)
-            x0 = to_model_range(torch.from_numpy(to_unit_range(images[rows])).to(device))
-            generator.manual_seed(train.seed * 1_000_003 + step)
+            rows = batch_rows(train.seed, step, len(images), train.batch_size, launch)
+            pixels = torch.from_numpy(to_unit_range(images[rows])).to(device)
+            generator.manual_seed(train.seed * 1_000_003 + step + launch.rank * 7_919_000_003)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(train, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = training_loss(model, x0, abar, generator)
+                loss = loss_fn(trainer, pixels, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -138,8 +153,8 @@ def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfi
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
             window.append(loss.item())
             elapsed = time.perf_counter() - began
-            bar.set_postfix(loss=f"{loss.item():.4f}",
-                            img_s=f"{(step + 1 - start) * len(rows) / elapsed:.0f}", refresh=False)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False,
+                            img_s=f"{(step + 1 - start) * len(rows) * launch.world_size / elapsed:.0f}")
             bar.update()
             done = step + 1
             if done % train.save_every == 0 or done == train.steps:
@@ -149,15 +164,40 @@ def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfi
             if train.snapshot_every and done % train.snapshot_every == 0:
                 if ckpt is None or ckpt.step != done:
                     ckpt = checkpoint(done)
-                shutil.copyfile(out, snapshot_path(out, done))
+                if launch.is_main:
+                    shutil.copyfile(out, snapshot_path(out, done))
     if ckpt is None:  # already at the requested step count
         ckpt = checkpoint(start)
     log.info(f"wrote {out} (step {ckpt.step}, recent loss {losses[-1][1]:.4f})" if losses else f"wrote {out}")
     return ckpt
 
 
+def run_training(source: ImageSource, config: BackboneConfig, train: TrainConfig, out: Path,
+                 device: torch.device, resume: bool = False, overwrite: bool = False, workers: int = 0,
+                 epochs: float | None = None) -> Checkpoint:
+    """Load the images of `source` and train on them; under torchrun each rank loads and trains
+    on its own shard (see `train_backbone`)."""
+    launch = detect_launch()
+    config, train, state = plan_run(out, config, train, source.spec, resume, overwrite)
+    if launch.is_distributed:
+        device = start(launch, device)
+        if not launch.is_main:
+            configure(quiet=True)  # one progress bar and one log: rank 0's
+        source = source.subset(rank_rows(len(source), launch))
+    try:
+        images, _, skipped = load_all(source, config.image_size, config.channels, workers)
+        n_images = sum_over_ranks(len(images), launch, device)
+        if epochs is not None:
+            steps = math.ceil(epochs * n_images / (train.batch_size * launch.world_size))
+            train = TrainConfig(**{**asdict(train), "steps": steps})
+        data = {"source": source.spec, "images": n_images, "skipped": sum_over_ranks(len(skipped), launch, device),
+                "processes": launch.world_size}
+        return train_backbone(images, config, train, out, device, data, state, launch)
+    finally:
+        stop(launch)
+
+
 def _check_images(images: np.ndarray, config: BackboneConfig) -> None:
-    unet = config.unet
-    expected = (unet.channels, unet.image_size, unet.image_size)
+    expected = (config.channels, config.image_size, config.image_size)
     if images.shape[1:] != expected:
         raise DiffclassError(f"images are {images.shape[1:]} but the backbone expects {expected}")

@@ -28,18 +28,7 @@ class UNetConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        levels = len(self.channel_mults)
-        if self.image_size < 8 or self.image_size % 4:
-            raise DiffclassError(
-                f"image size {self.image_size} is not supported: use a multiple of 4 that is at "
-                "least 8 (28 for MNIST, 32 for CIFAR-10, any multiple of 8)"
-            )
-        if self.channels not in (1, 3):
-            raise DiffclassError(f"channels must be 1 (gray) or 3 (RGB), not {self.channels}")
-        if self.width < 8 or self.width % 8:
-            raise DiffclassError(f"width must be a multiple of 8, not {self.width}")
-        if levels < 1 or self.image_size >> (levels - 1) < 2:
-            raise DiffclassError(f"{levels} levels are too deep for {self.image_size}px images")
+        check_network_shape(self.image_size, self.channels, self.width, len(self.channel_mults))
 
     @property
     def level_channels(self) -> list[int]:
@@ -50,14 +39,50 @@ class UNetConfig:
         levels = range(len(self.channel_mults))
         return [f"down{i}" for i in levels] + ["mid"] + [f"up{i}" for i in reversed(levels)]
 
+    @property
+    def tap_groups(self) -> dict[str, list[str]]:
+        """Names that stand for several taps in `--taps`; `default` is what extractors use."""
+        names = self.tap_names
+        middle = names.index("mid")
+        return {"encoder": names[:middle + 1], "decoder": names[middle + 1:], "all": names,
+                "default": names[middle:]}  # the bottleneck and every decoder block
+
+
+def check_network_shape(image_size: int, channels: int, width: int, levels: int) -> None:
+    """The input and width rules every backbone network shares."""
+    if image_size < 8 or image_size % 4:
+        raise DiffclassError(
+            f"image size {image_size} is not supported: use a multiple of 4 that is at "
+            "least 8 (28 for MNIST, 32 for CIFAR-10, any multiple of 8)"
+        )
+    if channels not in (1, 3):
+        raise DiffclassError(f"channels must be 1 (gray) or 3 (RGB), not {channels}")
+    if width < 8 or width % 8:
+        raise DiffclassError(f"width must be a multiple of 8, not {width}")
+    if levels < 1 or image_size >> (levels - 1) < 2:
+        raise DiffclassError(f"{levels} levels are too deep for {image_size}px images")
+
+
+def level_sizes(image_size: int, levels: int) -> list[int]:
+    """Feature-map side at each level: stride-2 convs with padding 1 round up (28 -> 14 -> 7 -> 4)."""
+    sizes = [image_size]
+    for _ in range(levels - 1):
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
 
 @dataclass(frozen=True)
 class Tap:
-    """A block whose output can be used as features: `[N, channels, size, size]`."""
+    """A block whose output can be used as features: `[N, channels, size, size]`, or a
+    vector `[N, channels]` when `size` is None (a VAE's latent mean)."""
 
     name: str
     channels: int
-    size: int
+    size: int | None
+
+    def width(self, pool: int) -> int:
+        """Features it gives when pooled to a `pool` x `pool` grid (vectors are not pooled)."""
+        return self.channels if self.size is None else self.channels * pool**2
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
@@ -73,19 +98,21 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, the time embedding added in between, plus a skip."""
+    """GroupNorm-SiLU-conv twice, the time embedding (if any) added in between, plus a skip."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
         self.in_layers = nn.Sequential(_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch)) if emb_dim else None
         self.out_layers = nn.Sequential(
             _norm(out_ch), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         )
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x) + self.emb(emb)[:, :, None, None]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.in_layers(x)
+        if self.emb is not None:
+            h = h + self.emb(emb)[:, :, None, None]
         return self.skip(x) + self.out_layers(h)
 
 
@@ -126,10 +153,8 @@ class UNet(nn.Module):
 
     def taps(self) -> list[Tap]:
         """The named blocks, in forward order, with their output channels and sizes."""
-        chans, size = self.config.level_channels, self.config.image_size
-        sizes = [size]
-        for _ in chans[1:]:
-            sizes.append((sizes[-1] + 1) // 2)
+        chans = self.config.level_channels
+        sizes = level_sizes(self.config.image_size, len(chans))
         levels = range(len(chans))
         return ([Tap(f"down{i}", chans[i], sizes[i]) for i in levels]
                 + [Tap("mid", chans[-1], sizes[-1])]

@@ -38,8 +38,8 @@ def model_input_shape(model: Path) -> tuple[int, int]:
         return meta["image_size"], meta["channels"]
     from diffclass_cli.backbone.checkpoint import load_checkpoint
 
-    unet = load_checkpoint(model).config.unet
-    return unet.image_size, unet.channels
+    config = load_checkpoint(model).config
+    return config.image_size, config.channels
 
 
 def extractor_features(name: str, model: Path, spec: ExtractorSpec, pool: np.ndarray,

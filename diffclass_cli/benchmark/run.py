@@ -26,7 +26,8 @@ from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
 from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import ExtractorSpec, default_taps, pool_name
+from diffclass_cli.export.extractor import DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
+from diffclass_cli.export.onnx_export import read_metadata
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
 QUICK = Protocol(per_class=(1, 10), draws=2, heads=(HeadKind.logreg, HeadKind.semi), cnn_steps=40)
@@ -58,7 +59,14 @@ def validation_split(pool: Split) -> tuple[Split, Split]:
 
 
 def feature_set_name(model: Path) -> str:
-    return f"diffusion:{model.stem}"
+    """`diffusion:NAME` or `vae:NAME`, from the file's own record of its backbone."""
+    if model.suffix == ".onnx":
+        kind = read_metadata(model)["backbone_kind"]
+    else:
+        from diffclass_cli.backbone.checkpoint import read_metadata as checkpoint_metadata
+
+        kind = json.loads(checkpoint_metadata(model)["config"])["kind"]
+    return f"{'diffusion' if kind == 'ddpm' else kind}:{model.stem}"
 
 
 def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: Protocol,
@@ -132,14 +140,15 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
 
 
 def _tap_sets(model: Path) -> list[tuple[str, ...]]:
-    """Each tap alone, the default set (mid and the up blocks) and all taps."""
+    """Each tap alone, the default set and all taps."""
     from diffclass_cli.backbone.checkpoint import load_checkpoint
 
-    names = load_checkpoint(model).config.unet.tap_names
-    return [(name,) for name in names] + [default_taps(names), tuple(names)]
+    config = load_checkpoint(model).config
+    return [(name,) for name in config.tap_names] + [("default",), ("all",)]
 
 
 def _describe(spec: ExtractorSpec) -> str:
-    taps = ",".join(spec.taps) if spec.taps else "mid+up (default)"
-    return (f"timesteps {','.join(map(str, spec.timesteps))}, taps {taps}, pool {pool_name(spec.pool)}, "
+    taps = ",".join(spec.taps) if spec.taps else "default"
+    timesteps = ",".join(map(str, spec.timesteps or DEFAULT_TIMESTEPS))
+    return (f"timesteps {timesteps} (diffusion), taps {taps}, pool {pool_name(spec.pool)}, "
             f"noise draws {spec.noise_draws}")

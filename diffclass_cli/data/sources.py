@@ -51,6 +51,16 @@ class ArrayLoader:
         return Image.fromarray(self.images[index])
 
 
+class SubsetLoader:
+    """Image i of a subset: image `rows[i]` of the full source."""
+
+    def __init__(self, load, rows: np.ndarray):
+        self.load, self.rows = load, rows
+
+    def __call__(self, index: int) -> Image.Image:
+        return self.load(int(self.rows[index]))
+
+
 @dataclass
 class ImageSource:
     """Images with stable ids and labels (-1 = unlabeled); `load(i)` decodes image i."""
@@ -59,7 +69,7 @@ class ImageSource:
     ids: list[str]
     labels: np.ndarray
     class_names: list[str]
-    load: FolderLoader | ArrayLoader
+    load: FolderLoader | ArrayLoader | SubsetLoader
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -68,6 +78,12 @@ class ImageSource:
     @property
     def is_labeled(self) -> bool:
         return bool((self.labels >= 0).any())
+
+    def subset(self, rows: np.ndarray, keep_skipped: bool = False) -> "ImageSource":
+        """The images at `rows`, in that order (a shard); the folder scan's skipped files
+        stay with it only if `keep_skipped`."""
+        return ImageSource(self.spec, [self.ids[i] for i in rows], self.labels[rows], self.class_names,
+                           SubsetLoader(self.load, rows), self.skipped if keep_skipped else [])
 
 
 def open_source(spec: str, data_root: Path | None = None, download: bool = False) -> ImageSource:

@@ -1,5 +1,6 @@
-"""The frozen feature extractor: images in [0, 1] -> noised to fixed timesteps with fixed
-noise -> UNet run to its deepest tap -> each tap pooled -> one feature vector per image.
+"""The frozen feature extractors: images in [0, 1] -> the backbone run to its deepest tap
+(a UNet on images noised to fixed timesteps with fixed noise, or a VAE on the images) ->
+each tap pooled -> one feature vector per image.
 
 This module is what gets exported to ONNX; the PyTorch and ONNX paths share it.
 """
@@ -12,15 +13,11 @@ from torch import nn
 
 from diffclass_cli.backbone.diffusion import DiffusionConfig, alphas_cumprod, to_model_range
 from diffclass_cli.backbone.unet import UNet
+from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
 
 DEFAULT_TIMESTEPS = (100,)
 DEFAULT_POOL = 3  # 3x3 beat 2x2 at 1 label per class on validation (see the model card)
-
-
-def default_taps(tap_names: list[str]) -> tuple[str, ...]:
-    """The bottleneck and every decoder block."""
-    return tuple(tap_names[tap_names.index("mid"):])
 
 
 def parse_pool(text: str) -> int:
@@ -41,8 +38,8 @@ def pool_name(grid: int) -> str:
 class ExtractorSpec:
     """What the extractor computes, beyond the backbone's own weights."""
 
-    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
-    taps: tuple[str, ...] = ()  # empty: default_taps
+    timesteps: tuple[int, ...] = ()  # empty: DEFAULT_TIMESTEPS (diffusion backbones only)
+    taps: tuple[str, ...] = ()  # tap names or groups (`encoder`, `decoder`, `all`); empty: `default`
     pool: int = DEFAULT_POOL
     noise_seed: int = 0
     noise_draws: int = 1
@@ -50,36 +47,77 @@ class ExtractorSpec:
 
 @dataclass(frozen=True)
 class FeatureGroup:
-    """Columns [start, stop) of the feature vector come from one tap at one timestep."""
+    """Columns [start, stop) of the feature vector come from one tap (at one timestep)."""
 
     name: str
     start: int
     stop: int
 
 
-class FeatureExtractor(nn.Module):
-    """`images` `[N, C, H, W]` in [0, 1] -> `features` `[N, D]`, deterministically."""
+def resolve_taps(config, wanted: tuple[str, ...]) -> list[str]:
+    """`--taps` names (taps, or groups such as `encoder`) -> tap names in forward order."""
+    groups = config.tap_groups
+    names = {tap for name in wanted or ("default",) for tap in groups.get(name, [name])}
+    unknown = sorted(names - set(config.tap_names))
+    if unknown:
+        raise DiffclassError(f"unknown tap(s) {unknown}; this backbone has {config.tap_names} "
+                             f"and the groups {sorted(groups)}")
+    return [name for name in config.tap_names if name in names]
+
+
+class TapExtractor(nn.Module):
+    """Shared by the backbones' extractors: chosen taps, each pooled to a grid (vectors kept
+    as they are) and concatenated, once per prefix (a diffusion timestep)."""
+
+    def __init__(self, network: nn.Module, spec: ExtractorSpec, prefixes: list[str]):
+        super().__init__()
+        if spec.pool < 1:
+            raise DiffclassError("the pooling grid must be at least 1x1")
+        self.taps = resolve_taps(network.config, spec.taps)
+        self.spec, self.prefixes = spec, prefixes
+        network.prune_intermediate_layers(self.taps)
+        self.network = network.eval().requires_grad_(False)
+
+    def feature_groups(self) -> list[FeatureGroup]:
+        taps = {tap.name: tap for tap in self.network.taps()}
+        groups, start = [], 0
+        for prefix in self.prefixes:
+            for name in self.taps:
+                tap, stop = taps[name], start + taps[name].width(self.spec.pool)
+                suffix = "" if tap.size is None else f"/{pool_name(self.spec.pool)}"
+                groups.append(FeatureGroup(f"{prefix}{name}{suffix}", start, stop))
+                start = stop
+        return groups
+
+    @property
+    def feature_dim(self) -> int:
+        return self.feature_groups()[-1].stop
+
+    def pooled(self, found: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The chosen taps' outputs, each `[N, width]`, in order."""
+        return [found[name] if found[name].dim() == 2 else
+                F.adaptive_avg_pool2d(found[name], self.spec.pool).flatten(1) for name in self.taps]
+
+    def describe(self) -> dict:
+        """What the ONNX metadata records of the extractor itself."""
+        return {"timesteps": [], "taps": self.taps, "pool": pool_name(self.spec.pool)}
+
+
+class FeatureExtractor(TapExtractor):
+    """Diffusion features: `images` `[N, C, H, W]` in [0, 1] -> noised to fixed timesteps with
+    fixed noise -> UNet taps -> `features` `[N, D]`, deterministically."""
 
     def __init__(self, unet: UNet, diffusion: DiffusionConfig, spec: ExtractorSpec):
-        super().__init__()
+        timesteps = spec.timesteps or DEFAULT_TIMESTEPS
         T = diffusion.num_timesteps
-        bad = [t for t in spec.timesteps if not 0 <= t < T]
+        bad = [t for t in timesteps if not 0 <= t < T]
         if bad:
             raise DiffclassError(f"timestep(s) {bad} outside [0, {T}) of this backbone")
         if spec.noise_draws < 1:
             raise DiffclassError("--noise-draws must be at least 1")
-        if spec.pool < 1:
-            raise DiffclassError("the pooling grid must be at least 1x1")
-        tap_names = unet.config.tap_names
-        wanted = spec.taps or default_taps(tap_names)
-        unknown = sorted(set(wanted) - set(tap_names))
-        if unknown:
-            raise DiffclassError(f"unknown tap(s) {unknown}; this backbone has {tap_names}")
-        self.taps = [name for name in tap_names if name in wanted]  # forward order
-        self.spec = spec
-        unet.prune_intermediate_layers(self.taps)
-        self.unet = unet.eval().requires_grad_(False)
-        abar = alphas_cumprod(diffusion)[list(spec.timesteps)]
+        super().__init__(unet, spec, [f"t{t}/" for t in timesteps])
+        self.timesteps = timesteps
+        abar = alphas_cumprod(diffusion)[list(timesteps)]
         self.register_buffer("sqrt_abar", abar.sqrt().float())
         self.register_buffer("sqrt_one_minus_abar", (1 - abar).sqrt().float())
         cfg = unet.config
@@ -88,31 +126,41 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("noise", noise)
         self.eval()
 
-    def feature_groups(self) -> list[FeatureGroup]:
-        channels = {tap.name: tap.channels for tap in self.unet.taps()}
-        groups, start = [], 0
-        for t in self.spec.timesteps:
-            for name in self.taps:
-                width = channels[name] * self.spec.pool**2
-                groups.append(FeatureGroup(f"t{t}/{name}/{pool_name(self.spec.pool)}", start, start + width))
-                start += width
-        return groups
-
-    @property
-    def feature_dim(self) -> int:
-        return self.feature_groups()[-1].stop
+    def describe(self) -> dict:
+        return {**super().describe(), "timesteps": list(self.timesteps), "noise_seed": self.spec.noise_seed,
+                "noise_draws": self.spec.noise_draws}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x0 = to_model_range(images)
         n, draws = x0.shape[0], self.noise.shape[0]
         features = []
-        for j, t in enumerate(self.spec.timesteps):
+        for j, t in enumerate(self.timesteps):
             # Every image is noised with each of the fixed noise tensors: [N * draws, C, H, W].
             xt = self.sqrt_abar[j] * x0[:, None] + self.sqrt_one_minus_abar[j] * self.noise[None]
             xt = xt.reshape(n * draws, *x0.shape[1:])
             timesteps = torch.full((n * draws,), float(t), device=xt.device)
-            taps = self.unet.forward_intermediates(xt, timesteps, self.taps)
-            for name in self.taps:
-                pooled = F.adaptive_avg_pool2d(taps[name], self.spec.pool).flatten(1)
-                features.append(pooled.reshape(n, draws, -1).mean(dim=1))
+            found = self.network.forward_intermediates(xt, timesteps, self.taps)
+            features += [f.reshape(n, draws, -1).mean(dim=1) for f in self.pooled(found)]
         return torch.cat(features, dim=1)
+
+
+class VAEFeatureExtractor(TapExtractor):
+    """VAE features: `images` in [0, 1] -> encoder taps, the posterior mean, and decoder taps
+    decoded from that mean -> `features` `[N, D]`. No noise, no timesteps."""
+
+    def __init__(self, vae: VAE, spec: ExtractorSpec):
+        if spec.timesteps or spec.noise_draws != 1 or spec.noise_seed:
+            raise DiffclassError("a VAE extractor has no timesteps or noise: drop --timestep(s) and --noise-*")
+        super().__init__(vae, spec, [""])
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        found = self.network.forward_intermediates(to_model_range(images), self.taps)
+        return torch.cat(self.pooled(found), dim=1)
+
+
+def make_extractor(network: nn.Module, config, spec: ExtractorSpec) -> TapExtractor:
+    """The extractor of a backbone network of either kind (`config` is its BackboneConfig)."""
+    if config.kind == "vae":
+        return VAEFeatureExtractor(network, spec)
+    return FeatureExtractor(network, config.diffusion, spec)

@@ -13,10 +13,10 @@ import onnx
 import torch
 
 from diffclass_cli import __version__
-from diffclass_cli.backbone.checkpoint import Weights, load_checkpoint
+from diffclass_cli.backbone.checkpoint import Weights, config_to_json, load_checkpoint
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import ExtractorSpec, FeatureExtractor, pool_name
+from diffclass_cli.export.extractor import ExtractorSpec, make_extractor
 from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
 
 FORMAT = "diffclass-extractor"
@@ -28,7 +28,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "features"
 def build_extractor(checkpoint: Path, spec: ExtractorSpec, weights: Weights = Weights.ema):
     """The PyTorch extractor of a checkpoint, and the checkpoint it came from."""
     ckpt = load_checkpoint(checkpoint)
-    return FeatureExtractor(ckpt.build(weights), ckpt.config.diffusion, spec), ckpt
+    return make_extractor(ckpt.build(weights), ckpt.config, spec), ckpt
 
 
 def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weights = Weights.ema,
@@ -38,20 +38,15 @@ def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weigh
     extractor, ckpt = build_extractor(checkpoint, spec, weights)
     described = {
         "backbone_kind": ckpt.config.kind,
-        "timesteps": list(spec.timesteps),
-        "taps": extractor.taps,
-        "pool": pool_name(spec.pool),
-        "noise_seed": spec.noise_seed,
-        "noise_draws": spec.noise_draws,
+        **extractor.describe(),
         "feature_groups": [asdict(g) for g in extractor.feature_groups()],
         "weights": weights.value,
         "checkpoint_sha256": sha256_file(checkpoint),
         "checkpoint_step": ckpt.step,
         "trained_on": ckpt.training.get("data", {}),
-        "backbone_config": json.loads(ckpt.config.to_json()),
+        "backbone_config": json.loads(config_to_json(ckpt.config)),
     }
-    return _write_onnx(extractor, ckpt.config.unet.image_size, ckpt.config.unet.channels, described, out,
-                       opset, overwrite)
+    return _write_onnx(extractor, ckpt.config.image_size, ckpt.config.channels, described, out, opset, overwrite)
 
 
 class PixelExtractor(torch.nn.Module):
