@@ -20,6 +20,7 @@ from diffclass_cli.console import configure, log
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
+from diffclass_cli.featurize.run import Engine
 from diffclass_cli.heads.models import HeadKind
 from diffclass_cli.plot import Projection
 
@@ -295,7 +296,14 @@ def featurize(
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 256,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).")] = None,
-    workers: WorkersOpt = 1,
+    workers: Annotated[int, typer.Option(
+        help="local: processes that decode images in parallel; ray: actors, each with its own session.")] = 1,
+    shard: Annotated[str | None, typer.Option(
+        help="Only shard I of N (0-based, e.g. 3/8): a fixed block of the source, for job arrays; "
+        "join the parts with `diffclass merge`.")] = None,
+    engine: Annotated[Engine, typer.Option(
+        help="local: this process; ray: a Ray Data actor pool (RAY_ADDRESS=auto joins a running cluster; "
+        "needs diffclass[ray]).")] = Engine.local,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT.partial from an interrupted run.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image.")] = False,
     data_root: DataRootOpt = None,
@@ -307,16 +315,37 @@ def featurize(
     Examples:\n
       diffclass featurize photos/ photos.h5 --model exports/bb.onnx\n
       find photos -name '*.jpg' | diffclass featurize - photos.h5 --model exports/bb.onnx\n
-      diffclass featurize mnist-sample:test test.h5
+      diffclass featurize mnist-sample:test test.h5\n
+      diffclass featurize photos/ part-3.h5 --model bb.onnx --shard 3/8    (then: diffclass merge ...)\n
+      diffclass featurize photos/ photos.h5 --model bb.onnx --engine ray --workers 8
     """
     from diffclass_cli.data.sources import open_source
+    from diffclass_cli.featurize.run import Shard, resolve_model
     from diffclass_cli.featurize.run import featurize as run_featurize
-    from diffclass_cli.featurize.run import resolve_model
 
     if batch_size < 1:
         raise DiffclassError("--batch-size must be at least 1")
     run_featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
-                  threads, workers, overwrite, resume, strict)
+                  threads, workers, overwrite, resume, strict, Shard.parse(shard) if shard else Shard(),
+                  engine)
+
+
+@app.command()
+def merge(
+    out: Annotated[Path, typer.Argument(help="Feature file to write.", show_default=False)],
+    parts: Annotated[list[Path], typer.Argument(help="The shard files (any order).", show_default=False)],
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Join the files of `featurize --shard I/N` into the file one `featurize` run would write.
+
+    Every shard must be there exactly once, from the same extractor and the same source.
+
+    Examples:\n
+      diffclass merge photos.h5 parts/part-*.h5
+    """
+    from diffclass_cli.featurize.merge import merge as run_merge
+
+    run_merge(out, parts, overwrite)
 
 
 FeaturesArg = Annotated[Path, typer.Argument(help="A feature file made by `diffclass featurize`.", show_default=False)]

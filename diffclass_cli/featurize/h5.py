@@ -6,9 +6,12 @@
     class_names  UTF-8 [K] (empty when unlabeled)
     skipped      UTF-8 [M, 2]: (path, reason) of files that could not be read
     attributes   extractor_sha256, extractor_name, feature_dim, timesteps, taps, pool,
-                 source, provider, created, diffclass_version, ...
+                 source, source_images, source_fingerprint, shard ("I/N"), provider,
+                 created, diffclass_version, ...
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +45,7 @@ class FeatureWriter:
         f.attrs["rows"] = 0
 
     def _check_resumable(self, path: Path, attrs: dict) -> None:
-        for key in ("extractor_sha256", "source"):
+        for key in ("extractor_sha256", "source", "source_fingerprint", "shard"):
             if self.file.attrs.get(key) != attrs[key]:
                 raise DiffclassError(f"cannot resume {path}: it was made with a different {key}")
         rows = int(self.file.attrs["rows"])  # a crash may have left rows past the last commit
@@ -86,21 +89,42 @@ class FeatureFile:
     attrs: dict
 
 
-def read_features(path: Path) -> FeatureFile:
-    """Load a feature file, with a clear error when it is not one."""
+@contextmanager
+def open_feature_file(path: Path) -> Iterator[h5py.File]:
+    """An existing feature file, opened read-only, with a clear error when it is not one."""
     path = Path(path)
     if not path.is_file():
         raise DiffclassError(f"feature file {path} does not exist")
     try:
-        with h5py.File(path, "r") as f:
-            if "features" not in f:
-                raise DiffclassError(f"{path} is not a diffclass feature file (no 'features' dataset)")
-            return FeatureFile(
-                features=f["features"][:],
-                labels=f["labels"][:],
-                paths=[p.decode() for p in f["paths"][:]],
-                class_names=[c.decode() for c in f["class_names"][:]],
-                attrs=dict(f.attrs),
-            )
+        f = h5py.File(path, "r")
     except OSError as err:
         raise DiffclassError(f"{path} is not an HDF5 file ({err})") from err
+    with f:
+        if "features" not in f:
+            raise DiffclassError(f"{path} is not a diffclass feature file (no 'features' dataset)")
+        yield f
+
+
+def read_features(path: Path) -> FeatureFile:
+    """Load a feature file into memory."""
+    with open_feature_file(path) as f:
+        return FeatureFile(
+            features=f["features"][:],
+            labels=f["labels"][:],
+            paths=[p.decode() for p in f["paths"][:]],
+            class_names=[c.decode() for c in f["class_names"][:]],
+            attrs=dict(f.attrs),
+        )
+
+
+def copy_rows(f: h5py.File, writer: FeatureWriter) -> None:
+    """Append every row and skipped file of open feature file `f` to `writer`, chunk by chunk."""
+    rows = int(f.attrs["rows"])
+    skipped = [(p.decode(), r.decode()) for p, r in f["skipped"][:]]
+    unreadable = int(f.attrs[PROGRESS_ATTR]) - rows  # source rows that were skipped, not written
+    writer.append(np.empty((0, f["features"].shape[1]), np.float32), np.empty(0, np.int64), [], skipped,
+                  source_rows=unreadable)
+    for start in range(0, rows, CHUNK_ROWS):
+        stop = min(rows, start + CHUNK_ROWS)
+        writer.append(f["features"][start:stop], f["labels"][start:stop],
+                      [p.decode() for p in f["paths"][start:stop]], [], source_rows=stop - start)

@@ -1,9 +1,13 @@
 """Turn an image source into a feature file: decode in workers, run onnxruntime, append to HDF5."""
 
+import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +35,55 @@ def resolve_model(model: Path | None) -> Path:
     return DEFAULT_MODEL
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (0-based): one contiguous block of the source's rows, so the
+    same command on the same source always gives the same shard."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        index, _, count = text.partition("/")
+        if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+            raise DiffclassError(f"--shard is I/N with 0 <= I < N (e.g. 0/8), not {text!r}")
+        return cls(int(index), int(count))
+
+    def rows(self, n: int) -> np.ndarray:
+        return np.arange(self.index * n // self.count, (self.index + 1) * n // self.count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass
+class FeatureBatch:
+    rows: np.ndarray  # source rows that decoded, in order
+    features: np.ndarray  # float32 [len(rows), D]
+    skipped: list[tuple[int, str]]  # (source row, reason)
+    provider: str  # the onnxruntime provider that computed it
+
+
+def source_fingerprint(source: ImageSource) -> str:
+    """Identifies a source's listing, so shards of different listings are never merged."""
+    return hashlib.sha256("\n".join(source.ids).encode()).hexdigest()
+
+
 def featurize(source: ImageSource, out: Path, model: Path, device: Device = Device.auto,
               batch_size: int = 256, threads: int | None = None, workers: int = 0,
-              overwrite: bool = False, resume: bool = False, strict: bool = False) -> dict:
-    """Write the features of every readable image of `source` to `out`; returns a summary."""
+              overwrite: bool = False, resume: bool = False, strict: bool = False,
+              shard: Shard = Shard(), engine: Engine = Engine.local) -> dict:
+    """Write the features of every readable image of `source` (or of its `shard`) to `out`;
+    returns a summary. `engine` ray runs decoding and onnxruntime in a Ray Data actor pool of
+    `workers` actors; local decodes in `workers` processes and runs one session here."""
     refuse_overwrite(out, overwrite)
     meta = read_metadata(model)
-    session = ExtractorSession(model, device, threads)
-    log.info(f"featurizing {len(source)} images from {source.spec} with {model.name} on {session.provider}")
     attrs = {
         "extractor_sha256": sha256_file(model),
         "extractor_name": model.stem,
@@ -48,10 +93,14 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
         "pool": meta["pool"],
         "extractor_metadata": json.dumps(meta),
         "source": source.spec,
-        "provider": session.provider,
+        "source_images": len(source),
+        "source_fingerprint": source_fingerprint(source),
+        "shard": str(shard),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "diffclass_version": __version__,
     }
+    if shard.count > 1:
+        source = source.subset(shard.rows(len(source)), keep_skipped=shard.index == 0)
     partial = partial_path(out)
     resuming = resume and partial.exists()
     if partial.exists() and not resume:
@@ -59,41 +108,64 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume=resuming)
     start = writer.source_rows_done
+    where = f" (shard {shard}: {len(source)} images)" if shard.count > 1 else ""
+    log.info(f"featurizing {len(source)} images from {source.spec}{where} with {model.name}"
+             + (f" on Ray, {workers} actors" if engine == Engine.ray else ""))
     if resuming:
         log.info(f"resuming {partial} at image {start} of {len(source)}")
-    empty = np.empty((0, meta["feature_dim"]), np.float32)
-    skipped_total = []
-    began = time.perf_counter()
+    skipped_total, began = [], time.perf_counter()
     try:
         if not resuming and source.skipped:  # files the folder scan already ruled out
             _check_strict(strict, source.skipped)
-            writer.append(empty, np.empty(0, np.int64), [], source.skipped, source_rows=0)
+            writer.append(np.empty((0, meta["feature_dim"]), np.float32), np.empty(0, np.int64), [],
+                          source.skipped, source_rows=0)
             skipped_total += source.skipped
+        if engine == Engine.ray:
+            from diffclass_cli.featurize.ray_engine import ray_feature_batches
+
+            batches = ray_feature_batches(source, model, meta, batch_size, workers, start, device)
+        else:
+            batches = _local_feature_batches(source, ExtractorSession(model, device, threads), meta, batch_size,
+                                             workers, start)
+        providers = set()
         with progress(total=len(source), initial=start, desc="featurizing", unit="img") as bar:
-            for batch in iter_batches(source, meta["image_size"], meta["channels"], batch_size, workers,
-                                      rows=np.arange(start, len(source))):
+            for batch in batches:
+                providers.add(batch.provider)
                 skipped = [(source.ids[row], reason) for row, reason in batch.skipped]
                 _check_strict(strict, skipped)
-                features = session(to_unit_range(batch.images)) if len(batch.indices) else empty
-                writer.append(features, source.labels[batch.indices], [source.ids[i] for i in batch.indices],
-                              skipped, source_rows=len(batch.indices) + len(batch.skipped))
+                writer.append(batch.features, source.labels[batch.rows], [source.ids[i] for i in batch.rows],
+                              skipped, source_rows=len(batch.rows) + len(batch.skipped))
                 skipped_total += skipped
-                bar.update(len(batch.indices) + len(batch.skipped))
+                bar.update(len(batch.rows) + len(batch.skipped))
+        if providers:
+            writer.file.attrs["provider"] = ",".join(sorted(providers))
+        provider = writer.file.attrs.get("provider", "none")
         rows = int(writer.file.attrs["rows"])
     except DiffclassError:
         writer.close()
         partial.unlink(missing_ok=True)
         raise
-    writer.close()
+    finally:
+        writer.close()  # an interrupted run leaves a closed, resumable partial file
     if rows == 0:
         partial.unlink(missing_ok=True)
-        raise DiffclassError(f"none of the {len(source)} images of {source.spec} could be read")
+        raise DiffclassError(f"none of the {len(source)} images of {source.spec}{where} could be read")
     os.replace(partial, out)
     report_skipped(skipped_total)
     seconds = time.perf_counter() - began
     log.info(f"wrote {out}: {rows} rows x {meta['feature_dim']} features "
-             f"({(len(source) - start) / max(seconds, 1e-9):.0f} images/s on {session.provider})")
-    return {"rows": rows, "skipped": len(skipped_total), "provider": session.provider, "seconds": seconds}
+             f"({(len(source) - start) / max(seconds, 1e-9):.0f} images/s on {provider})")
+    return {"rows": rows, "skipped": len(skipped_total), "provider": provider, "seconds": seconds}
+
+
+def _local_feature_batches(source: ImageSource, session: ExtractorSession, meta: dict, batch_size: int,
+                           workers: int, start: int) -> Iterator[FeatureBatch]:
+    """Decode in `workers` processes, run the session in this one."""
+    empty = np.empty((0, meta["feature_dim"]), np.float32)
+    for batch in iter_batches(source, meta["image_size"], meta["channels"], batch_size, workers,
+                              rows=np.arange(start, len(source))):
+        features = session(to_unit_range(batch.images)) if len(batch.indices) else empty
+        yield FeatureBatch(batch.indices, features, batch.skipped, session.provider)
 
 
 def _check_strict(strict: bool, skipped: list[tuple[str, str]]) -> None:
