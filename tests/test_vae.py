@@ -13,7 +13,7 @@ from diffclass_cli.backbone.train import TrainConfig, plan_run, snapshot_path, t
 from diffclass_cli.backbone.vae import VAE, VAEConfig
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import ExtractorSpec, VAEFeatureExtractor
-from diffclass_cli.export.onnx_export import build_extractor, export_onnx, read_metadata
+from diffclass_cli.export.onnx_export import build_extractor, export_onnx
 from tests.test_export import run_onnx
 
 CPU = torch.device("cpu")
@@ -168,13 +168,11 @@ def test_vae_cli_train_resume_and_sample(cli, tmp_path):
 
 
 def test_benchmark_compares_vae_and_diffusion_feature_sets(cli, tiny_vae, tiny_checkpoint, tmp_path):
-    for name, taps in (("vae-encoder", "encoder"), ("vae-decoder", "decoder")):
-        assert cli("-q", "export", tiny_vae, "--out", tmp_path / f"{name}.onnx", "--taps", taps).exit_code == 0
+    assert cli("-q", "export", tiny_vae, "--out", tmp_path / "vae-decoder.onnx", "--taps", "decoder").exit_code == 0
     out = tmp_path / "bench"
-    result = cli("benchmark", tiny_checkpoint, tmp_path / "vae-encoder.onnx", tmp_path / "vae-decoder.onnx",
-                 tiny_vae, "--out", out, "--quick", "--baselines", "pixels", "--heads", "logreg")
+    result = cli("benchmark", tiny_checkpoint, tiny_vae, tmp_path / "vae-decoder.onnx", "--out", out, "--quick",
+                 "--baselines", "pixels", "--heads", "logreg")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert {r["feature_set"] for r in rows} == {"diffusion:tiny", "vae:vae-encoder", "vae:vae-decoder", "vae:vae",
-                                                "pixels"}
-    assert read_metadata(tmp_path / "vae-decoder.onnx")["taps"] == ["dec2", "dec1", "dec0"]
+    assert {r["feature_set"] for r in rows} == {"diffusion:tiny", "vae:vae", "vae:vae-decoder", "pixels"}
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
