@@ -15,24 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.errors import DiffclassError
+from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm, tap_groups
 
 
 @dataclass(frozen=True)
-class UNetConfig:
-    image_size: int = 28
-    channels: int = 1
-    width: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
+class UNetConfig(LevelsConfig):
     blocks_per_level: int = 1
     dropout: float = 0.0
-
-    def __post_init__(self):
-        check_network_shape(self.image_size, self.channels, self.width, len(self.channel_mults))
-
-    @property
-    def level_channels(self) -> list[int]:
-        return [self.width * m for m in self.channel_mults]
 
     @property
     def tap_names(self) -> list[str]:
@@ -41,48 +30,9 @@ class UNetConfig:
 
     @property
     def tap_groups(self) -> dict[str, list[str]]:
-        """Names that stand for several taps in `--taps`; `default` is what extractors use."""
-        names = self.tap_names
-        middle = names.index("mid")
-        return {"encoder": names[:middle + 1], "decoder": names[middle + 1:], "all": names,
-                "default": names[middle:]}  # the bottleneck and every decoder block
-
-
-def check_network_shape(image_size: int, channels: int, width: int, levels: int) -> None:
-    """The input and width rules every backbone network shares."""
-    if image_size < 8 or image_size % 4:
-        raise DiffclassError(
-            f"image size {image_size} is not supported: use a multiple of 4 that is at "
-            "least 8 (28 for MNIST, 32 for CIFAR-10, any multiple of 8)"
-        )
-    if channels not in (1, 3):
-        raise DiffclassError(f"channels must be 1 (gray) or 3 (RGB), not {channels}")
-    if width < 8 or width % 8:
-        raise DiffclassError(f"width must be a multiple of 8, not {width}")
-    if levels < 1 or image_size >> (levels - 1) < 2:
-        raise DiffclassError(f"{levels} levels are too deep for {image_size}px images")
-
-
-def level_sizes(image_size: int, levels: int) -> list[int]:
-    """Feature-map side at each level: stride-2 convs with padding 1 round up (28 -> 14 -> 7 -> 4)."""
-    sizes = [image_size]
-    for _ in range(levels - 1):
-        sizes.append((sizes[-1] + 1) // 2)
-    return sizes
-
-
-@dataclass(frozen=True)
-class Tap:
-    """A block whose output can be used as features: `[N, channels, size, size]`, or a
-    vector `[N, channels]` when `size` is None (a VAE's latent mean)."""
-
-    name: str
-    channels: int
-    size: int | None
-
-    def width(self, pool: int) -> int:
-        """Features it gives when pooled to a `pool` x `pool` grid (vectors are not pooled)."""
-        return self.channels if self.size is None else self.channels * pool**2
+        """`--taps` groups; `default` (what extractors use) is the bottleneck and every decoder block."""
+        groups = tap_groups(self.tap_names, "mid")
+        return {**groups, "default": ["mid", *groups["decoder"]]}
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
@@ -91,29 +41,6 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=timesteps.device) / half)
     args = timesteps.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels // 4), channels)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, the time embedding (if any) added in between, plus a skip."""
-
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None = None, dropout: float = 0.0):
-        super().__init__()
-        self.in_layers = nn.Sequential(_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch)) if emb_dim else None
-        self.out_layers = nn.Sequential(
-            _norm(out_ch), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        )
-        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.in_layers(x)
-        if self.emb is not None:
-            h = h + self.emb(emb)[:, :, None, None]
-        return self.skip(x) + self.out_layers(h)
 
 
 class Stage(nn.Module):
@@ -148,13 +75,12 @@ class UNet(nn.Module):
             Stage(c_in + c_skip, c_skip, **args)
             for c_in, c_skip in zip(chans[1:] + chans[-1:], chans)
         )
-        self.out = nn.Sequential(_norm(chans[0]), nn.SiLU(),
+        self.out = nn.Sequential(group_norm(chans[0]), nn.SiLU(),
                                  nn.Conv2d(chans[0], config.channels, 3, padding=1))
 
     def taps(self) -> list[Tap]:
         """The named blocks, in forward order, with their output channels and sizes."""
-        chans = self.config.level_channels
-        sizes = level_sizes(self.config.image_size, len(chans))
+        chans, sizes = self.config.level_channels, self.config.level_sizes
         levels = range(len(chans))
         return ([Tap(f"down{i}", chans[i], sizes[i]) for i in levels]
                 + [Tap("mid", chans[-1], sizes[-1])]
@@ -181,16 +107,8 @@ class UNet(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, timesteps: torch.Tensor,
                               taps: Sequence[str]) -> dict[str, torch.Tensor]:
         """Outputs of the named blocks; stops after the deepest one asked for."""
-        unknown = set(taps) - set(self.config.tap_names)
-        if unknown:
-            raise DiffclassError(f"unknown tap(s) {sorted(unknown)}; taps are {self.config.tap_names}")
-        wanted, found = set(taps), {}
-
-        def keep(name: str, h: torch.Tensor) -> bool:
-            if name in wanted:
-                found[name] = h
-            return len(found) == len(wanted)
-
+        collector = TapCollector(taps, self.config.tap_names)
+        keep, found = collector.keep, collector.found
         emb = self.time_embed(timestep_embedding(timesteps, self.config.width))
         h, skips = self.stem(x), []
         for i, stage in enumerate(self.down):

@@ -13,31 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm, tap_groups
 from diffclass_cli.backbone.diffusion import to_model_range
-from diffclass_cli.backbone.unet import ResBlock, Tap, _norm, check_network_shape, level_sizes
 from diffclass_cli.errors import DiffclassError
 
 
 @dataclass(frozen=True)
-class VAEConfig:
-    image_size: int = 28
-    channels: int = 1
-    width: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
+class VAEConfig(LevelsConfig):
     latent_dim: int = 32
     beta: float = 1.0  # weight of the KL term in the ELBO
     kind: str = "vae"
 
     def __post_init__(self):
-        check_network_shape(self.image_size, self.channels, self.width, len(self.channel_mults))
+        super().__post_init__()
         if self.latent_dim < 1:
             raise DiffclassError(f"--latent-dim must be at least 1, not {self.latent_dim}")
         if self.beta <= 0:
             raise DiffclassError(f"--beta must be positive, not {self.beta}")
-
-    @property
-    def level_channels(self) -> list[int]:
-        return [self.width * m for m in self.channel_mults]
 
     @property
     def tap_names(self) -> list[str]:
@@ -46,12 +38,10 @@ class VAEConfig:
 
     @property
     def tap_groups(self) -> dict[str, list[str]]:
-        """Names that stand for several taps in `--taps` (the research's encoder / decoder /
-        stacked features); `default` is what extractors use."""
-        names = self.tap_names
-        latent = names.index("latent")
-        return {"encoder": names[:latent + 1], "decoder": names[latent + 1:], "all": names,
-                "default": names[:latent + 1]}
+        """`--taps` groups (the research's encoder / decoder / stacked features); `default`
+        (what extractors use) is the encoder with the latent mean."""
+        groups = tap_groups(self.tap_names, "latent")
+        return {**groups, "default": groups["encoder"]}
 
     def build(self) -> "VAE":
         return VAE(self)
@@ -68,7 +58,7 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         w, chans = config.width, config.level_channels
-        self.sizes = level_sizes(config.image_size, len(chans))
+        self.sizes = config.level_sizes
         self.bottom = (self.sizes[-1] + 1) // 2
         flat = chans[-1] * self.bottom**2
         self.stem = nn.Conv2d(config.channels, w, 3, padding=1)
@@ -77,7 +67,7 @@ class VAE(nn.Module):
         self.to_latent = nn.Linear(flat, 2 * config.latent_dim)
         self.from_latent = nn.Linear(config.latent_dim, flat)
         self.dec = nn.ModuleList(ResBlock(c_in, c) for c_in, c in zip(chans[1:] + chans[-1:], chans))
-        self.out = nn.Sequential(_norm(chans[0]), nn.SiLU(), nn.Conv2d(chans[0], config.channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(chans[0]), nn.SiLU(), nn.Conv2d(chans[0], config.channels, 3, padding=1))
 
     def taps(self) -> list[Tap]:
         chans, levels = self.config.level_channels, range(len(self.config.channel_mults))
@@ -118,20 +108,11 @@ class VAE(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         """Outputs of the named blocks, decoding from the posterior mean; stops after the
         deepest one asked for."""
-        unknown = set(taps) - set(self.config.tap_names)
-        if unknown:
-            raise DiffclassError(f"unknown tap(s) {sorted(unknown)}; taps are {self.config.tap_names}")
-        wanted, found = set(taps), {}
-
-        def keep(name: str, h: torch.Tensor) -> bool:
-            if name in wanted:
-                found[name] = h
-            return len(found) == len(wanted)
-
-        posterior = self._encode(x, keep)
-        if posterior is not None and len(found) < len(wanted):
-            self._decode(posterior[0], keep)
-        return found
+        collector = TapCollector(taps, self.config.tap_names)
+        posterior = self._encode(x, collector.keep)
+        if posterior is not None and len(collector.found) < len(collector.wanted):
+            self._decode(posterior[0], collector.keep)
+        return collector.found
 
     def _encode(self, x: torch.Tensor, keep: Callable[[str, torch.Tensor], bool]
                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
