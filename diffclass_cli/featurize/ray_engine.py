@@ -5,6 +5,7 @@ With RAY_ADDRESS set (e.g. `auto` on a cluster node) it joins that cluster; othe
 starts a local Ray instance. Results stream back in source order to the HDF5 writer.
 """
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,12 +49,15 @@ class ExtractActor:
 def ray_feature_batches(source: ImageSource, model: Path, meta: dict, batch_size: int, workers: int,
                         start: int, device: Device) -> Iterator[FeatureBatch]:
     """Feature batches of rows `start..` in source order, computed by `workers` actors."""
+    if start >= len(source):
+        return
     try:
         import ray
     except ImportError:
         raise DiffclassError("--engine ray needs Ray: pip install 'diffclass[ray]'") from None
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in source order
     context.enable_progress_bars = False  # ours is enough
@@ -63,7 +67,11 @@ def ray_feature_batches(source: ImageSource, model: Path, meta: dict, batch_size
         raise DiffclassError("--device cuda: the Ray cluster has no GPU")
     log.info(f"Ray: {actors} actor(s) with 1 CPU{' and 1 GPU' if gpus else ''} each "
              f"(the cluster has {ray.cluster_resources().get('CPU', 0):.0f} CPUs)")
-    rows = ray.data.from_numpy(np.arange(start, len(source), dtype=np.int64)).rename_columns({"data": "row"})
+    # One block per batch, already in the object store (no read tasks to compete with the actors
+    # for CPUs): blocks are what the actors share out, and what streams back in order.
+    rows = np.arange(start, len(source), dtype=np.int64)
+    blocks = np.array_split(rows, -(-len(rows) // batch_size))
+    rows = ray.data.from_numpy(blocks).rename_columns({"data": "row"})
     results = rows.map_batches(
         ExtractActor, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=gpus,
