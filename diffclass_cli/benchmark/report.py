@@ -47,15 +47,19 @@ def summary_markdown(rows: list[dict], preamble: str = "") -> str:
 
 
 def plot_curves(rows: list[dict], sweep: str, path: Path, title: str) -> None:
-    """Accuracy vs labels per class (log x), one line per feature set and head, ±std bands."""
+    """Accuracy vs labels per class (log x), one line per feature set and head (a colour per
+    feature set, a line style per head), ±std bands."""
     stats = {key: v for key, v in cell_stats(rows).items() if key[0] == sweep}
+    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(key[1] for key in stats))}
+    styles = {head: ("-", "--", ":", "-.")[i % 4] for i, head in enumerate(dict.fromkeys(key[2] for key in stats))}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for (_, feature_set, head), by_k in stats.items():
         ks = sorted(by_k)
         mean = np.array([by_k[k][0] for k in ks])
         std = np.array([by_k[k][1] for k in ks])
-        line, = ax.plot(ks, mean, marker="o", label=f"{feature_set} + {head}")
-        ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        ax.plot(ks, mean, marker="o", color=colors[feature_set], linestyle=styles[head],
+                label=f"{feature_set} + {head}")
+        ax.fill_between(ks, mean - std, mean + std, color=colors[feature_set], alpha=0.12)
     ax.set_xscale("log")
     ax.set_xticks(sorted({k for by_k in stats.values() for k in by_k}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())

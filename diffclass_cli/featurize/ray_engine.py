@@ -57,7 +57,7 @@ def ray_feature_batches(source: ImageSource, model: Path, meta: dict, batch_size
         raise DiffclassError("--engine ray needs Ray: pip install 'diffclass[ray]'") from None
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its failures raise; its chatter is noise here
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in source order
     context.enable_progress_bars = False  # ours is enough
