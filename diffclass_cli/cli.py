@@ -16,13 +16,11 @@ from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule
 from diffclass_cli.backbone.train import LRSchedule, TrainConfig
 from diffclass_cli.backbone.unet import UNetConfig
 from diffclass_cli.backbone.vae import VAEConfig
+from diffclass_cli.choices import Engine, HeadKind, Projection
 from diffclass_cli.console import configure, log
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
-from diffclass_cli.featurize.run import Engine
-from diffclass_cli.heads.models import HeadKind
-from diffclass_cli.plot import Projection
 
 
 class _Group(TyperGroup):

@@ -1,7 +1,6 @@
 """`diffclass plot`: a feature file as a 2-D map, coloured by class, backed by a number."""
 
 import warnings
-from enum import Enum
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +14,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E4
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from diffclass_cli.choices import Projection  # noqa: E402
 from diffclass_cli.console import log  # noqa: E402
 from diffclass_cli.data.sources import open_source  # noqa: E402
 from diffclass_cli.errors import DiffclassError  # noqa: E402
@@ -25,12 +25,6 @@ from diffclass_cli.heads.models import UNLABELED  # noqa: E402
 MIN_ROWS = 3
 THUMBNAILS = 60
 UNLABELED_COLOR = "#d0d0d0"
-
-
-class Projection(str, Enum):
-    umap = "umap"
-    tsne = "tsne"
-    pca = "pca"
 
 
 def subsample(n_rows: int, max_points: int | None, seed: int) -> np.ndarray:

@@ -7,12 +7,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from diffclass_cli import __version__
+from diffclass_cli.choices import Engine
 from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import iter_batches, report_skipped, to_unit_range
 from diffclass_cli.data.sources import ImageSource
@@ -33,11 +33,6 @@ def resolve_model(model: Path | None) -> Path:
     if not DEFAULT_MODEL.is_file():
         raise DiffclassError(f"no --model given and the default extractor {DEFAULT_MODEL} is not there")
     return DEFAULT_MODEL
-
-
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
 
 
 @dataclass(frozen=True)

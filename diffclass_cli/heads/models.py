@@ -1,7 +1,5 @@
 """The classifier heads: plain scikit-learn Pipelines, so users can reuse them directly."""
 
-from enum import Enum
-
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.decomposition import PCA
@@ -14,17 +12,12 @@ from sklearn.semi_supervised import LabelSpreading
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from diffclass_cli.choices import HeadKind
 from diffclass_cli.errors import DiffclassError
 
 UNLABELED = -1
 SEMI_COMPONENTS = 32  # label spreading runs on a whitened PCA projection of the features
 SEMI_NEIGHBORS = 10
-
-
-class HeadKind(str, Enum):
-    logreg = "logreg"
-    mlp = "mlp"
-    semi = "semi"
 
 
 class SpreadLabels(ClassifierMixin, BaseEstimator):

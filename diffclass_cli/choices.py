@@ -1,0 +1,28 @@
+"""Choices the command line offers, in a module with no heavy imports, so that building the
+CLI does not load scikit-learn, matplotlib or onnxruntime. Each is also importable from the
+module that implements it."""
+
+from enum import Enum
+
+
+class HeadKind(str, Enum):
+    """See heads/models.py."""
+
+    logreg = "logreg"
+    mlp = "mlp"
+    semi = "semi"
+
+
+class Projection(str, Enum):
+    """See plot.py."""
+
+    umap = "umap"
+    tsne = "tsne"
+    pca = "pca"
+
+
+class Engine(str, Enum):
+    """See featurize/run.py."""
+
+    local = "local"
+    ray = "ray"
