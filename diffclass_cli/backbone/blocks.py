@@ -3,6 +3,7 @@ and the named feature taps (what they are, and collecting them during a forward 
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -12,8 +13,10 @@ from diffclass_cli.errors import DiffclassError
 
 @dataclass(frozen=True)
 class LevelsConfig:
-    """Input images and the channels of each level (each level halves the size)."""
+    """Input images and the channels of each level (each level halves the size), and the names
+    of the taps: `{encoder}0..`, the middle one, `{decoder}{L-1}..{decoder}0`."""
 
+    tap_kinds: ClassVar[tuple[str, str, str]]  # (encoder prefix, middle tap, decoder prefix)
     image_size: int = 28
     channels: int = 1
     width: int = 32
@@ -45,12 +48,24 @@ class LevelsConfig:
             sizes.append((sizes[-1] + 1) // 2)
         return sizes
 
+    @property
+    def tap_names(self) -> list[str]:
+        """The taps in forward order."""
+        encoder, middle, decoder = self.tap_kinds
+        levels = range(len(self.channel_mults))
+        return [f"{encoder}{i}" for i in levels] + [middle] + [f"{decoder}{i}" for i in reversed(levels)]
 
-def tap_groups(names: list[str], middle: str) -> dict[str, list[str]]:
-    """Names that stand for several taps in `--taps`: up to and including `middle`
-    (`encoder`), after it (`decoder`), and `all`."""
-    cut = names.index(middle) + 1
-    return {"encoder": names[:cut], "decoder": names[cut:], "all": names}
+    @property
+    def tap_groups(self) -> dict[str, list[str]]:
+        """Names that stand for several taps in `--taps`: up to and including the middle tap
+        (`encoder`), after it (`decoder`), `all`, and `default` (what extractors use)."""
+        names = self.tap_names
+        cut = names.index(self.tap_kinds[1]) + 1
+        groups = {"encoder": names[:cut], "decoder": names[cut:], "all": names}
+        return {**groups, "default": self.default_taps(groups)}
+
+    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

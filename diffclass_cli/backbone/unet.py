@@ -15,24 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm, tap_groups
+from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm
 
 
 @dataclass(frozen=True)
 class UNetConfig(LevelsConfig):
+    tap_kinds = ("down", "mid", "up")
     blocks_per_level: int = 1
     dropout: float = 0.0
 
-    @property
-    def tap_names(self) -> list[str]:
-        levels = range(len(self.channel_mults))
-        return [f"down{i}" for i in levels] + ["mid"] + [f"up{i}" for i in reversed(levels)]
-
-    @property
-    def tap_groups(self) -> dict[str, list[str]]:
-        """`--taps` groups; `default` (what extractors use) is the bottleneck and every decoder block."""
-        groups = tap_groups(self.tap_names, "mid")
-        return {**groups, "default": ["mid", *groups["decoder"]]}
+    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
+        """The bottleneck and every decoder block."""
+        return ["mid", *groups["decoder"]]
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:

@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm, tap_groups
+from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm
 from diffclass_cli.backbone.diffusion import to_model_range
 from diffclass_cli.errors import DiffclassError
 
 
 @dataclass(frozen=True)
 class VAEConfig(LevelsConfig):
+    tap_kinds = ("enc", "latent", "dec")
     latent_dim: int = 32
     beta: float = 1.0  # weight of the KL term in the ELBO
     kind: str = "vae"
@@ -31,17 +32,10 @@ class VAEConfig(LevelsConfig):
         if self.beta <= 0:
             raise DiffclassError(f"--beta must be positive, not {self.beta}")
 
-    @property
-    def tap_names(self) -> list[str]:
-        levels = range(len(self.channel_mults))
-        return [f"enc{i}" for i in levels] + ["latent"] + [f"dec{i}" for i in reversed(levels)]
-
-    @property
-    def tap_groups(self) -> dict[str, list[str]]:
-        """`--taps` groups (the research's encoder / decoder / stacked features); `default`
-        (what extractors use) is the encoder with the latent mean."""
-        groups = tap_groups(self.tap_names, "latent")
-        return {**groups, "default": groups["encoder"]}
+    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
+        """The encoder blocks and the latent mean (the research's encoder features; `decoder`
+        and `all` are its decoder and stacked ones)."""
+        return groups["encoder"]
 
     def build(self) -> "VAE":
         return VAE(self)

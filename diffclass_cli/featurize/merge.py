@@ -22,9 +22,10 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
     headers = [(path, _header(path)) for path in parts]
     first_path, first = headers[0]
     for path, header in headers:
-        for key in MUST_MATCH + ("class_names",):
-            if header[key] != first[key]:
-                raise DiffclassError(f"{path} and {first_path} differ in {key}: they are not shards of one run")
+        differ = [key for key in MUST_MATCH if header["attrs"][key] != first["attrs"][key]]
+        differ += ["class_names"] if header["class_names"] != first["class_names"] else []
+        if differ:
+            raise DiffclassError(f"{path} and {first_path} differ in {differ[0]}: they are not shards of one run")
     count = first["shard"].count
     if any(h["shard"].count != count for _, h in headers):
         raise DiffclassError("the parts were cut into different numbers of shards: " +
@@ -34,7 +35,7 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
         index = header["shard"].index
         if index in by_index:
             raise DiffclassError(f"shard {header['shard']} is given twice: {by_index[index]} and {path}")
-        expected = len(header["shard"].rows(first["source_images"]))
+        expected = len(header["shard"].rows(first["attrs"]["source_images"]))
         if header["done"] != expected:
             raise DiffclassError(f"{path} covers {header['done']} of the {expected} images of shard {header['shard']}")
         by_index[index] = path
@@ -42,12 +43,12 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
     if missing:
         raise DiffclassError(f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing")
 
-    attrs = {**first["attrs"], "shard": str(Shard()), "merged_from": count,
+    kept = {key: value for key, value in first["attrs"].items() if key not in ("rows", PROGRESS_ATTR)}
+    attrs = {**kept, "shard": str(Shard()), "merged_from": count,
              "provider": ",".join(sorted({h["attrs"]["provider"] for _, h in headers})),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    attrs.pop("rows"), attrs.pop(PROGRESS_ATTR)
     with atomic_output(out, overwrite) as tmp:
-        writer = FeatureWriter(tmp, first["feature_dim"], attrs, first["class_names"])
+        writer = FeatureWriter(tmp, int(first["attrs"]["feature_dim"]), attrs, first["class_names"])
         try:
             for index in range(count):
                 with open_feature_file(by_index[index]) as f:
@@ -65,5 +66,4 @@ def _header(path: Path) -> dict:
         if "shard" not in attrs:
             raise DiffclassError(f"{path} was written before shards existed; featurize it again")
         return {"attrs": attrs, "shard": Shard.parse(attrs["shard"]), "done": int(attrs[PROGRESS_ATTR]),
-                "class_names": [c.decode() for c in f["class_names"][:]],
-                **{key: attrs[key] for key in MUST_MATCH}}
+                "class_names": [c.decode() for c in f["class_names"][:]]}

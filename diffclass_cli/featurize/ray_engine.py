@@ -71,8 +71,8 @@ def ray_feature_batches(source: ImageSource, model: Path, meta: dict, batch_size
     # for CPUs): blocks are what the actors share out, and what streams back in order.
     rows = np.arange(start, len(source), dtype=np.int64)
     blocks = np.array_split(rows, -(-len(rows) // batch_size))
-    rows = ray.data.from_numpy(blocks).rename_columns({"data": "row"})
-    results = rows.map_batches(
+    dataset = ray.data.from_numpy(blocks).rename_columns({"data": "row"})
+    results = dataset.map_batches(
         ExtractActor, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1, num_gpus=gpus,
         fn_constructor_kwargs={"source": source, "model": str(model.resolve()), "image_size": meta["image_size"],
