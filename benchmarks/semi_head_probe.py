@@ -1,4 +1,4 @@
-"""Design probe for the semi head (SpreadLabels): accuracy of parameter variants on a
+"""Design probe for the semi head (SpectralPseudoLabels): accuracy of parameter variants on a
 VALIDATION part of a labeled feature file (the built-in stratified 80/20 rule), never on a
 test split, as mean ± std over seeded draws of K labels per class.
 
@@ -17,12 +17,13 @@ from sklearn.preprocessing import StandardScaler
 
 from diffclass_cli.data.sources import stratified_split
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.heads.models import UNLABELED, SpreadLabels, draw_per_class
+from diffclass_cli.heads.models import UNLABELED, SpectralPseudoLabels, draw_per_class
 
 VARIANTS = {
-    "n_components": (16, 32, 64),
-    "n_neighbors": (5, 10, 20),
-    "alpha": (0.2, 0.5, 0.9, 0.99),
+    "n_components": (32, 64),
+    "n_neighbors": (10, 15, 20),
+    "embedding_dim": (12, 16, 24),
+    "confident_fraction": (0.5, 0.7, 0.9),
 }
 
 
@@ -31,7 +32,7 @@ def score(features, labels, fit_rows, val_rows, per_class, draw, params) -> floa
     labeled = draw_per_class(fit_labels, per_class, seed=draw)
     targets = np.full(len(fit_rows), UNLABELED)
     targets[labeled] = fit_labels[labeled]
-    head = Pipeline([("scale", StandardScaler()), ("spread", SpreadLabels(**params))])
+    head = Pipeline([("scale", StandardScaler()), ("pseudo_label", SpectralPseudoLabels(**params))])
     head.fit(features[fit_rows], targets)
     return float((head.predict(features[val_rows]) == labels[val_rows]).mean())
 

@@ -355,8 +355,8 @@ def fit(
     features: FeaturesArg,
     out: Annotated[Path, typer.Option(help="Head file to write (.skops).")],
     head: Annotated[HeadKind, typer.Option(
-        help="logreg: scaled logistic regression; mlp: one hidden ReLU layer; semi: label spreading "
-        "that also learns from the unlabeled rows.")] = HeadKind.logreg,
+        help="logreg: scaled logistic regression; mlp: one hidden ReLU layer; semi: also learns from "
+        "the unlabeled rows (pseudo-labels from spectral clustering started at the labeled ones).")] = HeadKind.logreg,
     per_class: Annotated[int | None, typer.Option(
         help="Use only K labeled rows per class, drawn with --seed (the rest count as unlabeled).")] = None,
     seed: SeedOpt = 0,

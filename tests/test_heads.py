@@ -10,15 +10,15 @@ from sklearn import metrics
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.heads.models import HeadKind, SpreadLabels, draw_per_class
+from diffclass_cli.heads.models import HeadKind, SpectralPseudoLabels, draw_per_class
 from diffclass_cli.heads.run import evaluate, fit_head, predict
 from diffclass_cli.heads.store import load_head
 from tests.conftest import write_feature_file
 
 
-@parametrize_with_checks([SpreadLabels()], expected_failed_checks=lambda est: {
+@parametrize_with_checks([SpectralPseudoLabels()], expected_failed_checks=lambda est: {
     "check_classifiers_classes": "-1 means unlabeled, as in scikit-learn's LabelSpreading"})
-def test_spread_labels_is_a_scikit_learn_estimator(estimator, check):
+def test_semi_head_is_a_scikit_learn_estimator(estimator, check):
     check(estimator)
 
 

@@ -14,12 +14,10 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import atomic_output
 
 FORMAT = "diffclass-head"
-# Types beyond skops' defaults that our heads contain (MLP optimizer state, the k-NN graph).
+# Types beyond skops' defaults that our heads contain (the semi head, MLP optimizer state).
 TRUSTED_TYPES = [
-    "diffclass_cli.heads.models.SpreadLabels",
+    "diffclass_cli.heads.models.SpectralPseudoLabels",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.neighbors._kd_tree.KDTree",
 ]
 
 
