@@ -129,3 +129,17 @@ def test_cv_chooses_regularisation(digit_files, tmp_path):
     head, info = load_head(tmp_path / "h.skops")
     assert info["params"]["cv"] == 3 and head[-1].C == pytest.approx(info["params"]["C"])
     assert np.isclose(np.log10(head[-1].C) * 2, round(np.log10(head[-1].C) * 2))  # a point of the grid
+
+
+def test_semi_head_clusters_a_graph_in_pieces():
+    # Three far-apart blobs: their k-NN graph falls in pieces, whose spectral embedding maps a
+    # whole blob to zero. One label each; class 0's labeled row is an outlier nearer to blob 1.
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 6) * 10
+    X = np.concatenate([c + rng.normal(size=(100, 6)) for c in centres])
+    truth = np.repeat(np.arange(3), 100)
+    X[0] = centres[0] * 0.4 + centres[1] * 0.6
+    targets = np.full(300, -1)
+    targets[[0, 150, 250]] = [0, 1, 2]
+    head = SpectralPseudoLabels(n_components=2).fit(X, targets)  # the 2 components that hold the blobs
+    assert (head.predict(X[1:]) == truth[1:]).mean() > 0.97

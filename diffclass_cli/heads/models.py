@@ -1,16 +1,16 @@
 """The classifier heads: plain scikit-learn Pipelines, so users can reuse them directly."""
 
-import warnings
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.manifold import SpectralEmbedding
+from sklearn.manifold import spectral_embedding
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.neighbors import kneighbors_graph
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler, normalize
@@ -29,7 +29,8 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
     labeled rows and the most confidently clustered unlabeled ones, predicts rows never seen.
 
     The clustering space: a whitened PCA projection, scaled to unit length; the spectral
-    embedding of its k-nearest-neighbour graph, again at unit length (Ng, Jordan & Weiss).
+    embedding of its k-nearest-neighbour graph, again at unit length (Ng, Jordan & Weiss), or
+    the projection itself when that graph falls in pieces.
     k-means there finds one cluster per class without the labels; each class then takes the
     cluster its labeled rows are closest to (one-to-one), and a last k-means keeps every
     labeled row in its class's cluster. Naming clusters this way, rather than starting k-means
@@ -97,12 +98,12 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
         space = normalize(np.nan_to_num(projected))
         if n <= 3:  # too few rows for an embedding with more dimensions than rows
             return space
+        graph = kneighbors_graph(space, min(self.n_neighbors, n - 1), include_self=True)
+        affinity = 0.5 * (graph + graph.T)
+        if connected_components(affinity, directed=False)[0] > 1:
+            return space  # the embedding of a graph in pieces loses pieces; clusters that far apart need none
         dims = min(max(self.embedding_dim, len(self.classes_)), n - 2)
-        embedding = SpectralEmbedding(dims, affinity="nearest_neighbors", n_neighbors=min(self.n_neighbors, n - 1),
-                                      random_state=self.random_state)
-        with warnings.catch_warnings():  # a graph in several pieces still embeds; k-means copes
-            warnings.simplefilter("ignore", UserWarning)
-            return normalize(embedding.fit_transform(space))
+        return normalize(spectral_embedding(affinity, n_components=dims, random_state=self.random_state))
 
     def predict_proba(self, X):
         check_is_fitted(self)
