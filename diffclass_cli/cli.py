@@ -356,7 +356,8 @@ def fit(
     out: Annotated[Path, typer.Option(help="Head file to write (.skops).")],
     head: Annotated[HeadKind, typer.Option(
         help="logreg: scaled logistic regression; mlp: one hidden ReLU layer; semi: also learns from "
-        "the unlabeled rows (pseudo-labels from spectral clustering started at the labeled ones).")] = HeadKind.logreg,
+        "the unlabeled rows (pseudo-labels from spectral clustering, clusters named by the labeled rows)."
+    )] = HeadKind.logreg,
     per_class: Annotated[int | None, typer.Option(
         help="Use only K labeled rows per class, drawn with --seed (the rest count as unlabeled).")] = None,
     seed: SeedOpt = 0,

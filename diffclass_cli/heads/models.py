@@ -78,11 +78,11 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
         closeness = np.stack([found.transform(space[targets == c]).mean(axis=0) for c in range(k)])
         classes, clusters = linear_sum_assignment(closeness)
         centres = found.cluster_centers_[clusters[np.argsort(classes)]]
-        assigned = None
+        assigned = np.full(len(space), UNLABELED)
         for _ in range(100):  # k-means with the labeled rows held in their class's cluster
             distances = euclidean_distances(space, centres)
             new = np.where(labeled, targets, distances.argmin(axis=1))
-            if assigned is not None and np.array_equal(new, assigned):
+            if np.array_equal(new, assigned):
                 break
             assigned = new
             centres = np.stack([space[assigned == c].mean(axis=0) if (assigned == c).any() else centres[c]
