@@ -22,7 +22,7 @@ from diffclass_cli.heads.models import UNLABELED, SpectralPseudoLabels, draw_per
 VARIANTS = {
     "n_components": (32, 64),
     "n_neighbors": (10, 15, 20),
-    "embedding_dim": (12, 16, 24),
+    "seed_from": (2, 5),
     "confident_fraction": (0.5, 0.7, 0.9),
 }
 

@@ -8,6 +8,7 @@ from enum import Enum
 class HeadKind(str, Enum):
     """See heads/models.py."""
 
+    auto = "auto"
     logreg = "logreg"
     mlp = "mlp"
     semi = "semi"

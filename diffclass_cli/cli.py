@@ -355,9 +355,11 @@ def fit(
     features: FeaturesArg,
     out: Annotated[Path, typer.Option(help="Head file to write (.skops).")],
     head: Annotated[HeadKind, typer.Option(
-        help="logreg: scaled logistic regression; mlp: one hidden ReLU layer; semi: also learns from "
-        "the unlabeled rows (pseudo-labels from spectral clustering, clusters named by the labeled rows)."
-    )] = HeadKind.logreg,
+        help="auto: semi where the unlabeled rows help, else logreg, decided from this file's rows (cross-"
+        "validation over the labeled rows; with one label per class, the clusters' stability) and printed; "
+        "logreg: scaled logistic regression on the labeled rows; mlp: one hidden ReLU layer; semi: also "
+        "learns from the unlabeled rows (pseudo-labels from spectral clustering, named by the labeled rows)."
+    )] = HeadKind.auto,
     per_class: Annotated[int | None, typer.Option(
         help="Use only K labeled rows per class, drawn with --seed (the rest count as unlabeled).")] = None,
     seed: SeedOpt = 0,
@@ -372,7 +374,7 @@ def fit(
 
     Examples:\n
       diffclass fit train.h5 --out head.skops\n
-      diffclass fit train.h5 --out head.skops --per-class 10 --seed 1 --head semi
+      diffclass fit train.h5 --out head.skops --per-class 10 --seed 1 --head logreg
     """
     from diffclass_cli.heads.run import fit_head
 
@@ -440,7 +442,11 @@ def benchmark(
     test: Annotated[str, typer.Option(help="Held-out labeled split accuracy is measured on.")] = "mnist-sample:test",
     per_class: Annotated[str, typer.Option(help="Labels per class, comma-separated.")] = "1,2,5,10,32,100",
     draws: Annotated[int, typer.Option(help="Seeded draws of the labeled set per K.")] = 5,
-    heads: Annotated[str, typer.Option(help="Heads, comma-separated: logreg, mlp, semi.")] = "logreg,mlp,semi",
+    draws_few: Annotated[int, typer.Option(
+        help="Draws per K at 1 and 2 labels per class, where results are bimodal (the worst draw is reported).")]
+    = 20,
+    heads: Annotated[str, typer.Option(help="Heads, comma-separated: auto, logreg, mlp, semi.")]
+    = "auto,logreg,semi",
     baselines: Annotated[str, typer.Option(
         help="Comparisons, comma-separated: pixels, pca (of pixels), cnn (supervised, from scratch).")]
     = "pixels,pca,cnn",
@@ -483,12 +489,12 @@ def benchmark(
     try:
         head_kinds = tuple(HeadKind(h.strip()) for h in heads.split(",") if h.strip())
     except ValueError:
-        raise DiffclassError(f"--heads takes logreg, mlp, semi, not {heads!r}") from None
+        raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {heads!r}") from None
     spec = ExtractorSpec(timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (),
                          taps=tuple(t.strip() for t in taps.split(",")) if taps else (),
                          pool=parse_pool(pool), noise_draws=noise_draws)
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,
-                        seed=seed, cnn_steps=cnn_steps)
+                        seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few)
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,
                             tuple(_parse_ints(group.replace("+", ","), "--sweep-timestep")
                                   for group in sweep_timestep.split(",")) if sweep_timestep else (),

@@ -2,13 +2,17 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from diffclass_cli.benchmark.features import FeatureSet
 from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import COLUMNS
+from diffclass_cli.benchmark.run import refuse_shared_images
 from diffclass_cli.data.sources import open_source
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.heads.models import HeadKind
+from tests.conftest import write_image
 
 
 def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
@@ -20,7 +24,7 @@ def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
     assert list(rows[0]) == COLUMNS
     main = [r for r in rows if r["sweep"] == "main"]
     assert {(r["feature_set"], r["head"]) for r in main} == {
-        ("diffusion:tiny", "logreg"), ("diffusion:tiny", "semi"), ("pixels", "logreg"), ("pixels", "semi"),
+        ("diffusion:tiny", "auto"), ("diffusion:tiny", "logreg"), ("pixels", "auto"), ("pixels", "logreg"),
         ("cnn", "supervised")}
     assert {r["per_class"] for r in main} == {"1", "10"} and {r["draw"] for r in main} == {"0", "1"}
     assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
@@ -70,3 +74,33 @@ def test_on_validation_never_touches_the_test_split(cli, tiny_checkpoint, tmp_pa
     draws = json.loads((tmp_path / "v" / "labeled_draws.json").read_text())
     assert "validation part of mnist-sample:train" in (tmp_path / "v" / "summary.md").read_text()
     assert all(i.startswith("mnist-sample:") for ids in draws.values() for i in ids)
+
+
+def test_draws_at_few_labels_per_class_are_more():
+    labels = np.repeat(np.arange(3), 30)
+    split = Split(np.zeros((90, 1, 8, 8), np.uint8), labels)
+    sets = [FeatureSet("toy", np.eye(3)[labels], np.eye(3)[labels])]
+    protocol = Protocol(per_class=(1, 2, 5), draws=2, draws_few_labels=7, heads=(HeadKind.logreg,), cnn_steps=0)
+    rows, _ = run_protocol(sets, split, split, protocol)
+    assert [sum(r["per_class"] == k for r in rows) for k in (1, 2, 5)] == [7, 7, 2]
+
+
+def test_train_and_test_compared_by_content_not_by_name():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 1, 8, 8), dtype=np.uint8)
+    pool = Split(images[:2], np.array([0, 1]), ["cat/001.png", "dog/001.png"])
+    same_names = Split(images[2:], np.array([0, 1]), ["cat/001.png", "dog/001.png"])
+    refuse_shared_images(pool, same_names, "A", "B")  # other images under the same names: fine
+    renamed = Split(images[[3, 1]], np.array([0, 1]), ["cat/002.png", "dog/copy.png"])
+    with pytest.raises(DiffclassError, match="share 1 image.*dog/001.png = dog/copy.png"):
+        refuse_shared_images(pool, renamed, "A", "B")
+
+
+def test_benchmark_refuses_a_test_folder_that_repeats_a_train_image(cli, tiny_checkpoint, tmp_path):
+    seeds = {("train", "a"): 1, ("train", "b"): 2, ("test", "a"): 3, ("test", "b"): 4}
+    for (split, label), seed in seeds.items():  # the same names in both, other images
+        write_image(tmp_path / split / label / "001.png", (28, 28), "L", seed)
+    write_image(tmp_path / "test" / "b" / "002.png", (28, 28), "L", seed=2)  # train's b/001.png again
+    result = cli("benchmark", tiny_checkpoint, "--out", tmp_path / "bench", "--train", tmp_path / "train",
+                 "--test", tmp_path / "test", "--baselines", "pixels")
+    assert result.exit_code == 1 and "share 1 image(s) (b/001.png = b/002.png)" in result.stderr, result.output

@@ -7,16 +7,18 @@ import sys
 import numpy as np
 import pytest
 from sklearn import metrics
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.heads.models import HeadKind, SpectralPseudoLabels, draw_per_class
+from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class
 from diffclass_cli.heads.run import evaluate, fit_head, predict
 from diffclass_cli.heads.store import load_head
 from tests.conftest import write_feature_file
 
 
-@parametrize_with_checks([SpectralPseudoLabels()], expected_failed_checks=lambda est: {
+@parametrize_with_checks([SpectralPseudoLabels(), AutoHead()], expected_failed_checks=lambda est: {
     "check_classifiers_classes": "-1 means unlabeled, as in scikit-learn's LabelSpreading"})
 def test_semi_head_is_a_scikit_learn_estimator(estimator, check):
     check(estimator)
@@ -100,7 +102,7 @@ def test_refuses_features_of_another_extractor_or_width(cli, digit_files, tmp_pa
     ff = read_features(digit_files["test"])
     other = write_feature_file(tmp_path / "other.h5", ff.features, ff.labels, ff.paths, ff.class_names, "abc123")
     result = cli("predict", other, "--head", tmp_path / "h.skops")
-    assert result.exit_code == 1 and "different" not in result.stdout and "abc123" in result.stderr
+    assert result.exit_code == 1 and result.stdout == "" and "abc123" in result.stderr
     narrow = write_feature_file(tmp_path / "narrow.h5", ff.features[:, :10], ff.labels, ff.paths, ff.class_names)
     result = cli("evaluate", narrow, "--head", tmp_path / "h.skops")
     assert result.exit_code == 1 and "10 features per row" in result.stderr and "64" in result.stderr
@@ -112,7 +114,9 @@ def test_fit_errors(cli, digit_files, tmp_path):
     cases = [
         ((unlabeled, "--out", tmp_path / "a.skops"), "no labeled rows"),
         ((digit_files["train"], "--out", tmp_path / "b.skops", "--per-class", 1000), "fewer than --per-class 1000"),
-        ((digit_files["train"], "--out", tmp_path / "c.skops", "--per-class", 2, "--cv", 3), "--cv 3 needs"),
+        ((digit_files["train"], "--out", tmp_path / "c.skops", "--per-class", 2, "--cv", 3, "--head", "logreg"),
+         "--cv 3 needs"),
+        ((digit_files["train"], "--out", tmp_path / "e.skops", "--cv", 3), "pass --head logreg or --head mlp"),
         ((tmp_path / "missing.h5", "--out", tmp_path / "d.skops"), "does not exist"),
         ((tmp_path / "u.h5", "--out", digit_files["train"]), "--overwrite"),
     ]
@@ -125,7 +129,7 @@ def test_fit_errors(cli, digit_files, tmp_path):
 
 
 def test_cv_chooses_regularisation(digit_files, tmp_path):
-    fit_head(digit_files["train"], tmp_path / "h.skops", per_class=10, cv=3)
+    fit_head(digit_files["train"], tmp_path / "h.skops", HeadKind.logreg, per_class=10, cv=3)
     head, info = load_head(tmp_path / "h.skops")
     assert info["params"]["cv"] == 3 and head[-1].C == pytest.approx(info["params"]["C"])
     assert np.isclose(np.log10(head[-1].C) * 2, round(np.log10(head[-1].C) * 2))  # a point of the grid
@@ -143,3 +147,63 @@ def test_semi_head_clusters_a_graph_in_pieces():
     targets[[0, 150, 250]] = [0, 1, 2]
     head = SpectralPseudoLabels(n_components=2).fit(X, targets)  # the 2 components that hold the blobs
     assert (head.predict(X[1:]) == truth[1:]).mean() > 0.97
+
+
+def _blobs(centres, n: int = 100, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.asarray(c, float) + rng.normal(size=(n, len(c))) for c in centres])
+
+
+def _draw(truth: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Targets with `per_class` labeled rows of each class, the rest -1."""
+    targets = np.full(len(truth), -1)
+    labeled = draw_per_class(truth, per_class, seed)
+    targets[labeled] = truth[labeled]
+    return targets
+
+
+@pytest.mark.parametrize("per_class", [1, 3])
+def test_auto_keeps_the_semi_head_on_clean_clusters(per_class):
+    X, truth = _blobs(np.eye(4, 8) * 8), np.repeat(np.arange(4), 100)
+    head = AutoHead().fit(X, _draw(truth, per_class))
+    assert head.choice_ == "semi", head.reason_
+    assert (head.predict(X) == truth).mean() > 0.99
+
+
+def test_auto_avoids_one_cluster_per_class_when_each_class_is_five_digits(digit_files):
+    # Two classes, digits 0-4 and 5-9: each class is five clusters, so the semi head's one
+    # cluster per class cuts across both; cross-validation over the labeled rows sees it.
+    train, test = read_features(digit_files["train"]), read_features(digit_files["test"])
+    truth, test_truth = (train.labels >= 5).astype(int), (test.labels >= 5).astype(int)
+    scores = {"auto": [], "semi": []}
+    for seed in range(3):
+        targets = _draw(truth, 10, seed)
+        for name, estimator in (("auto", AutoHead(random_state=seed)), ("semi", SpectralPseudoLabels())):
+            head = Pipeline([("scale", StandardScaler()), (name, estimator)]).fit(train.features, targets)
+            scores[name].append((head.predict(test.features) == test_truth).mean())
+    assert np.mean(scores["auto"]) > np.mean(scores["semi"]) + 0.1, scores
+
+
+def test_auto_falls_back_to_logreg_on_rows_without_clusters():
+    X = np.random.default_rng(0).normal(size=(400, 8))
+    head = AutoHead().fit(X, _draw((X[:, 0] > 0).astype(int), 1))
+    assert head.choice_ == "logreg" and "unstable" in head.reason_
+
+
+@pytest.mark.parametrize("estimator", [SpectralPseudoLabels(), AutoHead()])
+def test_unlabeled_rows_of_unknown_classes_do_not_pull_the_known_ones(estimator):
+    # Open set: three labeled classes, two more blobs in the pool that no label names.
+    X = _blobs(np.eye(5, 10) * 8)
+    truth = np.repeat(np.arange(5), 100)
+    targets = np.concatenate([_draw(truth[:300], 3), np.full(200, -1)])
+    head = estimator.fit(X, targets)
+    assert (head.predict(X[:300]) == truth[:300]).mean() > 0.98
+
+
+def test_fit_defaults_to_auto_and_says_what_it_chose(cli, digit_files, tmp_path):
+    result = cli("fit", digit_files["train"], "--out", tmp_path / "h.skops", "--per-class", 3)
+    assert result.exit_code == 0, result.output
+    head, info = load_head(tmp_path / "h.skops")
+    assert info["head"] == "auto" and info["params"]["choice"] in ("semi", "logreg")
+    assert f"auto: {info['params']['choice']} (cross-validation over the labeled rows" in result.stderr
+    assert head[-1].choice_ == info["params"]["choice"]

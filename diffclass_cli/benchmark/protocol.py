@@ -15,6 +15,7 @@ from diffclass_cli.console import progress
 from diffclass_cli.heads.models import HeadKind, draw_per_class, fit_rows, make_head
 
 CNN_NAME = "cnn"
+FEW_LABELS = 2  # at this many labels per class or fewer, results are bimodal: more draws
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Protocol:
     heads: tuple[HeadKind, ...] = tuple(HeadKind)
     seed: int = 0
     cnn_steps: int = 300  # 0: no supervised CNN baseline
+    draws_few_labels: int = 20  # draws per K at K <= FEW_LABELS
+
+    def draws_at(self, per_class: int) -> int:
+        return self.draws_few_labels if per_class <= FEW_LABELS else self.draws
 
 
 @dataclass
@@ -43,7 +48,7 @@ def draw_seed(seed: int, per_class: int, draw: int) -> int:
 def head_accuracy(features: FeatureSet, kind: HeadKind, labels: np.ndarray, labeled: np.ndarray,
                   test_labels: np.ndarray, seed: int) -> float:
     rows, targets = fit_rows(labels, labeled, kind)
-    head = make_head(kind, len(rows), features.pool.shape[1], seed=seed)
+    head = make_head(kind, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         head.fit(features.pool[rows], targets)
@@ -56,11 +61,11 @@ def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, proto
     """Result rows (one per feature set, head, K and draw) and the labeled pool ids of each draw."""
     heads = heads or protocol.heads
     with_cnn = cnn and protocol.cnn_steps > 0
-    total = len(protocol.per_class) * protocol.draws * (len(feature_sets) * len(heads) + with_cnn)
+    total = sum(map(protocol.draws_at, protocol.per_class)) * (len(feature_sets) * len(heads) + with_cnn)
     rows, labeled_ids = [], {}
     with progress(total=total, desc=f"benchmark ({sweep})", unit="fit") as bar:
         for k in protocol.per_class:
-            for draw in range(protocol.draws):
+            for draw in range(protocol.draws_at(k)):
                 seed = draw_seed(protocol.seed, k, draw)
                 labeled = draw_per_class(pool.labels, k, seed)
                 labeled_ids[f"{k}/{draw}"] = [pool.ids[i] for i in labeled] if pool.ids else labeled.tolist()

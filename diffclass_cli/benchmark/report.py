@@ -21,26 +21,31 @@ def write_results(rows: list[dict], path: Path) -> None:
         writer.writerows({**row, "accuracy": f"{row['accuracy']:.4f}"} for row in rows)
 
 
-def cell_stats(rows: list[dict]) -> dict[tuple[str, str, str], dict[int, tuple[float, float]]]:
-    """(sweep, feature set, head) -> {K: (mean, std over draws)}, in first-seen order."""
+def cell_stats(rows: list[dict]) -> dict[tuple[str, str, str], dict[int, tuple[float, float, float]]]:
+    """(sweep, feature set, head) -> {K: (mean, std, worst over draws)}, in first-seen order."""
     cells: dict = defaultdict(lambda: defaultdict(list))
     for row in rows:
         cells[(row["sweep"], row["feature_set"], row["head"])][row["per_class"]].append(row["accuracy"])
-    return {key: {k: (float(np.mean(v)), float(np.std(v))) for k, v in by_k.items()} for key, by_k in cells.items()}
+    return {key: {k: (float(np.mean(v)), float(np.std(v)), float(np.min(v))) for k, v in by_k.items()}
+            for key, by_k in cells.items()}
 
 
-def summary_markdown(rows: list[dict], preamble: str = "") -> str:
+def summary_markdown(rows: list[dict], preamble: str = "", scored_on: str | None = None) -> str:
+    """One table per sweep; `scored_on` names the held-out rows (default: the main grid's split)."""
     stats = cell_stats(rows)
     lines = [preamble] if preamble else []
     for sweep in dict.fromkeys(key[0] for key in stats):
         keys = [key for key in stats if key[0] == sweep]
         ks = sorted({k for key in keys for k in stats[key]})
-        scored_on = "the main grid's held-out split" if sweep == "main" else "the validation part of the pool"
-        lines += [f"## {sweep}", "", f"Accuracy on {scored_on}, mean ± std over draws, by labels per class.", "",
+        held_out = scored_on or ("the main grid's held-out split" if sweep == "main"
+                                 else "the validation part of the pool")
+        lines += [f"## {sweep}", "", f"Accuracy on {held_out}, mean ± std over draws (worst draw), by labels per "
+                  "class.", "",
                   "| feature set | head | " + " | ".join(str(k) for k in ks) + " |",
                   "|---|---|" + "---|" * len(ks)]
         for key in keys:
-            cells = [f"{stats[key][k][0]:.3f} ± {stats[key][k][1]:.3f}" if k in stats[key] else "" for k in ks]
+            cells = [f"{stats[key][k][0]:.3f} ± {stats[key][k][1]:.3f} ({stats[key][k][2]:.3f})" if k in stats[key]
+                     else "" for k in ks]
             lines.append(f"| {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -14,18 +14,18 @@ from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize.h5 import FeatureFile, read_features
 from diffclass_cli.files import refuse_overwrite
-from diffclass_cli.heads.models import UNLABELED, HeadKind, make_head, training_labels
+from diffclass_cli.heads.models import SEMI_SUPERVISED, UNLABELED, HeadKind, make_head, training_labels
 from diffclass_cli.heads.store import load_head, save_head
 
 
-def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.logreg, per_class: int | None = None,
+def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_class: int | None = None,
              seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
              overwrite: bool = False) -> dict:
     """Fit a head on the labeled rows of a feature file and save it; returns its info."""
     refuse_overwrite(out, overwrite)
     ff = read_features(features)
     rows, targets = training_labels(ff.labels, kind, per_class, seed, cv)
-    head = make_head(kind, len(rows), ff.features.shape[1], C, alpha, hidden, cv, seed)
+    head = make_head(kind, C, alpha, hidden, cv, seed)
     head.fit(ff.features[rows], targets)
     params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
     if cv:  # keep the refitted best model only: a plain Pipeline, nothing of the search
@@ -34,6 +34,10 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.logreg, per_cl
         params |= {k: float(v) for k, v in search.best_params_.items()}
         log.info(f"cross-validation chose {search.best_params_}")
     labeled = int((targets != UNLABELED).sum())
+    if kind == HeadKind.auto:
+        chooser = head.steps[-1][1]
+        params |= {"choice": chooser.choice_, "reason": chooser.reason_}
+        log.info(f"auto: {chooser.choice_} ({chooser.reason_})")
     info = {
         "head": kind.value,
         "params": params,
@@ -48,7 +52,7 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.logreg, per_cl
     }
     save_head(out, head, info, overwrite)
     log.info(f"wrote {out}: {kind.value} head on {labeled} labeled rows"
-             + (f" and {len(rows) - labeled} unlabeled ones" if kind == HeadKind.semi else ""))
+             + (f" and {len(rows) - labeled} unlabeled ones" if kind in SEMI_SUPERVISED else ""))
     return info
 
 

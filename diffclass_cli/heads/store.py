@@ -16,6 +16,7 @@ from diffclass_cli.files import atomic_output
 FORMAT = "diffclass-head"
 # Types beyond skops' defaults that our heads contain (the semi head, MLP optimizer state).
 TRUSTED_TYPES = [
+    "diffclass_cli.heads.models.AutoHead",
     "diffclass_cli.heads.models.SpectralPseudoLabels",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 ]
