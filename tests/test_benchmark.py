@@ -52,7 +52,7 @@ def test_draws_repeat_for_a_seed_and_differ_between_seeds():
     pool = Split(np.zeros((80, 1, 8, 8), np.uint8), labels[:80], [f"p{i}" for i in range(80)])
     test = Split(np.zeros((40, 1, 8, 8), np.uint8), labels[80:], [f"t{i}" for i in range(40)])
     sets = [FeatureSet("toy", features[:80], features[80:])]
-    protocol = Protocol(per_class=(2,), draws=3, heads=(HeadKind.logreg,), seed=0, cnn_steps=0)
+    protocol = Protocol(per_class=(2,), draws=3, draws_few_labels=3, heads=(HeadKind.logreg,), seed=0, cnn_steps=0)
     rows_a, draws_a = run_protocol(sets, pool, test, protocol)
     rows_b, draws_b = run_protocol(sets, pool, test, protocol)
     rows_c, draws_c = run_protocol(sets, pool, test, Protocol(**{**protocol.__dict__, "seed": 1}))
