@@ -176,8 +176,8 @@ class AutoHead(ClassifierMixin, BaseEstimator):
     rows, decided from the rows it is fitted on (targets -1 = unlabeled; never a test split).
 
     With 2 or more labels per class: cross-validation over the labeled rows, each fold's
-    held-out labeled rows turned unlabeled for the semi head; ties go to the semi head. With one label
-    per class there is nothing to hold out: the semi head is kept if its clusters are stable,
+    held-out labeled rows turned unlabeled for the semi head; ties go to the semi head. With
+    one label per class there is nothing to hold out: the semi head is kept if its clusters are stable,
     i.e. the clusterings of two random subsets of the rows agree (adjusted Rand index at least
     `min_stability`; measured 0.72-0.93 on the robustness scenarios, 0.1-0.4 on structureless
     noise). `choice_` and `reason_` say what was decided and why.
@@ -239,7 +239,7 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         k, n = len(self.classes_), len(X)
         found = []
         for _ in range(2):
-            rows = np.sort(rng.choice(n, max(k + 2, int(0.8 * n)), replace=False))
+            rows = np.sort(rng.choice(n, min(n, max(k + 2, int(0.8 * n))), replace=False))
             clusters = np.full(n, -1)
             clusters[rows] = KMeans(k, n_init=10, random_state=self.random_state).fit_predict(
                 semi.cluster_space(X[rows], k))
