@@ -1,6 +1,7 @@
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from diffclass_cli.data.loading import iter_batches
 from diffclass_cli.data.sources import open_source
@@ -72,6 +73,15 @@ def test_gray_and_rgb_inputs_are_converted(class_tree, tiny_onnx, rgb_onnx, tmp_
     featurize(source, tmp_path / "rgb.h5", rgb_onnx)
     assert read_features(tmp_path / "gray.h5").features.shape[0] == 6
     assert read_features(tmp_path / "rgb.h5").features.shape == (6, 16)
+
+
+def test_an_image_whose_colour_mode_cannot_be_converted_is_skipped(class_tree, tiny_onnx, tmp_path):
+    Image.new("LAB", (20, 20)).save(class_tree / "cats" / "lab.tif")  # Pillow has no LAB -> L conversion
+    featurize(open_source(str(class_tree)), tmp_path / "f.h5", tiny_onnx)
+    with h5py.File(tmp_path / "f.h5") as f:
+        skipped = {p.decode(): r.decode() for p, r in f["skipped"][:]}
+    assert "cannot convert a LAB image" in skipped["cats/lab.tif"]
+    assert read_features(tmp_path / "f.h5").features.shape[0] == 6
 
 
 def test_errors_empty_folder_overwrite_strict(cli, tmp_path, tiny_onnx, class_tree):

@@ -15,7 +15,10 @@ from diffclass_cli.data.sources import ImageSource, UnreadableImage
 def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
     """One image as uint8 `[C, size, size]`: converted to gray or RGB and resized whole
     (never cropped)."""
-    img = img.convert("L" if channels == 1 else "RGB")
+    try:
+        img = img.convert("L" if channels == 1 else "RGB")
+    except ValueError as err:  # a mode Pillow cannot convert (e.g. LAB to L): skipped like a corrupt file
+        raise UnreadableImage(f"cannot convert a {img.mode} image: {err}") from err
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
