@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -58,6 +63,20 @@ def test_flat_folder_is_unlabeled_and_stdin_paths(cli, tmp_path, tiny_onnx, monk
     assert piped.paths == ["flat/0.png", "flat/1.png", "flat/2.png"]
     np.testing.assert_array_equal(piped.features, flat.features)
     assert "missing.png" in result.stderr
+
+
+def test_a_file_name_that_is_not_utf8(tiny_onnx, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for name in (b"x\xff.png", b"ok.png"):  # Linux names are bytes; the first is no UTF-8
+        write_image(Path(os.fsdecode(bytes(folder) + b"/" + name)), (28, 28), "L")
+    featurize(open_source(str(folder)), tmp_path / "f.h5", tiny_onnx)
+    listing = "\n".join(os.fsdecode(bytes(folder) + b"/" + name) for name in (b"x\xff.png", b"ok.png"))
+    stdin = subprocess.run([sys.executable, "-m", "diffclass_cli", "-q", "featurize", "-", tmp_path / "g.h5",
+                            "--model", tiny_onnx], input=os.fsencode(listing), capture_output=True)
+    assert stdin.returncode == 0, stdin.stderr.decode()
+    assert read_features(tmp_path / "f.h5").paths == ["ok.png", "x\\xff.png"]  # the odd byte kept as an escape
+    assert len(read_features(tmp_path / "g.h5").paths) == 2
 
 
 def test_builtin_source(cli, tiny_onnx, tmp_path):

@@ -25,6 +25,12 @@ CHUNK_ROWS = 1024
 PROGRESS_ATTR = "source_rows_done"  # rows of the source consumed so far (written or skipped)
 
 
+def storable(text: str) -> str:
+    """Text as valid UTF-8: a file name that is not UTF-8 (held by Python as surrogate
+    escapes) keeps its odd bytes as `\\xff` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class FeatureWriter:
     """Appends rows batch by batch, so memory stays flat; can reopen a partial file to resume."""
 
@@ -61,13 +67,13 @@ class FeatureWriter:
         """Add one batch; `source_rows` is how many source rows it covered."""
         f = self.file
         n, start = len(features), int(f.attrs["rows"])
-        for name, values in (("features", features), ("labels", labels), ("paths", paths)):
+        for name, values in (("features", features), ("labels", labels), ("paths", [storable(p) for p in paths])):
             f[name].resize(start + n, axis=0)
             f[name][start:] = values
         if skipped:
             done = f["skipped"].shape[0]
             f["skipped"].resize(done + len(skipped), axis=0)
-            f["skipped"][done:] = np.array(skipped, dtype=object)
+            f["skipped"][done:] = np.array([(storable(p), storable(r)) for p, r in skipped], dtype=object)
         f.flush()
         # The commit point: a crash before it leaves rows that resume will cut away.
         f.attrs["rows"] = start + n

@@ -67,7 +67,7 @@ class FeatureBatch:
 
 def source_fingerprint(source: ImageSource) -> str:
     """Identifies a source's listing, so shards of different listings are never merged."""
-    return hashlib.sha256("\n".join(source.ids).encode()).hexdigest()
+    return hashlib.sha256("\n".join(source.ids).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def featurize(source: ImageSource, out: Path, model: Path, device: Device = Device.auto,
