@@ -61,6 +61,27 @@ def test_shards_merged_equal_one_run(cli, big_tree, tiny_onnx, tmp_path):
     assert not (tmp_path / "merged.h5.partial").exists()
 
 
+def test_shards_without_readable_images_still_merge(cli, tiny_onnx, tmp_path):
+    # Two good images and one corrupt one; 3 shards put the corrupt file alone, 4 leave one shard empty.
+    folder = tmp_path / "few"
+    for name in ("a.png", "b.png"):
+        write_image(folder / name, (28, 28), "L", seed=len(name))
+    (folder / "c.png").write_bytes(b"not a png")
+    whole = tmp_path / "whole.h5"
+    assert cli("featurize", folder, whole, "--model", tiny_onnx).exit_code == 0
+    for count in (3, 4):
+        parts = [tmp_path / f"{count}-{i}.h5" for i in range(count)]
+        for i, part in enumerate(parts):
+            result = cli("featurize", folder, part, "--model", tiny_onnx, "--shard", f"{i}/{count}")
+            assert result.exit_code == 0, result.output
+        assert min(len(read_features(p).paths) for p in parts) == 0
+        merged = tmp_path / f"merged{count}.h5"
+        result = cli("merge", merged, *parts)
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(read_features(merged).features, read_features(whole).features)
+        assert read_features(merged).paths == ["a.png", "b.png"]
+
+
 def test_merge_refuses_missing_duplicate_and_foreign_parts(cli, big_tree, tiny_onnx, rgb_onnx, class_tree,
                                                           tmp_path):
     def part(name, shard, model=tiny_onnx, source=big_tree):

@@ -7,7 +7,7 @@ from pathlib import Path
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize.h5 import PROGRESS_ATTR, FeatureWriter, copy_rows, open_feature_file
-from diffclass_cli.featurize.run import Shard
+from diffclass_cli.featurize.run import NO_PROVIDER, Shard
 from diffclass_cli.files import atomic_output, refuse_overwrite
 
 MUST_MATCH = ("extractor_sha256", "source", "source_fingerprint", "source_images", "feature_dim")
@@ -45,7 +45,8 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
 
     kept = {key: value for key, value in first["attrs"].items() if key not in ("rows", PROGRESS_ATTR)}
     attrs = {**kept, "shard": str(Shard()), "merged_from": count,
-             "provider": ",".join(sorted({h["attrs"]["provider"] for _, h in headers})),
+             "provider": ",".join(sorted({h["attrs"]["provider"] for _, h in headers} - {NO_PROVIDER}))
+             or NO_PROVIDER,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with atomic_output(out, overwrite) as tmp:
         writer = FeatureWriter(tmp, int(first["attrs"]["feature_dim"]), attrs, first["class_names"])

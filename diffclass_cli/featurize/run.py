@@ -65,6 +65,9 @@ class FeatureBatch:
     provider: str  # the onnxruntime provider that computed it
 
 
+NO_PROVIDER = "none"  # the provider of a file to which no batch was written
+
+
 def source_fingerprint(source: ImageSource) -> str:
     """Identifies a source's listing, so shards of different listings are never merged."""
     return hashlib.sha256("\n".join(source.ids).encode("utf-8", "surrogateescape")).hexdigest()
@@ -132,9 +135,9 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
                               skipped, source_rows=len(batch.rows) + len(batch.skipped))
                 skipped_total += skipped
                 bar.update(len(batch.rows) + len(batch.skipped))
-        if providers:
-            writer.file.attrs["provider"] = ",".join(sorted(providers))
-        provider = writer.file.attrs.get("provider", "none")
+        if providers or "provider" not in writer.file.attrs:
+            writer.file.attrs["provider"] = ",".join(sorted(providers)) or NO_PROVIDER
+        provider = writer.file.attrs["provider"]
         rows = int(writer.file.attrs["rows"])
     except DiffclassError:
         writer.close()
@@ -142,11 +145,13 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
         raise
     finally:
         writer.close()  # an interrupted run leaves a closed, resumable partial file
-    if rows == 0:
-        partial.unlink(missing_ok=True)
-        raise DiffclassError(f"none of the {len(source)} images of {source.spec}{where} could be read")
-    os.replace(partial, out)
     report_skipped(skipped_total)
+    if rows == 0 and shard.count == 1:
+        partial.unlink(missing_ok=True)
+        raise DiffclassError(f"none of the {len(source)} images of {source.spec} could be read")
+    if rows == 0:  # an empty part still tells merge that this shard was done
+        log.warning(f"shard {shard} has no readable images; {out} holds no rows")
+    os.replace(partial, out)
     seconds = time.perf_counter() - began
     log.info(f"wrote {out}: {rows} rows x {meta['feature_dim']} features "
              f"({(len(source) - start) / max(seconds, 1e-9):.0f} images/s on {provider})")
