@@ -70,12 +70,12 @@ def imbalanced(pool: Labeled, test: Labeled) -> tuple[Labeled, Labeled]:
     return pool.rows(np.sort(np.concatenate(keep))), test
 
 
-def subset(classes: tuple[int, ...]) -> Scenario:
-    mapping = {c: i for i, c in enumerate(classes)}
-    return lambda pool, test: (pool.relabel(mapping), test.relabel(mapping))
+def as_is(pool: Labeled, test: Labeled) -> tuple[Labeled, Labeled]:
+    return pool, test
 
 
-def merged(groups: tuple[tuple[int, ...], ...]) -> Scenario:
+def grouped(groups: tuple[tuple[int, ...], ...]) -> Scenario:
+    """Class i is the union of the digits in groups[i]; other digits are left out."""
     mapping = {c: i for i, group in enumerate(groups) for c in group}
     return lambda pool, test: (pool.relabel(mapping), test.relabel(mapping))
 
@@ -92,16 +92,16 @@ def small_pool(pool: Labeled, test: Labeled) -> tuple[Labeled, Labeled]:
 
 
 SCENARIOS: dict[str, tuple[str, Scenario]] = {  # name -> (data, how the pool and test are built)
-    "standard": ("mnist", lambda pool, test: (pool, test)),
+    "standard": ("mnist", as_is),
     "imbalanced": ("mnist", imbalanced),
-    "few-classes-3": ("mnist", subset((3, 5, 8))),
-    "few-classes-5": ("mnist", subset((0, 2, 4, 6, 8))),
-    "merged-2": ("mnist", merged(((0, 1, 2, 3, 4), (5, 6, 7, 8, 9)))),
-    "merged-3": ("mnist", merged(((0, 3, 6, 9), (1, 4, 7), (2, 5, 8)))),
+    "few-classes-3": ("mnist", grouped(((3,), (5,), (8,)))),
+    "few-classes-5": ("mnist", grouped(((0,), (2,), (4,), (6,), (8,)))),
+    "merged-2": ("mnist", grouped(((0, 1, 2, 3, 4), (5, 6, 7, 8, 9)))),
+    "merged-3": ("mnist", grouped(((0, 3, 6, 9), (1, 4, 7), (2, 5, 8)))),
     "open-set": ("mnist", open_set),
     "small-pool": ("mnist", small_pool),
-    "digits": ("digits", lambda pool, test: (pool, test)),
-    "pixels": ("mnist-pixels", lambda pool, test: (pool, test)),
+    "digits": ("digits", as_is),
+    "pixels": ("mnist-pixels", as_is),
 }
 
 
