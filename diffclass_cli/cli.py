@@ -131,6 +131,8 @@ def train_backbone_cmd(
 
     if steps is not None and epochs is not None:
         raise DiffclassError("give --steps or --epochs, not both")
+    if epochs is not None and not epochs > 0:
+        raise DiffclassError(f"--epochs must be above 0, not {epochs}")
     torch_dev = torch_device(device)
     images_source = open_source(source, data_root, download)
     size, chans = _image_shape(images_source, image_size, channels)
@@ -142,7 +144,7 @@ def train_backbone_cmd(
         config = DDPMConfig(unet=UNetConfig(image_size=size, channels=chans, width=width, channel_mults=mults,
                                             blocks_per_level=blocks_per_level),
                             diffusion=DiffusionConfig(schedule=schedule))
-    train = TrainConfig(steps=steps or TrainConfig.steps, batch_size=batch_size, lr=lr,
+    train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
                         seed=seed, save_every=save_every, snapshot_every=snapshot_every)
     run_training(images_source, config, train, out, torch_dev, resume, overwrite, workers, epochs)

@@ -48,6 +48,17 @@ class TrainConfig:
     save_every: int = 500
     snapshot_every: int = 0  # also keep CKPT-step{N} copies, to pick a checkpoint by a probe later
 
+    def __post_init__(self):
+        for option, value, smallest in (("steps", self.steps, 1), ("batch-size", self.batch_size, 1),
+                                        ("save-every", self.save_every, 1), ("warmup", self.warmup, 0),
+                                        ("snapshot-every", self.snapshot_every, 0)):
+            if value < smallest:
+                raise DiffclassError(f"--{option} must be at least {smallest}, not {value}")
+        if not self.lr > 0:
+            raise DiffclassError(f"--lr must be above 0, not {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise DiffclassError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
+
 
 def learning_rate(train: TrainConfig, step: int) -> float:
     """Linear warm-up, then constant or cosine decay to a tenth of `lr`."""
