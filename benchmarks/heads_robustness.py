@@ -57,17 +57,20 @@ class Labeled:
         rows = np.flatnonzero(np.isin(self.labels, list(mapping)))
         return Labeled(self.features[rows], np.array([mapping[y] for y in self.labels[rows]], dtype=np.int64))
 
+    def sample(self, sizes: dict[int, int]) -> "Labeled":
+        """`sizes[c]` rows of each class c, drawn with a fixed seed."""
+        rng = np.random.RandomState(0)
+        keep = [rng.permutation(np.flatnonzero(self.labels == c))[:n] for c, n in sizes.items()]
+        return self.rows(np.sort(np.concatenate(keep)))
+
 
 Scenario = Callable[[Labeled, Labeled], tuple[Labeled, Labeled]]  # (pool, test) -> (pool, test)
 
 
 def imbalanced(pool: Labeled, test: Labeled) -> tuple[Labeled, Labeled]:
-    rng = np.random.RandomState(0)
-    classes = np.unique(pool.labels)
-    keep = [rng.permutation(np.flatnonzero(pool.labels == c))[:round((pool.labels == c).sum()
-                                                                     * 0.1 ** (i / (len(classes) - 1)))]
-            for i, c in enumerate(classes)]
-    return pool.rows(np.sort(np.concatenate(keep))), test
+    classes, counts = np.unique(pool.labels, return_counts=True)
+    sizes = {c: round(n * 0.1 ** (i / (len(classes) - 1))) for i, (c, n) in enumerate(zip(classes, counts))}
+    return pool.sample(sizes), test
 
 
 def as_is(pool: Labeled, test: Labeled) -> tuple[Labeled, Labeled]:
@@ -86,9 +89,7 @@ def open_set(pool: Labeled, test: Labeled) -> tuple[Labeled, Labeled]:
 
 
 def small_pool(pool: Labeled, test: Labeled) -> tuple[Labeled, Labeled]:
-    rng = np.random.RandomState(0)
-    keep = [rng.permutation(np.flatnonzero(pool.labels == c))[:30] for c in np.unique(pool.labels)]
-    return pool.rows(np.sort(np.concatenate(keep))), test
+    return pool.sample({c: 30 for c in np.unique(pool.labels)}), test
 
 
 SCENARIOS: dict[str, tuple[str, Scenario]] = {  # name -> (data, how the pool and test are built)

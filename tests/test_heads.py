@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class
+from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class, fit_rows
 from diffclass_cli.heads.run import evaluate, fit_head, predict
 from diffclass_cli.heads.store import load_head
 from tests.conftest import write_feature_file
@@ -156,10 +156,7 @@ def _blobs(centres, n: int = 100, seed: int = 0) -> np.ndarray:
 
 def _draw(truth: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
     """Targets with `per_class` labeled rows of each class, the rest -1."""
-    targets = np.full(len(truth), -1)
-    labeled = draw_per_class(truth, per_class, seed)
-    targets[labeled] = truth[labeled]
-    return targets
+    return fit_rows(truth, draw_per_class(truth, per_class, seed), HeadKind.semi)[1]
 
 
 @pytest.mark.parametrize("per_class", [1, 3])

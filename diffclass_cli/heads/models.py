@@ -24,10 +24,10 @@ from diffclass_cli.choices import HeadKind
 from diffclass_cli.errors import DiffclassError
 
 UNLABELED = -1
+SEMI_SUPERVISED = frozenset({HeadKind.semi, HeadKind.auto})  # heads that learn from unlabeled rows too
 # The last few clustering spaces computed: benchmark draws and auto's folds refit on the same rows.
 _SPACES: dict[tuple, np.ndarray] = {}
 _SPACES_KEPT = 3
-SEMI_SUPERVISED = frozenset({HeadKind.semi, HeadKind.auto})  # heads that learn from unlabeled rows too
 
 
 def _class_codes(estimator: BaseEstimator, X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -214,8 +214,12 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         self.choice_, self.reason_ = choice, reason
         labeled = targets != UNLABELED
         self.model_ = (semi.fit_in_space(X, targets, space) if choice == "semi" else
-                       LogisticRegression(C=self.C, max_iter=2000).fit(X[labeled], self.classes_[targets[labeled]]))
+                       self._logreg().fit(X[labeled], self.classes_[targets[labeled]]))
         return self
+
+    def _logreg(self) -> LogisticRegression:
+        """The labeled-only candidate, as the logreg head fits it."""
+        return LogisticRegression(C=self.C, max_iter=2000)
 
     def _cross_validate(self, X, targets, space, semi, n_folds: int) -> tuple[float, float]:
         """Accuracy of the semi head and of logistic regression on held-out labeled rows."""
@@ -227,7 +231,7 @@ class AutoHead(ClassifierMixin, BaseEstimator):
             fold_targets[rows[held]] = UNLABELED
             fold_semi = clone(semi).fit_in_space(X, fold_targets, space)
             semi_hits += (fold_semi.classifier_.predict(X[rows[held]]) == targets[rows[held]]).sum()
-            logreg = LogisticRegression(C=self.C, max_iter=2000).fit(X[rows[train]], targets[rows[train]])
+            logreg = self._logreg().fit(X[rows[train]], targets[rows[train]])
             logreg_hits += (logreg.predict(X[rows[held]]) == targets[rows[held]]).sum()
         return semi_hits / len(rows), logreg_hits / len(rows)
 
