@@ -27,3 +27,11 @@ class Engine(str, Enum):
 
     local = "local"
     ray = "ray"
+
+
+class Device(str, Enum):
+    """See device.py (torch) and featurize/runtime.py (onnxruntime)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"

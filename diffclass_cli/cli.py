@@ -1,9 +1,14 @@
 """The `diffclass` command line: thin commands that parse options and call the library.
 
-Data goes to stdout, everything else to stderr. A DiffclassError (a user mistake) becomes
-one line on stderr and exit code 1; Typer's own usage errors exit with 2.
+Data goes to stdout, everything else to stderr. A DiffclassError (a user mistake: a value out
+of range, a missing or damaged file) or an OSError (a full disk, no permission) becomes one
+line on stderr and exit code 1; Typer's own usage errors (an unknown option, a missing
+argument, a value that is not a choice) exit with 2. A number option's range is declared
+where the option is, with `callback=at_least(...)`; the configs check their own fields.
 """
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,12 +29,35 @@ from diffclass_cli.export.extractor import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool
 
 
 class _Group(TyperGroup):
+    """Turns the errors a user can cause into one line and an exit code."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except DiffclassError as err:
-            typer.echo(f"diffclass: error: {err}", err=True)
+        except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(1) from None
+        except DiffclassError as err:
+            _fail(str(err))
+        except OSError as err:
+            _fail(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"diffclass: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def at_least(low: float, above: bool = False):
+    """An option callback that refuses values below `low` (or, with `above`, not above it)."""
+
+    def check(param: typer.CallbackParam, value):
+        if value is not None and (value <= low if above else value < low):
+            raise DiffclassError(f"{param.opts[0]} must be {'above' if above else 'at least'} {low:g}, "
+                                 f"not {value:g}")
+        return value
+
+    return check
 
 
 app = typer.Typer(
@@ -52,7 +80,7 @@ DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA w
 SeedOpt = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 WeightsOpt = Annotated[Weights, typer.Option(help="The averaged (EMA) or the raw trained weights.")]
-WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in parallel.")]
+WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in parallel.", callback=at_least(0))]
 
 
 def _version(value: bool) -> None:
@@ -87,7 +115,8 @@ def train_backbone_cmd(
     kind: Annotated[BackboneKind, typer.Option(
         help="ddpm: a diffusion UNet; vae: a convolutional VAE (the research's comparison).")] = BackboneKind.ddpm,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 3000).")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).",
+                                                 callback=at_least(0, above=True))] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = TrainConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainConfig.lr,
     lr_schedule: Annotated[LRSchedule, typer.Option(help="After warm-up.")] = TrainConfig.lr_schedule,
@@ -131,8 +160,6 @@ def train_backbone_cmd(
 
     if steps is not None and epochs is not None:
         raise DiffclassError("give --steps or --epochs, not both")
-    if epochs is not None and not epochs > 0:
-        raise DiffclassError(f"--epochs must be above 0, not {epochs}")
     torch_dev = torch_device(device)
     images_source = open_source(source, data_root, download)
     size, chans = _image_shape(images_source, image_size, channels)
@@ -174,9 +201,9 @@ def _image_shape(source, image_size: int | None, channels: int | None) -> tuple[
 def sample(
     checkpoint: Annotated[Path, typer.Argument(help="Backbone checkpoint.", show_default=False)],
     out: Annotated[Path, typer.Option(help="PNG file for the grid of samples.")],
-    n: Annotated[int, typer.Option("--n", help="How many images.")] = 16,
+    n: Annotated[int, typer.Option("--n", help="How many images.", callback=at_least(1))] = 16,
     ddim_steps: Annotated[int | None, typer.Option(
-        help="Sample with DDIM in this many steps (fast) instead of all DDPM steps.")] = None,
+        help="Sample with DDIM in this many steps (fast) instead of all DDPM steps.", callback=at_least(1))] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Also save each image as a PNG here.")] = None,
     weights: WeightsOpt = Weights.ema,
     device: DeviceOpt = Device.auto,
@@ -191,8 +218,6 @@ def sample(
     from diffclass_cli.backbone.sampling import sample_to_png
     from diffclass_cli.device import torch_device
 
-    if n < 1:
-        raise DiffclassError("--n must be at least 1")
     sample_to_png(checkpoint, out, n, ddim_steps, out_dir, weights, torch_device(device), seed, overwrite)
 
 
@@ -206,7 +231,8 @@ def export(
     channels: Annotated[int, typer.Option(help="With --pixels: 1 (gray) or 3 (RGB).")] = 1,
     list_taps: Annotated[bool, typer.Option("--list-taps", help="Print the backbone's taps and exit.")] = False,
     timestep: Annotated[int | None, typer.Option(
-        help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}).")] = None,
+        help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}).",
+        callback=at_least(0))] = None,
     timesteps: Annotated[str | None, typer.Option(
         help="Several steps, comma-separated (e.g. 25,100): their features are concatenated.")] = None,
     taps: Annotated[str | None, typer.Option(
@@ -231,9 +257,9 @@ def export(
     from diffclass_cli.export.extractor import ExtractorSpec, parse_pool
     from diffclass_cli.export.onnx_export import export_onnx, export_pixels
 
+    if out is None and not list_taps:
+        raise typer.BadParameter("missing: give the ONNX file to write (or --list-taps)", param_hint="'--out'")
     if pixels:
-        if out is None:
-            raise DiffclassError("--out is required")
         UNetConfig(image_size=image_size, channels=channels)  # the same size rules as a backbone
         export_pixels(out, image_size, channels, opset, overwrite)
         return
@@ -249,8 +275,8 @@ def export(
         for group, names in config.tap_groups.items():
             typer.echo(f"{group}\t{','.join(names)}")
         return
-    if out is None:
-        raise DiffclassError("--out is required (or --list-taps)")
+    if timestep is not None and timesteps:
+        raise DiffclassError("give --timestep or --timesteps, not both")
     spec = ExtractorSpec(
         timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (timestep,) if timestep is not None else (),
         taps=tuple(t.strip() for t in taps.split(",") if t.strip()) if taps else (),
@@ -273,7 +299,7 @@ def info(
     """
     import json
 
-    from diffclass_cli.export.onnx_export import read_metadata
+    from diffclass_cli.extractor_format import read_metadata
 
     metadata = read_metadata(model)
     if as_json:
@@ -294,10 +320,12 @@ def featurize(
     model: Annotated[Path | None, typer.Option(
         help="Exported extractor (.onnx) (default: the shipped exports/mnist-sample-ddpm.onnx).")] = None,
     device: DeviceOpt = Device.auto,
-    batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 256,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.", callback=at_least(1))] = 256,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).",
+                                                callback=at_least(1))] = None,
     workers: Annotated[int, typer.Option(
-        help="local: processes that decode images in parallel; ray: actors, each with its own session.")] = 1,
+        help="local: processes that decode images in parallel; ray: actors, each with its own session.",
+        callback=at_least(0))] = 1,
     shard: Annotated[str | None, typer.Option(
         help="Only shard I of N (0-based, e.g. 3/8): a fixed block of the source, for job arrays; "
         "join the parts with `diffclass merge`.")] = None,
@@ -323,8 +351,6 @@ def featurize(
     from diffclass_cli.featurize.run import Shard, resolve_model
     from diffclass_cli.featurize.run import featurize as run_featurize
 
-    if batch_size < 1:
-        raise DiffclassError("--batch-size must be at least 1")
     run_featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
                   threads, workers, overwrite, resume, strict, Shard.parse(shard) if shard else Shard(),
                   engine)
@@ -363,13 +389,15 @@ def fit(
         "learns from the unlabeled rows (pseudo-labels from spectral clustering, named by the labeled rows)."
     )] = HeadKind.auto,
     per_class: Annotated[int | None, typer.Option(
-        help="Use only K labeled rows per class, drawn with --seed (the rest count as unlabeled).")] = None,
+        help="Use only K labeled rows per class, drawn with --seed (the rest count as unlabeled).",
+        callback=at_least(1))] = None,
     seed: SeedOpt = 0,
-    C: Annotated[float, typer.Option("--C", help="logreg: inverse regularisation strength.")] = 1.0,
-    alpha: Annotated[float, typer.Option(help="mlp: L2 penalty.")] = 1e-3,
-    hidden: Annotated[int, typer.Option(help="mlp: hidden units.")] = 128,
+    C: Annotated[float, typer.Option("--C", help="logreg: inverse regularisation strength.",
+                                     callback=at_least(0, above=True))] = 1.0,
+    alpha: Annotated[float, typer.Option(help="mlp: L2 penalty.", callback=at_least(0))] = 1e-3,
+    hidden: Annotated[int, typer.Option(help="mlp: hidden units.", callback=at_least(1))] = 128,
     cv: Annotated[int | None, typer.Option(
-        help="Choose --C / --alpha by K-fold cross-validation on the labeled rows.")] = None,
+        help="Choose --C / --alpha by K-fold cross-validation on the labeled rows.", callback=at_least(2))] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a small classifier on the labeled rows of a feature file.
@@ -380,8 +408,6 @@ def fit(
     """
     from diffclass_cli.heads.run import fit_head
 
-    if per_class is not None and per_class < 1:
-        raise DiffclassError("--per-class must be at least 1")
     fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, overwrite)
 
 
@@ -399,8 +425,6 @@ def predict(
       diffclass predict new.h5 --head head.skops > predictions.csv\n
       diffclass predict new.h5 --head head.skops --proba --out predictions.csv
     """
-    import sys
-
     from diffclass_cli.files import atomic_output
     from diffclass_cli.heads.run import predict as run_predict
     from diffclass_cli.heads.run import write_csv
@@ -408,6 +432,7 @@ def predict(
     predictions, _ = run_predict(features, head)
     if out is None:
         write_csv(predictions, sys.stdout, proba)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not after exit
         return
     with atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as stream:
         write_csv(predictions, stream, proba)
@@ -443,16 +468,17 @@ def benchmark(
     train: Annotated[str, typer.Option(help="Labeled pool the few labels are drawn from.")] = "mnist-sample:train",
     test: Annotated[str, typer.Option(help="Held-out labeled split accuracy is measured on.")] = "mnist-sample:test",
     per_class: Annotated[str, typer.Option(help="Labels per class, comma-separated.")] = "1,2,5,10,32,100",
-    draws: Annotated[int, typer.Option(help="Seeded draws of the labeled set per K.")] = 5,
+    draws: Annotated[int, typer.Option(help="Seeded draws of the labeled set per K.", callback=at_least(1))] = 5,
     draws_few: Annotated[int, typer.Option(
-        help="Draws per K at 1 and 2 labels per class, where results are bimodal (the worst draw is reported).")]
-    = 20,
+        help="Draws per K at 1 and 2 labels per class, where results are bimodal (the worst draw is reported).",
+        callback=at_least(1))] = 20,
     heads: Annotated[str, typer.Option(help="Heads, comma-separated: auto, logreg, mlp, semi.")]
     = "auto,logreg,semi",
     baselines: Annotated[str, typer.Option(
         help="Comparisons, comma-separated: pixels, pca (of pixels), cnn (supervised, from scratch).")]
     = "pixels,pca,cnn",
-    cnn_steps: Annotated[int, typer.Option(help="Training steps of the supervised CNN per draw.")] = 300,
+    cnn_steps: Annotated[int, typer.Option(help="Training steps of the supervised CNN per draw.",
+                                           callback=at_least(1))] = 300,
     timesteps: Annotated[str | None, typer.Option(help="Extractor timesteps, as in export (default: 100).")] = None,
     taps: Annotated[str | None, typer.Option(help="Extractor taps, as in export.")] = None,
     pool: Annotated[str, typer.Option(help="Extractor pooling, as in export.")] = pool_name(DEFAULT_POOL),
@@ -513,7 +539,8 @@ def plot(
         help="A second feature file drawn beside the first (e.g. raw pixels).")] = None,
     thumbnails: Annotated[str | None, typer.Option(
         help="The SOURCE the features came from: draw a sample of its images at their positions.")] = None,
-    max_points: Annotated[int | None, typer.Option(help="Plot a reproducible sample of at most N rows.")] = 5000,
+    max_points: Annotated[int | None, typer.Option(help="Plot a reproducible sample of at most N rows.",
+                                                   callback=at_least(3))] = 5000,
     seed: SeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -526,8 +553,6 @@ def plot(
     """
     from diffclass_cli.plot import plot_feature_map
 
-    if max_points is not None and max_points < 3:
-        raise DiffclassError("--max-points must be at least 3")
     scores = plot_feature_map(features, out, method, max_points, seed, thumbnails, compare, overwrite)
     for path, score in scores.items():
         typer.echo(f"{path}\t5nn_accuracy_in_map\t{'n/a' if score is None else f'{score:.4f}'}")
@@ -539,7 +564,7 @@ def show_predictions(
                                                show_default=False)],
     source: Annotated[str, typer.Option(help="The SOURCE the predicted images came from.")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")],
-    n: Annotated[int, typer.Option("--n", help="How many images.")] = 40,
+    n: Annotated[int, typer.Option("--n", help="How many images.", callback=at_least(1))] = 40,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Draw predicted images with their labels; wrong ones (when SOURCE knows the truth) in red.
@@ -549,7 +574,5 @@ def show_predictions(
     """
     from diffclass_cli.plot import prediction_grid
 
-    if n < 1:
-        raise DiffclassError("--n must be at least 1")
     shown, wrong = prediction_grid(predictions, source, out, n, overwrite=overwrite)
     log.info(f"wrote {out}: {shown} images, {wrong} wrong")

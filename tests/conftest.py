@@ -130,3 +130,19 @@ def digit_files(tmp_path_factory):
 def mnist_pixel_files(tmp_path_factory):
     """Raw-pixel feature files of mnist-sample:train (4000) and :test (1000)."""
     return _pixel_files(tmp_path_factory.mktemp("mnist"), "mnist-sample")
+
+
+def assert_same_feature_file(a: Path, b: Path) -> None:
+    """Two feature files hold the same rows, values, skipped files and progress, bit for bit."""
+    import h5py
+
+    from diffclass_cli.featurize.h5 import read_features
+
+    fa, fb = read_features(a), read_features(b)
+    assert fa.paths == fb.paths and fa.class_names == fb.class_names
+    np.testing.assert_array_equal(fa.labels, fb.labels)
+    np.testing.assert_array_equal(fa.features, fb.features)
+    with h5py.File(a) as x, h5py.File(b) as y:
+        np.testing.assert_array_equal(x["skipped"][:], y["skipped"][:])
+        for key in ("rows", "source_rows_done", "extractor_sha256", "source_fingerprint", "shard"):
+            assert x.attrs[key] == y.attrs[key], key

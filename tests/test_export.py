@@ -9,7 +9,8 @@ import torch
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.export.extractor import DEFAULT_POOL, ExtractorSpec, FeatureExtractor, parse_pool, pool_name
-from diffclass_cli.export.onnx_export import build_extractor, export_onnx, read_metadata
+from diffclass_cli.export.onnx_export import build_extractor, export_onnx
+from diffclass_cli.extractor_format import read_metadata
 
 
 def run_onnx(path, images: np.ndarray) -> np.ndarray:

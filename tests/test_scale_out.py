@@ -1,6 +1,5 @@
 """Featurizing in parts (--shard I/N + merge) and on Ray: the result is the single-process file."""
 
-import h5py
 import numpy as np
 import pytest
 
@@ -8,7 +7,7 @@ from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
 from diffclass_cli.featurize.h5 import read_features
 from diffclass_cli.featurize.run import Shard, featurize
-from tests.conftest import write_image
+from tests.conftest import assert_same_feature_file, write_image
 
 
 @pytest.fixture
@@ -18,17 +17,6 @@ def big_tree(class_tree):
         write_image(class_tree / ("cats" if i % 2 else "dogs") / f"x{i:02d}.png", seed=100 + i)
     (class_tree / "dogs" / "broken2.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     return class_tree
-
-
-def _assert_same_file(a, b):
-    fa, fb = read_features(a), read_features(b)
-    assert fa.paths == fb.paths and fa.class_names == fb.class_names
-    np.testing.assert_array_equal(fa.labels, fb.labels)
-    np.testing.assert_array_equal(fa.features, fb.features)
-    with h5py.File(a) as x, h5py.File(b) as y:
-        np.testing.assert_array_equal(x["skipped"][:], y["skipped"][:])
-        for key in ("rows", "source_rows_done", "extractor_sha256", "source_fingerprint", "shard"):
-            assert x.attrs[key] == y.attrs[key], key
 
 
 def test_shard_blocks_cover_the_source_once():
@@ -56,7 +44,7 @@ def test_shards_merged_equal_one_run(cli, big_tree, tiny_onnx, tmp_path):
     merged = tmp_path / "merged.h5"
     result = cli("merge", merged, *parts)
     assert result.exit_code == 0, result.output
-    _assert_same_file(merged, whole)
+    assert_same_feature_file(merged, whole)
     assert cli("merge", merged, *parts).exit_code == 1  # no silent overwrite
     assert not (tmp_path / "merged.h5.partial").exists()
 
@@ -120,7 +108,7 @@ def test_interrupted_shard_resumes(tiny_onnx, tmp_path, monkeypatch):
         featurize(source, tmp_path / "cut.h5", tiny_onnx, Device.cpu, batch_size=32, shard=Shard(1, 2))
     monkeypatch.setattr(run.ExtractorSession, "__call__", real)
     featurize(source, tmp_path / "cut.h5", tiny_onnx, Device.cpu, batch_size=32, shard=Shard(1, 2), resume=True)
-    _assert_same_file(tmp_path / "cut.h5", tmp_path / "clean.h5")
+    assert_same_feature_file(tmp_path / "cut.h5", tmp_path / "clean.h5")
 
 
 @pytest.fixture(scope="module")
@@ -143,4 +131,4 @@ def test_ray_engine_shard_merges_into_the_single_process_file(local_ray, cli, bi
     featurize(open_source(str(big_tree)), tmp_path / "p1.h5", tiny_onnx, Device.cpu, batch_size=5,
               shard=Shard(1, 2))
     assert cli("merge", tmp_path / "m.h5", tmp_path / "p1.h5", on_ray).exit_code == 0
-    _assert_same_file(tmp_path / "m.h5", whole)
+    assert_same_feature_file(tmp_path / "m.h5", whole)

@@ -4,7 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from diffclass_cli.export.onnx_export import read_metadata
+from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.h5 import read_features
 from diffclass_cli.featurize.run import DEFAULT_MODEL
 

@@ -129,5 +129,5 @@ def test_parallel_workers_keep_order(class_tree):
     source = open_source(str(class_tree))
     serial = list(iter_batches(source, 8, 1, batch_size=2))
     parallel = list(iter_batches(source, 8, 1, batch_size=2, workers=2))
-    assert [b.indices.tolist() for b in serial] == [b.indices.tolist() for b in parallel]
+    assert [b.rows.tolist() for b in serial] == [b.rows.tolist() for b in parallel]
     assert all(np.array_equal(a.images, b.images) for a, b in zip(serial, parallel))

@@ -32,6 +32,8 @@ class LevelsConfig:
             raise DiffclassError(f"channels must be 1 (gray) or 3 (RGB), not {self.channels}")
         if self.width < 8 or self.width % 8:
             raise DiffclassError(f"width must be a multiple of 8, not {self.width}")
+        if any(m < 1 for m in self.channel_mults):
+            raise DiffclassError(f"channel multipliers must be at least 1, not {self.channel_mults}")
         levels = len(self.channel_mults)
         if levels < 1 or self.image_size >> (levels - 1) < 2:
             raise DiffclassError(f"{levels} levels are too deep for {self.image_size}px images")

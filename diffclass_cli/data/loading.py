@@ -1,15 +1,24 @@
 """Decode, convert and resize images in parallel workers, in batches, in source order."""
 
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
-import torch
 from PIL import Image
 
 from diffclass_cli.console import log, progress
 from diffclass_cli.data.sources import ImageSource, UnreadableImage
+from diffclass_cli.errors import RunInterrupted
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -32,34 +41,87 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Batch:
-    indices: np.ndarray  # int64 [n], source rows that decoded
+    rows: np.ndarray  # int64 [n], source rows that decoded
     images: np.ndarray  # uint8 [n, C, H, W]
     skipped: list[tuple[int, str]]  # (source row, reason)
 
 
-class _Decoder(torch.utils.data.Dataset):
-    def __init__(self, source: ImageSource, size: int, channels: int, rows: np.ndarray):
-        self.source, self.size, self.channels, self.rows = source, size, channels, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        row = int(self.rows[k])
+def decode_rows(source: ImageSource, rows: np.ndarray, size: int, channels: int) -> Batch:
+    """Decode and preprocess `rows` of `source`; images that cannot be read are skipped with a reason."""
+    good, images, skipped = [], [], []
+    for row in rows:
         try:
-            return row, to_array(self.source.load(row), self.size, self.channels), ""
+            images.append(to_array(source.load(int(row)), size, channels))
+            good.append(int(row))
         except UnreadableImage as err:
-            return row, None, str(err)
+            skipped.append((int(row), str(err)))
+    stacked = np.stack(images) if images else np.empty((0, channels, size, size), np.uint8)
+    return Batch(np.asarray(good, dtype=np.int64), stacked, skipped)
 
 
-def _collate(items, size: int, channels: int) -> Batch:
-    good = [(row, arr) for row, arr, _ in items if arr is not None]
-    images = np.stack([a for _, a in good]) if good else np.empty((0, channels, size, size), np.uint8)
-    return Batch(
-        indices=np.asarray([row for row, _ in good], dtype=np.int64),
-        images=images,
-        skipped=[(row, reason) for row, arr, reason in items if arr is None],
-    )
+_worker_source: ImageSource | None = None  # set in each decoding worker by _start_worker
+
+
+def _start_worker(source: ImageSource, parent: int) -> None:
+    """Runs first in each decoding worker: die with the parent, leave Ctrl-C to it."""
+    global _worker_source
+    _worker_source = source
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _decode_in_worker(rows: np.ndarray, size: int, channels: int) -> Batch:
+    return decode_rows(_worker_source, rows, size, channels)
+
+
+class DecodePool:
+    """Worker processes that decode batches ahead of the consumer, in source order.
+
+    Start it before opening any output file or onnxruntime session: the workers are forked at
+    once, so they hold none of the output's descriptors (a killed parent never leaves a worker
+    holding the output's lock), and they are killed when their parent dies.
+    """
+
+    def __init__(self, source: ImageSource, size: int, channels: int, workers: int):
+        self.source, self.size, self.channels = source, size, channels
+        self.executor = None
+        if workers > 0:
+            context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+            self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                initargs=(source, os.getpid()))
+            self.executor.submit(int).result()  # forks every worker now
+        self.ahead = 2 * workers
+
+    def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[Batch]:
+        chunks = (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+        if self.executor is None:
+            yield from (decode_rows(self.source, chunk, self.size, self.channels) for chunk in chunks)
+            return
+        pending = deque()
+        for chunk in chunks:
+            pending.append(self.executor.submit(_decode_in_worker, chunk, self.size, self.channels))
+            if len(pending) > self.ahead:
+                yield self._result(pending.popleft())
+        while pending:
+            yield self._result(pending.popleft())
+
+    @staticmethod
+    def _result(future) -> Batch:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise RunInterrupted("a decoding worker died (killed by the system: out of memory?); featurize "
+                                 "keeps its partial file for --resume") from None
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=exc[0] is None, cancel_futures=True)
 
 
 def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int,
@@ -67,15 +129,8 @@ def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int,
     """Yield preprocessed batches of `rows` (default: all) in order; decoding runs in
     `workers` processes ahead of the consumer."""
     rows = np.arange(len(source)) if rows is None else rows
-    loader = torch.utils.data.DataLoader(
-        _Decoder(source, size, channels, rows),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=partial(_collate, size=size, channels=channels),
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
-    yield from loader
+    with DecodePool(source, size, channels, workers) as pool:
+        yield from pool.batches(rows, batch_size)
 
 
 def load_all(source: ImageSource, size: int, channels: int, workers: int = 0):
@@ -84,9 +139,9 @@ def load_all(source: ImageSource, size: int, channels: int, workers: int = 0):
     with progress(total=len(source), desc="loading images", unit="img") as bar:
         for batch in iter_batches(source, size, channels, batch_size=256, workers=workers):
             images.append(batch.images)
-            kept.append(batch.indices)
+            kept.append(batch.rows)
             skipped.extend(batch.skipped)
-            bar.update(len(batch.indices) + len(batch.skipped))
+            bar.update(len(batch.rows) + len(batch.skipped))
     skipped_ids = [(source.ids[row], reason) for row, reason in skipped]
     report_skipped(source.skipped + skipped_ids)
     return np.concatenate(images), np.concatenate(kept), skipped_ids

@@ -3,6 +3,8 @@
 Every command that reads images opens them here, so a SOURCE means the same thing everywhere.
 """
 
+import errno
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,13 +135,47 @@ def stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
+def _scan(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every non-hidden file under `root`, following symbolic links to files and folders (each
+    folder once); broken or looping links are returned as skipped, with the reason."""
+    files, skipped, seen = [], [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        identity = os.stat(folder)
+        if (identity.st_dev, identity.st_ino) in seen:  # a link back to a folder already scanned
+            rel = Path(folder).relative_to(root).as_posix()
+            skipped.append((rel, "a symbolic link to a folder that is already scanned"))
+            dirs.clear()
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: the same folder wins each time
+        for name in names:
+            path = Path(folder, name)
+            if name.startswith("."):
+                continue
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink():
+                reason = "a symbolic link loop" if _link_loops(path) else "a broken symbolic link"
+                skipped.append((path.relative_to(root).as_posix(), reason))
+    return sorted(files, key=lambda p: p.relative_to(root).parts), sorted(skipped)
+
+
+def _link_loops(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+        return False
+    except RuntimeError:  # Python < 3.13 reports a loop so
+        return True
+    except OSError as err:
+        return err.errno == errno.ELOOP
+
+
 def _folder_source(root: Path, spec: str) -> ImageSource:
     class_dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    relpaths, labels, skipped = [], [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    relpaths, labels = [], []
+    paths, skipped = _scan(root)
+    for path in paths:
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append((rel.as_posix(), f"not an image file ({path.suffix or 'no extension'})"))
             continue

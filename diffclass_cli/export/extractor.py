@@ -74,6 +74,11 @@ class TapExtractor(nn.Module):
         if spec.pool < 1:
             raise DiffclassError("the pooling grid must be at least 1x1")
         self.taps = resolve_taps(network.config, spec.taps)
+        maps = {tap.name: tap.size for tap in network.taps() if tap.name in self.taps and tap.size is not None}
+        if maps and spec.pool > min(maps.values()):
+            name = min(maps, key=maps.get)
+            raise DiffclassError(f"--pool {pool_name(spec.pool)} is finer than tap {name}'s {maps[name]}x{maps[name]} "
+                                 f"map; use at most {pool_name(maps[name])}")
         self.spec, self.prefixes = spec, prefixes
         network.prune_intermediate_layers(self.taps)
         self.network = network.eval().requires_grad_(False)

@@ -1,7 +1,7 @@
-"""Write a FeatureExtractor as one self-describing ONNX file, and read that description back.
+"""Write a FeatureExtractor as one self-describing ONNX file (its format: extractor_format.py).
 
-The ONNX metadata (`metadata_props`, all strings; structured values as JSON) carries
-everything a consumer needs: preprocessing, what the columns are, where the weights came from.
+The metadata carries everything a consumer needs: preprocessing, what the columns are, where
+the weights came from.
 """
 
 import json
@@ -17,12 +17,10 @@ from diffclass_cli.backbone.checkpoint import Weights, config_to_json, load_chec
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import ExtractorSpec, make_extractor
+from diffclass_cli.extractor_format import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, metadata_props
 from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
 
-FORMAT = "diffclass-extractor"
-FORMAT_VERSION = 1
 MAX_OPSET = 20  # GroupNorm becomes GroupNormalization at 21, which not every provider runs
-INPUT_NAME, OUTPUT_NAME = "images", "features"
 
 
 def build_extractor(checkpoint: Path, spec: ExtractorSpec, weights: Weights = Weights.ema):
@@ -90,7 +88,7 @@ def _write_onnx(module: torch.nn.Module, image_size: int, channels: int, describ
         "diffclass_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
+    onnx.helper.set_model_props(model, metadata_props(metadata))
     model.doc_string = (f"diffclass feature extractor: images [N, {channels}, {image_size}, {image_size}] "
                         f"in [0, 1] -> features [N, {feature_dim}]")
     onnx.checker.check_model(model, full_check=True)
@@ -98,22 +96,4 @@ def _write_onnx(module: torch.nn.Module, image_size: int, channels: int, describ
         onnx.save(model, str(tmp))
     groups = ", ".join(g["name"] for g in described["feature_groups"])
     log.info(f"wrote {out}: {feature_dim} features per image ({groups})")
-    return metadata
-
-
-def read_metadata(path: Path) -> dict:
-    """The metadata of a diffclass ONNX extractor, values decoded; a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffclassError(f"extractor {path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError and others for non-ONNX bytes
-        raise DiffclassError(f"{path} is not an ONNX file ({type(err).__name__})") from err
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get("format") != json.dumps(FORMAT):
-        raise DiffclassError(f"{path} is an ONNX file but not a diffclass extractor (no '{FORMAT}' metadata)")
-    metadata = {k: json.loads(v) for k, v in props.items()}
-    if metadata["format_version"] > FORMAT_VERSION:
-        raise DiffclassError(f"{path} was written by a newer diffclass ({metadata['diffclass_version']})")
     return metadata

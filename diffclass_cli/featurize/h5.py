@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 
 STR = h5py.string_dtype("utf-8")
@@ -32,13 +33,17 @@ def storable(text: str) -> str:
 
 
 class FeatureWriter:
-    """Appends rows batch by batch, so memory stays flat; can reopen a partial file to resume."""
+    """Appends rows batch by batch, so memory stays flat; can reopen a partial file to resume.
+
+    `path` is locked by its owner (files.atomic_output), so HDF5's own lock is not taken.
+    """
 
     def __init__(self, path: Path, feature_dim: int, attrs: dict, class_names: list[str], resume: bool = False):
-        self.file = h5py.File(path, "a" if resume else "w")
-        if resume and "features" in self.file:
+        self.resumed = resume and self._reopen(path)
+        if self.resumed:
             self._check_resumable(path, attrs)
             return
+        self.file = h5py.File(path, "w", locking=False)
         f = self.file
         f.create_dataset("features", (0, feature_dim), np.float32, maxshape=(None, feature_dim),
                          chunks=(CHUNK_ROWS, feature_dim))
@@ -50,13 +55,34 @@ class FeatureWriter:
         f.attrs[PROGRESS_ATTR] = 0
         f.attrs["rows"] = 0
 
+    def _reopen(self, path: Path) -> bool:
+        """Open the partial file of an earlier run; False when it holds nothing to resume."""
+        if path.stat().st_size == 0:
+            return False
+        try:
+            self.file = h5py.File(path, "a", locking=False)
+            if all(name in self.file for name in ("features", "labels", "paths", "skipped")) \
+                    and PROGRESS_ATTR in self.file.attrs:
+                return True
+            self.file.close()
+        except (OSError, KeyError, RuntimeError) as err:
+            log.debug(f"cannot reopen {path}: {err}")
+        log.warning(f"{path} holds no finished batch (the run was stopped while creating it); starting over")
+        return False
+
     def _check_resumable(self, path: Path, attrs: dict) -> None:
         for key in ("extractor_sha256", "source", "source_fingerprint", "shard"):
             if self.file.attrs.get(key) != attrs[key]:
-                raise DiffclassError(f"cannot resume {path}: it was made with a different {key}")
+                self.file.close()
+                raise DiffclassError(f"cannot resume {path}: it was made with a different {key} "
+                                     "(run without --resume to start over)")
         rows = int(self.file.attrs["rows"])  # a crash may have left rows past the last commit
         for name in ("features", "labels", "paths"):
             self.file[name].resize(rows, axis=0)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.file["features"].shape[1]
 
     @property
     def source_rows_done(self) -> int:
@@ -106,9 +132,36 @@ def open_feature_file(path: Path) -> Iterator[h5py.File]:
     except OSError as err:
         raise DiffclassError(f"{path} is not an HDF5 file ({err})") from err
     with f:
-        if "features" not in f:
-            raise DiffclassError(f"{path} is not a diffclass feature file (no 'features' dataset)")
+        _check_layout(f, path)
         yield f
+
+
+def _check_layout(f: h5py.File, path: Path) -> None:
+    """The datasets a feature file must have, with one row per feature row."""
+    if "features" not in f:
+        raise DiffclassError(f"{path} is not a diffclass feature file (no 'features' dataset)")
+    missing = [name for name in ("labels", "paths", "class_names") if name not in f]
+    if missing:
+        raise DiffclassError(f"{path} is damaged: it has no {', '.join(missing)} (featurize it again)")
+    if f["features"].ndim != 2:
+        raise DiffclassError(f"{path} is damaged: features is not a table of rows")
+    rows = f["features"].shape[0]
+    for name in ("labels", "paths"):
+        if f[name].shape != (rows,):
+            raise DiffclassError(f"{path} is damaged: {name} has {f[name].shape[0]} rows but features has "
+                                 f"{rows} (featurize it again)")
+    labels = f["labels"][:]
+    if len(labels) and not (-1 <= labels.min() and labels.max() < len(f["class_names"])):
+        raise DiffclassError(f"{path} is damaged: labels outside its {len(f['class_names'])} class names")
+
+
+def check_finite(features: np.ndarray, paths: list[str], path: Path) -> None:
+    """Refuse rows with NaN or infinite features, naming the first few."""
+    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if len(bad):
+        names = ", ".join(paths[i] for i in bad[:3])
+        raise DiffclassError(f"{path} has {len(bad)} row(s) with NaN or infinite features ({names}"
+                             f"{', ...' if len(bad) > 3 else ''}); featurize those images again")
 
 
 def read_features(path: Path) -> FeatureFile:

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from diffclass_cli.console import log
-from diffclass_cli.data.loading import to_array, to_unit_range
-from diffclass_cli.data.sources import ImageSource, UnreadableImage
+from diffclass_cli.data.loading import decode_rows, to_unit_range
+from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.run import FeatureBatch
-from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.featurize.runtime import ExtractorSession, FeatureBatch
 
 
 class ExtractActor:
@@ -29,21 +28,15 @@ class ExtractActor:
         self.session = ExtractorSession(Path(model), device, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows, images, reasons = batch["row"], [], []
-        for row in rows:
-            try:
-                images.append(to_array(self.source.load(int(row)), self.size, self.channels))
-                reasons.append("")
-            except UnreadableImage as err:
-                reasons.append(str(err))
-        ok = np.array([not r for r in reasons], dtype=bool)
-        features = self.session(to_unit_range(np.stack(images))) if images else None
-        dim = features.shape[1] if features is not None else 0
-        out = np.zeros((len(rows), dim), np.float32)
-        if features is not None:
-            out[ok] = features
-        return {"row": rows, "ok": ok, "reason": np.array(reasons, dtype=object), "features": out,
-                "provider": np.array([self.session.provider] * len(rows), dtype=object)}
+        rows = batch["row"]
+        decoded = decode_rows(self.source, rows, self.size, self.channels)
+        ok = np.isin(rows, decoded.rows)
+        reasons = dict(decoded.skipped)
+        out = np.zeros((len(rows), self.session.metadata["feature_dim"]), np.float32)
+        if len(decoded.rows):
+            out[ok] = self.session(to_unit_range(decoded.images))
+        return {"row": rows, "ok": ok, "reason": np.array([reasons.get(int(r), "") for r in rows], dtype=object),
+                "features": out, "provider": np.array([self.session.provider] * len(rows), dtype=object)}
 
 
 def ray_feature_batches(source: ImageSource, model: Path, meta: dict, batch_size: int, workers: int,
@@ -82,5 +75,5 @@ def ray_feature_batches(source: ImageSource, model: Path, meta: dict, batch_size
     for block in results.iter_batches(batch_size=None, batch_format="numpy"):
         ok = block["ok"]
         skipped = [(int(row), str(reason)) for row, reason in zip(block["row"][~ok], block["reason"][~ok])]
-        yield FeatureBatch(block["row"][ok], block["features"][ok].reshape(int(ok.sum()), meta["feature_dim"]),
+        yield FeatureBatch(block["row"][ok], block["features"][ok],
                            skipped, str(block["provider"][0]))

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,14 +13,14 @@ import numpy as np
 from diffclass_cli import __version__
 from diffclass_cli.choices import Engine
 from diffclass_cli.console import log, progress
-from diffclass_cli.data.loading import iter_batches, report_skipped, to_unit_range
+from diffclass_cli.data.loading import DecodePool, report_skipped, to_unit_range
 from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.onnx_export import read_metadata
+from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.h5 import FeatureWriter
-from diffclass_cli.featurize.runtime import ExtractorSession
-from diffclass_cli.files import partial_path, refuse_overwrite, sha256_file
+from diffclass_cli.featurize.runtime import ExtractorSession, FeatureBatch
+from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "exports" / "mnist-sample-ddpm.onnx"
 
@@ -57,14 +56,6 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-@dataclass
-class FeatureBatch:
-    rows: np.ndarray  # source rows that decoded, in order
-    features: np.ndarray  # float32 [len(rows), D]
-    skipped: list[tuple[int, str]]  # (source row, reason)
-    provider: str  # the onnxruntime provider that computed it
-
-
 NO_PROVIDER = "none"  # the provider of a file to which no batch was written
 
 
@@ -82,7 +73,40 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
     `workers` actors; local decodes in `workers` processes and runs one session here."""
     refuse_overwrite(out, overwrite)
     meta = read_metadata(model)
-    attrs = {
+    attrs = _file_attrs(source, model, meta, shard)
+    if shard.count > 1:
+        source = source.subset(shard.rows(len(source)), keep_skipped=shard.index == 0)
+    local_workers = workers if engine == Engine.local else 0
+    # The decoding workers start before the output is opened, so they never hold it.
+    with DecodePool(source, meta["image_size"], meta["channels"], local_workers) as pool, \
+            atomic_output(out, overwrite, keep_partial=True) as partial:
+        if partial.stat().st_size and not resume:
+            log.info(f"starting over: {partial} is left from an earlier run (pass --resume to continue it)")
+        writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume=resume)
+        try:
+            if engine == Engine.ray:
+                from diffclass_cli.featurize.ray_engine import ray_feature_batches
+
+                batches = ray_feature_batches(source, model, meta, batch_size, workers, writer.source_rows_done,
+                                              device)
+            else:
+                batches = _local_feature_batches(pool, ExtractorSession(model, device, threads), batch_size,
+                                                 writer.source_rows_done)
+            summary = _write_batches(source, batches, writer, strict, shard, model, engine, workers)
+        except DiffclassError as err:
+            writer.close()
+            if not err.resumable:
+                partial.unlink()  # a mistake to fix, not an interruption to resume
+            raise
+        finally:
+            writer.close()  # an interrupted run leaves a closed, resumable partial file
+    log.info(f"wrote {out}: {summary['rows']} rows x {meta['feature_dim']} features "
+             f"({summary['images'] / max(summary['seconds'], 1e-9):.0f} images/s on {summary['provider']})")
+    return summary
+
+
+def _file_attrs(source: ImageSource, model: Path, meta: dict, shard: Shard) -> dict:
+    return {
         "extractor_sha256": sha256_file(model),
         "extractor_name": model.stem,
         "feature_dim": meta["feature_dim"],
@@ -97,75 +121,52 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "diffclass_version": __version__,
     }
-    if shard.count > 1:
-        source = source.subset(shard.rows(len(source)), keep_skipped=shard.index == 0)
-    partial = partial_path(out)
-    resuming = resume and partial.exists()
-    if partial.exists() and not resume:
-        log.info(f"starting over: {partial} is left from an earlier run (pass --resume to continue it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume=resuming)
+
+
+def _write_batches(source: ImageSource, batches: Iterator[FeatureBatch], writer: FeatureWriter, strict: bool,
+                   shard: Shard, model: Path, engine: Engine, workers: int) -> dict:
+    """Append every batch to `writer`; report what was skipped; refuse a run that read nothing."""
     start = writer.source_rows_done
     where = f" (shard {shard}: {len(source)} images)" if shard.count > 1 else ""
     log.info(f"featurizing {len(source)} images from {source.spec}{where} with {model.name}"
              + (f" on Ray, {workers} actors" if engine == Engine.ray else ""))
-    if resuming:
-        log.info(f"resuming {partial} at image {start} of {len(source)}")
     skipped_total, began = [], time.perf_counter()
-    try:
-        if not resuming and source.skipped:  # files the folder scan already ruled out
-            _check_strict(strict, source.skipped)
-            writer.append(np.empty((0, meta["feature_dim"]), np.float32), np.empty(0, np.int64), [],
-                          source.skipped, source_rows=0)
-            skipped_total += source.skipped
-        if engine == Engine.ray:
-            from diffclass_cli.featurize.ray_engine import ray_feature_batches
-
-            batches = ray_feature_batches(source, model, meta, batch_size, workers, start, device)
-        else:
-            batches = _local_feature_batches(source, ExtractorSession(model, device, threads), meta, batch_size,
-                                             workers, start)
-        providers = set()
-        with progress(total=len(source), initial=start, desc="featurizing", unit="img") as bar:
-            for batch in batches:
-                providers.add(batch.provider)
-                skipped = [(source.ids[row], reason) for row, reason in batch.skipped]
-                _check_strict(strict, skipped)
-                writer.append(batch.features, source.labels[batch.rows], [source.ids[i] for i in batch.rows],
-                              skipped, source_rows=len(batch.rows) + len(batch.skipped))
-                skipped_total += skipped
-                bar.update(len(batch.rows) + len(batch.skipped))
-        if providers or "provider" not in writer.file.attrs:
-            writer.file.attrs["provider"] = ",".join(sorted(providers)) or NO_PROVIDER
-        provider = writer.file.attrs["provider"]
-        rows = int(writer.file.attrs["rows"])
-    except DiffclassError:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    finally:
-        writer.close()  # an interrupted run leaves a closed, resumable partial file
+    if writer.resumed:
+        log.info(f"resuming {writer.file.filename} at image {start} of {len(source)}")
+    elif source.skipped:  # files the folder scan already ruled out
+        _check_strict(strict, source.skipped)
+        writer.append(np.empty((0, writer.feature_dim), np.float32), np.empty(0, np.int64), [], source.skipped,
+                      source_rows=0)
+        skipped_total += source.skipped
+    providers = set()
+    with progress(total=len(source), initial=start, desc="featurizing", unit="img") as bar:
+        for batch in batches:
+            providers.add(batch.provider)
+            skipped = [(source.ids[row], reason) for row, reason in batch.skipped]
+            _check_strict(strict, skipped)
+            writer.append(batch.features, source.labels[batch.rows], [source.ids[i] for i in batch.rows],
+                          skipped, source_rows=len(batch.rows) + len(batch.skipped))
+            skipped_total += skipped
+            bar.update(len(batch.rows) + len(batch.skipped))
+    if providers or "provider" not in writer.file.attrs:
+        writer.file.attrs["provider"] = ",".join(sorted(providers)) or NO_PROVIDER
+    rows = int(writer.file.attrs["rows"])
     report_skipped(skipped_total)
     if rows == 0 and shard.count == 1:
-        partial.unlink(missing_ok=True)
         raise DiffclassError(f"none of the {len(source)} images of {source.spec} could be read")
     if rows == 0:  # an empty part still tells merge that this shard was done
-        log.warning(f"shard {shard} has no readable images; {out} holds no rows")
-    os.replace(partial, out)
-    seconds = time.perf_counter() - began
-    log.info(f"wrote {out}: {rows} rows x {meta['feature_dim']} features "
-             f"({(len(source) - start) / max(seconds, 1e-9):.0f} images/s on {provider})")
-    return {"rows": rows, "skipped": len(skipped_total), "provider": provider, "seconds": seconds}
+        log.warning(f"shard {shard} has no readable images; its file holds no rows")
+    return {"rows": rows, "skipped": len(skipped_total), "provider": writer.file.attrs["provider"],
+            "images": len(source) - start, "seconds": time.perf_counter() - began}
 
 
-def _local_feature_batches(source: ImageSource, session: ExtractorSession, meta: dict, batch_size: int,
-                           workers: int, start: int) -> Iterator[FeatureBatch]:
-    """Decode in `workers` processes, run the session in this one."""
-    empty = np.empty((0, meta["feature_dim"]), np.float32)
-    for batch in iter_batches(source, meta["image_size"], meta["channels"], batch_size, workers,
-                              rows=np.arange(start, len(source))):
-        features = session(to_unit_range(batch.images)) if len(batch.indices) else empty
-        yield FeatureBatch(batch.indices, features, batch.skipped, session.provider)
+def _local_feature_batches(pool: DecodePool, session: ExtractorSession, batch_size: int,
+                           start: int) -> Iterator[FeatureBatch]:
+    """Decode in the pool's processes, run the session in this one."""
+    empty = np.empty((0, session.metadata["feature_dim"]), np.float32)
+    for batch in pool.batches(np.arange(start, len(pool.source)), batch_size):
+        features = session(to_unit_range(batch.images)) if len(batch.rows) else empty
+        yield FeatureBatch(batch.rows, features, batch.skipped, session.provider)
 
 
 def _check_strict(strict: bool, skipped: list[tuple[str, str]]) -> None:

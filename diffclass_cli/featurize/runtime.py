@@ -3,6 +3,7 @@ always saying which one actually runs."""
 
 import ctypes
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import onnxruntime as ort
 from diffclass_cli.console import log
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.extractor_format import INPUT_NAME, OUTPUT_NAME, check_output, open_session, validated_metadata
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -51,8 +53,17 @@ def _preload_cuda_libraries() -> None:
             log.debug(f"could not preload CUDA libraries: {err}")
 
 
+@dataclass
+class FeatureBatch:
+    rows: np.ndarray  # source rows that decoded, in order
+    features: np.ndarray  # float32 [len(rows), D]
+    skipped: list[tuple[int, str]]  # (source row, reason)
+    provider: str  # the onnxruntime provider that computed it
+
+
 class ExtractorSession:
-    """An extractor loaded into onnxruntime; `provider` is the one that actually runs."""
+    """An extractor loaded into onnxruntime, its metadata checked; `provider` is the one that
+    actually runs."""
 
     def __init__(self, model: Path, device: Device = Device.auto, threads: int | None = None):
         providers = choose_providers(device, ort.get_available_providers(), cuda_driver_present())
@@ -62,7 +73,8 @@ class ExtractorSession:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # onnxruntime's own fallback warnings: we report it ourselves
-        self.session = ort.InferenceSession(str(model), options, providers=providers)
+        self.session = open_session(model, options, providers)
+        self.model, self.metadata = model, validated_metadata(self.session, model)
         self.provider = self.session.get_providers()[0]
         if device == Device.cuda and self.provider != CUDA:
             raise DiffclassError("--device cuda: onnxruntime could not start its CUDA provider "
@@ -72,4 +84,6 @@ class ExtractorSession:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """float32 `[N, C, H, W]` in [0, 1] -> float32 `[N, D]`."""
-        return self.session.run(["features"], {"images": images})[0]
+        features = self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+        check_output(features, self.metadata, self.model)
+        return features

@@ -12,7 +12,7 @@ from sklearn import metrics
 from diffclass_cli import __version__
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.h5 import FeatureFile, read_features
+from diffclass_cli.featurize.h5 import FeatureFile, check_finite, read_features
 from diffclass_cli.files import refuse_overwrite
 from diffclass_cli.heads.models import SEMI_SUPERVISED, UNLABELED, HeadKind, make_head, training_labels
 from diffclass_cli.heads.store import load_head, save_head
@@ -25,6 +25,7 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
     refuse_overwrite(out, overwrite)
     ff = read_features(features)
     rows, targets = training_labels(ff.labels, kind, per_class, seed, cv)
+    check_finite(ff.features[rows], [ff.paths[i] for i in rows], features)
     head = make_head(kind, C, alpha, hidden, cv, seed)
     head.fit(ff.features[rows], targets)
     params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
@@ -70,8 +71,9 @@ def predict(features: Path, head_path: Path) -> tuple[Predictions, FeatureFile]:
     head, info = load_head(head_path)
     ff = read_features(features)
     _check_compatible(ff, info, features, head_path)
-    proba = head.predict_proba(ff.features)
+    check_finite(ff.features, ff.paths, features)
     names = [info["class_names"][c] for c in head.classes_]
+    proba = head.predict_proba(ff.features) if len(ff.features) else np.empty((0, len(names)))
     best = proba.argmax(axis=1)
     return Predictions(ff.paths, [names[i] for i in best], proba.max(axis=1), proba, names), ff
 
