@@ -27,6 +27,14 @@ class Runner:
         return self.runner.invoke(app, [str(a) for a in args], input=input)
 
 
+def assert_one_line_error(result, message: str) -> None:
+    """A user mistake: exit 1, and the last line of stderr is `diffclass: error: ...message...`."""
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("diffclass: error: ") and message in last, last
+    assert "Traceback" not in result.output
+
+
 @pytest.fixture
 def cli():
     return Runner()

@@ -7,7 +7,7 @@ from PIL import Image
 
 from diffclass_cli import __version__
 from diffclass_cli.backbone.checkpoint import load_checkpoint
-from tests.conftest import write_image
+from tests.conftest import assert_one_line_error, write_image
 
 
 def test_version_and_help_in_a_subprocess():
@@ -56,11 +56,7 @@ def test_ddpm_sampling_over_all_steps(cli, tiny_checkpoint, tmp_path):
 ])
 def test_user_errors_are_one_line_and_exit_1(cli, args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = cli(*args)
-    assert result.exit_code == 1, result.output
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("diffclass: error: ") and message in last
-    assert "Traceback" not in result.output
+    assert_one_line_error(cli(*args), message)
 
 
 def test_empty_folder_and_foreign_checkpoint(cli, tmp_path):
