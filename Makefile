@@ -9,7 +9,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[train,dev]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from diffclass_cli.backbone.checkpoint import Checkpoint, save_checkpoint
-from diffclass_cli.backbone.ddpm import DDPMConfig
+from diffclass_cli.backbone.config import DDPMConfig
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
-from diffclass_cli.export.extractor import ExtractorSpec
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx
+from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.featurize.runtime import ExtractorSession
 
 

@@ -35,7 +35,7 @@ from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import summary_markdown, write_results
 from diffclass_cli.benchmark.run import load_split
 from diffclass_cli.data.sources import stratified_split
-from diffclass_cli.export.extractor import ExtractorSpec
+from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.featurize.run import DEFAULT_MODEL
 from diffclass_cli.heads.models import UNLABELED, HeadKind
 

@@ -9,8 +9,7 @@ import time
 
 import torch
 
-from diffclass_cli.backbone.ddpm import DDPMConfig
-from diffclass_cli.backbone.vae import VAEConfig
+from diffclass_cli.backbone.config import DDPMConfig, VAEConfig
 
 
 def seconds_per_step(config, batch: torch.Tensor, steps: int) -> float:

@@ -16,16 +16,22 @@ import typer
 from typer.core import TyperGroup
 
 from diffclass_cli import __version__
-from diffclass_cli.backbone.checkpoint import BackboneKind, Weights
-from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule
-from diffclass_cli.backbone.train import LRSchedule, TrainConfig
-from diffclass_cli.backbone.unet import UNetConfig
-from diffclass_cli.backbone.vae import VAEConfig
-from diffclass_cli.choices import Engine, HeadKind, Projection
+from diffclass_cli.backbone.config import (
+    BackboneKind,
+    DiffusionConfig,
+    LRSchedule,
+    Schedule,
+    TrainConfig,
+    UNetConfig,
+    VAEConfig,
+    Weights,
+)
+from diffclass_cli.choices import Device, Engine, HeadKind, Projection
 from diffclass_cli.console import configure, log
-from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
+from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
+
+TRAINING_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "safetensors"}  # the [train] extra
 
 
 class _Group(TyperGroup):
@@ -39,6 +45,11 @@ class _Group(TyperGroup):
             raise typer.Exit(1) from None
         except DiffclassError as err:
             _fail(str(err))
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] not in TRAINING_MODULES:
+                raise
+            _fail(f"{ctx.invoked_subcommand} needs {err.name}, which the base install leaves out: "
+                  "pip install 'diffclass[train]'")
         except OSError as err:
             _fail(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
 
@@ -81,6 +92,12 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed; the same seed gives the
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 WeightsOpt = Annotated[Weights, typer.Option(help="The averaged (EMA) or the raw trained weights.")]
 WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in parallel.", callback=at_least(0))]
+DecodeWorkersOpt = Annotated[int, typer.Option(
+    "--workers", help="Processes that decode images ahead of onnxruntime (0: decode in this one).",
+    callback=at_least(0))]
+ModelOpt = Annotated[Path | None, typer.Option(
+    help="Exported extractor (.onnx) (default: the shipped mnist-sample-ddpm.onnx).")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Images per onnxruntime call.", callback=at_least(1))]
 
 
 def _version(value: bool) -> None:
@@ -153,7 +170,7 @@ def train_backbone_cmd(
       diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 600 --resume\n
       diffclass train-backbone mnist-sample:train --out runs/vae.ckpt --kind vae --latent-dim 32
     """
-    from diffclass_cli.backbone.ddpm import DDPMConfig
+    from diffclass_cli.backbone.config import DDPMConfig
     from diffclass_cli.backbone.train import run_training
     from diffclass_cli.data.sources import open_source
     from diffclass_cli.device import torch_device
@@ -254,8 +271,8 @@ def export(
       diffclass export runs/bb.ckpt --out bb.onnx --timesteps 25,100 --noise-draws 4 --taps mid,up1 --pool global\n
       diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
-    from diffclass_cli.export.extractor import ExtractorSpec, parse_pool
     from diffclass_cli.export.onnx_export import export_onnx, export_pixels
+    from diffclass_cli.export.spec import ExtractorSpec, parse_pool
 
     if out is None and not list_taps:
         raise typer.BadParameter("missing: give the ONNX file to write (or --list-taps)", param_hint="'--out'")
@@ -317,10 +334,9 @@ def info(
 def featurize(
     source: SourceArg,
     out: Annotated[Path, typer.Argument(help="HDF5 feature file to write.", show_default=False)],
-    model: Annotated[Path | None, typer.Option(
-        help="Exported extractor (.onnx) (default: the shipped exports/mnist-sample-ddpm.onnx).")] = None,
+    model: ModelOpt = None,
     device: DeviceOpt = Device.auto,
-    batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.", callback=at_least(1))] = 256,
+    batch_size: BatchSizeOpt = 256,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).",
                                                 callback=at_least(1))] = None,
     workers: Annotated[int, typer.Option(
@@ -413,30 +429,48 @@ def fit(
 
 @app.command()
 def predict(
-    features: FeaturesArg,
+    features: Annotated[str, typer.Argument(
+        help="A feature file made by `diffclass featurize`, or an image SOURCE (as in featurize) to featurize on "
+        "the fly with --model.", show_default=False)],
     head: HeadOpt,
+    model: ModelOpt = None,
     proba: Annotated[bool, typer.Option("--proba", help="Add one probability column per class.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the CSV here instead of standard output.")] = None,
+    batch_size: BatchSizeOpt = 256,
+    workers: DecodeWorkersOpt = 1,
+    device: DeviceOpt = Device.auto,
+    data_root: DataRootOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Label every row of a feature file: CSV `path,label,confidence` on standard output.
+    """Label every row of a feature file, or every image of a source: CSV `path,label,confidence`
+    on standard output, written as it goes.
 
     Examples:\n
       diffclass predict new.h5 --head head.skops > predictions.csv\n
-      diffclass predict new.h5 --head head.skops --proba --out predictions.csv
+      diffclass predict new.h5 --head head.skops --proba --out predictions.csv\n
+      diffclass predict photos/new/ --head head.skops --model exports/bb.onnx > predictions.csv
     """
     from diffclass_cli.files import atomic_output
-    from diffclass_cli.heads.run import predict as run_predict
-    from diffclass_cli.heads.run import write_csv
+    from diffclass_cli.heads import run as heads
 
-    predictions, _ = run_predict(features, head)
+    if Path(features).is_file():
+        if model is not None:
+            raise DiffclassError(f"{features} is a feature file; --model is for image sources")
+        predictions, _ = heads.predict(Path(features), head)
+        chunks, names = [predictions], predictions.class_names
+    else:
+        from diffclass_cli.data.sources import open_source
+        from diffclass_cli.featurize.run import resolve_model
+
+        source = open_source(features, data_root)
+        names = heads.class_names(*heads.load_head(head))
+        chunks = heads.predict_images(source, resolve_model(model), head, batch_size, workers, device)
     if out is None:
-        write_csv(predictions, sys.stdout, proba)
-        sys.stdout.flush()  # a full disk or a closed pipe shows here, not after exit
+        heads.write_csv(chunks, sys.stdout, names, proba)
         return
     with atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as stream:
-        write_csv(predictions, stream, proba)
-    log.info(f"wrote {len(predictions.paths)} predictions to {out}")
+        rows = heads.write_csv(chunks, stream, names, proba)
+    log.info(f"wrote {rows} predictions to {out}")
 
 
 @app.command()
@@ -508,7 +542,7 @@ def benchmark(
     """
     from diffclass_cli.benchmark.protocol import Protocol
     from diffclass_cli.benchmark.run import run_benchmark
-    from diffclass_cli.export.extractor import ExtractorSpec, parse_pool
+    from diffclass_cli.export.spec import ExtractorSpec, parse_pool
 
     known = {"pixels", "pca", "cnn"}
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())

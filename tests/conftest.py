@@ -8,9 +8,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffclass_cli.backbone.ddpm import DDPMConfig
-from diffclass_cli.backbone.train import TrainConfig, train_backbone
-from diffclass_cli.backbone.unet import UNetConfig
+from diffclass_cli.backbone.config import DDPMConfig, TrainConfig, UNetConfig
+from diffclass_cli.backbone.train import train_backbone
 from diffclass_cli.cli import app
 from diffclass_cli.data.sources import open_source
 
@@ -82,8 +81,8 @@ def class_tree(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint, tmp_path_factory):
     """The tiny gray 28x28 backbone exported with default options."""
-    from diffclass_cli.export.extractor import ExtractorSpec
     from diffclass_cli.export.onnx_export import export_onnx
+    from diffclass_cli.export.spec import ExtractorSpec
 
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     export_onnx(tiny_checkpoint, out, ExtractorSpec())
@@ -95,8 +94,8 @@ def rgb_onnx(tmp_path_factory):
     """A randomly initialised RGB 16x16 backbone, exported (global pooling of `mid`)."""
     from diffclass_cli.backbone.checkpoint import Checkpoint, save_checkpoint
     from diffclass_cli.backbone.unet import UNet
-    from diffclass_cli.export.extractor import ExtractorSpec
     from diffclass_cli.export.onnx_export import export_onnx
+    from diffclass_cli.export.spec import ExtractorSpec
 
     folder = tmp_path_factory.mktemp("rgb")
     config = DDPMConfig(unet=UNetConfig(image_size=16, channels=3, width=8, channel_mults=(1, 2)))

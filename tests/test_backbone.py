@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffclass_cli.backbone.checkpoint import Weights, load_checkpoint
-from diffclass_cli.backbone.ddpm import DDPMConfig
-from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule, alphas_cumprod, q_sample
-from diffclass_cli.backbone.train import TrainConfig, plan_run, snapshot_path, train_backbone
-from diffclass_cli.backbone.unet import UNet, UNetConfig, timestep_embedding
+from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.backbone.config import DDPMConfig, DiffusionConfig, Schedule, TrainConfig, UNetConfig, Weights
+from diffclass_cli.backbone.diffusion import alphas_cumprod, q_sample
+from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
+from diffclass_cli.backbone.unet import UNet, timestep_embedding
 from diffclass_cli.errors import DiffclassError
 from tests.conftest import TINY_UNET
 

@@ -11,10 +11,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
-from diffclass_cli.backbone.ddpm import DDPMConfig
-from diffclass_cli.backbone.train import TrainConfig, run_training
-from diffclass_cli.backbone.unet import UNetConfig
-from diffclass_cli.backbone.vae import VAEConfig
+from diffclass_cli.backbone.config import DDPMConfig, TrainConfig, UNetConfig, VAEConfig
+from diffclass_cli.backbone.train import run_training
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.distributed import Launch, detect_launch, rank_rows
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
-from diffclass_cli.export.extractor import DEFAULT_POOL, ExtractorSpec, FeatureExtractor, parse_pool, pool_name
+from diffclass_cli.export.extractor import FeatureExtractor
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx
+from diffclass_cli.export.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
 from diffclass_cli.extractor_format import read_metadata
 
 

@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
-from diffclass_cli.backbone.train import TrainConfig, plan_run, snapshot_path, train_backbone
-from diffclass_cli.backbone.vae import VAE, VAEConfig
+from diffclass_cli.backbone.config import TrainConfig, VAEConfig
+from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
+from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import ExtractorSpec, VAEFeatureExtractor
+from diffclass_cli.export.extractor import VAEFeatureExtractor
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx
+from diffclass_cli.export.spec import ExtractorSpec
 from tests.test_export import run_onnx
 
 CPU = torch.device("cpu")
@@ -85,7 +87,7 @@ def test_vae_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train
 
 
 def test_resuming_with_the_other_kind_is_refused(tiny_vae, tiny_checkpoint, tmp_path):
-    from diffclass_cli.backbone.ddpm import DDPMConfig
+    from diffclass_cli.backbone.config import DDPMConfig
 
     with pytest.raises(DiffclassError, match="holds a vae backbone"):
         plan_run(tiny_vae, DDPMConfig(), TrainConfig(steps=100), DATA["source"], resume=True, overwrite=False)

@@ -5,8 +5,7 @@ from the file. The config in the file is all that is needed to rebuild the netwo
 """
 
 import json
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,41 +13,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from diffclass_cli import __version__
-from diffclass_cli.backbone.ddpm import DDPMConfig
-from diffclass_cli.backbone.diffusion import DiffusionConfig, Schedule
-from diffclass_cli.backbone.unet import UNetConfig
-from diffclass_cli.backbone.vae import VAEConfig
+from diffclass_cli.backbone.config import BackboneConfig, Weights, config_from_json, config_to_json
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import atomic_output
 
 FORMAT = "diffclass-backbone"
 FORMAT_VERSION = 1
-
-
-class Weights(str, Enum):
-    ema = "ema"
-    raw = "raw"
-
-
-class BackboneKind(str, Enum):
-    ddpm = "ddpm"
-    vae = "vae"
-
-
-BackboneConfig = DDPMConfig | VAEConfig  # each rebuilds its network (`build`) and defines its loss (`loss_fn`)
-
-
-def config_to_json(config: BackboneConfig) -> str:
-    return json.dumps(asdict(config))
-
-
-def config_from_json(text: str) -> BackboneConfig:
-    raw = json.loads(text)
-    if raw["kind"] == "vae":
-        return VAEConfig(**{**raw, "channel_mults": tuple(raw["channel_mults"])})
-    unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
-    diffusion = DiffusionConfig(**{**raw["diffusion"], "schedule": Schedule(raw["diffusion"]["schedule"])})
-    return DDPMConfig(unet=unet, diffusion=diffusion)
 
 
 @dataclass

@@ -5,27 +5,13 @@ Images live in [-1, 1] here (`to_model_range` maps [0, 1] pixels there).
 """
 
 import math
-from dataclasses import dataclass
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffclass_cli.backbone.config import DiffusionConfig, Schedule
 from diffclass_cli.console import progress
-
-
-class Schedule(str, Enum):
-    linear = "linear"
-    cosine = "cosine"
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    num_timesteps: int = 1000
-    schedule: Schedule = Schedule.linear
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:

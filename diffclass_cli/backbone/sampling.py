@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from diffclass_cli.backbone.checkpoint import Weights, load_checkpoint
+from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.backbone.config import Weights
 from diffclass_cli.backbone.diffusion import sample
 from diffclass_cli.backbone.vae import sample_vae
 from diffclass_cli.console import log

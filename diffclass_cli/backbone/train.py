@@ -8,56 +8,21 @@ import copy
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
-from enum import Enum
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from diffclass_cli.backbone.checkpoint import (
-    BackboneConfig,
-    Checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from diffclass_cli.backbone.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from diffclass_cli.backbone.config import BackboneConfig, LRSchedule, TrainConfig
 from diffclass_cli.console import configure, log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.distributed import Launch, detect_launch, rank_rows, start, stop, sum_over_ranks
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
-
-
-class LRSchedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: LRSchedule = LRSchedule.cosine
-    warmup: int = 100
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    seed: int = 0
-    save_every: int = 500
-    snapshot_every: int = 0  # also keep CKPT-step{N} copies, to pick a checkpoint by a probe later
-
-    def __post_init__(self):
-        for option, value, smallest in (("steps", self.steps, 1), ("batch-size", self.batch_size, 1),
-                                        ("save-every", self.save_every, 1), ("warmup", self.warmup, 0),
-                                        ("snapshot-every", self.snapshot_every, 0)):
-            if value < smallest:
-                raise DiffclassError(f"--{option} must be at least {smallest}, not {value}")
-        if not self.lr > 0:
-            raise DiffclassError(f"--lr must be above 0, not {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise DiffclassError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
 
 
 def learning_rate(train: TrainConfig, step: int) -> float:

@@ -9,30 +9,13 @@ conv, so features and denoising can never drift apart.
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm
-from diffclass_cli.errors import DiffclassError
-
-
-@dataclass(frozen=True)
-class UNetConfig(LevelsConfig):
-    tap_kinds = ("down", "mid", "up")
-    blocks_per_level: int = 1
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.blocks_per_level < 1:
-            raise DiffclassError(f"--blocks-per-level must be at least 1, not {self.blocks_per_level}")
-
-    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
-        """The bottleneck and every decoder block."""
-        return ["mid", *groups["decoder"]]
+from diffclass_cli.backbone.blocks import ResBlock, Tap, TapCollector, group_norm
+from diffclass_cli.backbone.config import UNetConfig
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:

@@ -7,41 +7,14 @@ Features never sample, so extraction is deterministic.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.blocks import LevelsConfig, ResBlock, Tap, TapCollector, group_norm
+from diffclass_cli.backbone.blocks import ResBlock, Tap, TapCollector, group_norm
+from diffclass_cli.backbone.config import VAEConfig
 from diffclass_cli.backbone.diffusion import to_model_range
-from diffclass_cli.errors import DiffclassError
-
-
-@dataclass(frozen=True)
-class VAEConfig(LevelsConfig):
-    tap_kinds = ("enc", "latent", "dec")
-    latent_dim: int = 32
-    beta: float = 1.0  # weight of the KL term in the ELBO
-    kind: str = "vae"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.latent_dim < 1:
-            raise DiffclassError(f"--latent-dim must be at least 1, not {self.latent_dim}")
-        if self.beta <= 0:
-            raise DiffclassError(f"--beta must be positive, not {self.beta}")
-
-    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
-        """The encoder blocks and the latent mean (the research's encoder features; `decoder`
-        and `all` are its decoder and stacked ones)."""
-        return groups["encoder"]
-
-    def build(self) -> "VAE":
-        return VAE(self)
-
-    def loss_fn(self, device: torch.device) -> Callable:
-        return lambda model, pixels, generator: elbo_loss(model, pixels, self.beta, self.latent_dim, generator)
 
 
 class VAE(nn.Module):

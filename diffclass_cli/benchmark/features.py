@@ -10,8 +10,8 @@ from sklearn.decomposition import PCA
 
 from diffclass_cli.console import progress
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.extractor import ExtractorSpec
 from diffclass_cli.export.onnx_export import build_extractor
+from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.runtime import ExtractorSession
 

@@ -27,7 +27,7 @@ from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
 from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
+from diffclass_cli.export.spec import DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 

@@ -13,10 +13,12 @@ import onnx
 import torch
 
 from diffclass_cli import __version__
-from diffclass_cli.backbone.checkpoint import Weights, config_to_json, load_checkpoint
+from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.backbone.config import Weights, config_to_json
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import ExtractorSpec, make_extractor
+from diffclass_cli.export.extractor import make_extractor
+from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.extractor_format import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, metadata_props
 from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from diffclass_cli.featurize.h5 import FeatureWriter
 from diffclass_cli.featurize.runtime import ExtractorSession, FeatureBatch
 from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "exports" / "mnist-sample-ddpm.onnx"
+# The shipped extractor: package data (in the repository, diffclass_cli/exports links to exports/).
+DEFAULT_MODEL = Path(str(files("diffclass_cli") / "exports" / "mnist-sample-ddpm.onnx"))
 
 
 def resolve_model(model: Path | None) -> Path:

@@ -1,6 +1,7 @@
 """fit / predict / evaluate: heads applied to feature files."""
 
 import csv
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -8,12 +9,18 @@ from typing import TextIO
 
 import numpy as np
 from sklearn import metrics
+from sklearn.pipeline import Pipeline
 
 from diffclass_cli import __version__
-from diffclass_cli.console import log
+from diffclass_cli.choices import Device
+from diffclass_cli.console import log, progress
+from diffclass_cli.data.loading import DecodePool, report_skipped, to_unit_range
+from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.h5 import FeatureFile, check_finite, read_features
-from diffclass_cli.files import refuse_overwrite
+from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.files import refuse_overwrite, sha256_file
 from diffclass_cli.heads.models import SEMI_SUPERVISED, UNLABELED, HeadKind, make_head, training_labels
 from diffclass_cli.heads.store import load_head, save_head
 
@@ -72,10 +79,46 @@ def predict(features: Path, head_path: Path) -> tuple[Predictions, FeatureFile]:
     ff = read_features(features)
     _check_compatible(ff, info, features, head_path)
     check_finite(ff.features, ff.paths, features)
-    names = [info["class_names"][c] for c in head.classes_]
-    proba = head.predict_proba(ff.features) if len(ff.features) else np.empty((0, len(names)))
+    return _predictions(head, info, ff.features, ff.paths), ff
+
+
+def predict_images(source: ImageSource, model: Path, head_path: Path, batch_size: int = 256, workers: int = 1,
+                   device: Device = Device.auto, threads: int | None = None) -> Iterator[Predictions]:
+    """Predict the images of `source` batch by batch, featurizing them in memory with `model`
+    (which must be the extractor the head was fitted on); unreadable images are skipped."""
+    head, info = load_head(head_path)
+    if sha256_file(model) != info["extractor_sha256"]:
+        raise DiffclassError(f"{head_path} was fitted on features of {info['extractor_name']} "
+                             f"({info['extractor_sha256'][:12]}), not of {model}: pass that extractor as --model")
+    return _predict_batches(source, model, head, info, batch_size, workers, device, threads)
+
+
+def _predict_batches(source: ImageSource, model: Path, head: Pipeline, info: dict, batch_size: int, workers: int,
+                     device: Device, threads: int | None) -> Iterator[Predictions]:
+    meta = read_metadata(model)
+    skipped = list(source.skipped)
+    with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
+            progress(total=len(source), desc="predicting", unit="img") as bar:
+        session = ExtractorSession(model, device, threads)
+        for batch in pool.batches(np.arange(len(source)), batch_size):
+            skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
+            bar.update(len(batch.rows) + len(batch.skipped))
+            if len(batch.rows):
+                yield _predictions(head, info, session(to_unit_range(batch.images)),
+                                   [source.ids[row] for row in batch.rows])
+    report_skipped(skipped)
+
+
+def class_names(head: Pipeline, info: dict) -> list[str]:
+    """The head's classes, in the order of its probability columns."""
+    return [info["class_names"][c] for c in head.classes_]
+
+
+def _predictions(head: Pipeline, info: dict, features: np.ndarray, paths: list[str]) -> Predictions:
+    names = class_names(head, info)
+    proba = head.predict_proba(features) if len(features) else np.empty((0, len(names)))
     best = proba.argmax(axis=1)
-    return Predictions(ff.paths, [names[i] for i in best], proba.max(axis=1), proba, names), ff
+    return Predictions(paths, [names[i] for i in best], proba.max(axis=1), proba, names)
 
 
 def _check_compatible(ff: FeatureFile, info: dict, features: Path, head_path: Path) -> None:
@@ -90,15 +133,21 @@ def _check_compatible(ff: FeatureFile, info: dict, features: Path, head_path: Pa
             f"{head_path} was fitted on features of {info['extractor_name']} ({info['extractor_sha256'][:12]})")
 
 
-def write_csv(predictions: Predictions, stream: TextIO, proba: bool = False) -> None:
-    """`path,label,confidence` (+ one `p_<class>` column per class with `proba`)."""
+def write_csv(chunks: Iterable[Predictions], stream: TextIO, names: list[str], proba: bool = False) -> int:
+    """`path,label,confidence` (+ one `p_<class>` column per class of `names` with `proba`), chunk
+    by chunk, flushed after each; returns the number of rows."""
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(["path", "label", "confidence"] + ([f"p_{c}" for c in predictions.class_names] if proba else []))
-    for i, path in enumerate(predictions.paths):
-        row = [path, predictions.labels[i], f"{predictions.confidence[i]:.6f}"]
-        if proba:
-            row += [f"{p:.6f}" for p in predictions.proba[i]]
-        writer.writerow(row)
+    writer.writerow(["path", "label", "confidence"] + ([f"p_{c}" for c in names] if proba else []))
+    rows = 0
+    for predictions in chunks:
+        for i, path in enumerate(predictions.paths):
+            row = [path, predictions.labels[i], f"{predictions.confidence[i]:.6f}"]
+            if proba:
+                row += [f"{p:.6f}" for p in predictions.proba[i]]
+            writer.writerow(row)
+        stream.flush()
+        rows += len(predictions.paths)
+    return rows
 
 
 def evaluate(features: Path, head_path: Path) -> dict:

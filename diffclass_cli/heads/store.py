@@ -4,14 +4,34 @@ skops reconstructs objects from an allowlist of types instead of running pickle 
 loading a head never executes code from the file.
 """
 
+import sys
 import zipfile
 from pathlib import Path
 
-import skops.io as sio
 from sklearn.pipeline import Pipeline
 
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import atomic_output
+
+
+def _import_skops():
+    """skops lists scikit-learn's estimators when imported, which imports every scikit-learn
+    package, among them its array-API wrapper of torch: with torch installed that alone is about
+    3 s of every predict's start-up. The wrapper is hidden while skops is imported (pkgutil skips
+    a package that fails to import) and put back after."""
+    wrapper = "sklearn.externals.array_api_compat.torch"
+    hidden = wrapper not in sys.modules
+    if hidden:
+        sys.modules[wrapper] = None
+    try:
+        import skops.io
+    finally:
+        if hidden:
+            del sys.modules[wrapper]
+    return skops.io
+
+
+sio = _import_skops()
 
 FORMAT = "diffclass-head"
 # Types beyond skops' defaults that our heads contain (the semi head, MLP optimizer state).

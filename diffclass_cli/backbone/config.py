@@ -1,0 +1,220 @@
+"""Every backbone and training setting as plain data: what a checkpoint stores and what
+`train-backbone` is told. No torch here, so the command line and the inference commands can
+import it; each config builds its network and its loss (importing torch) only when asked.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+from diffclass_cli.errors import DiffclassError
+
+
+class Weights(str, Enum):
+    ema = "ema"
+    raw = "raw"
+
+
+class BackboneKind(str, Enum):
+    ddpm = "ddpm"
+    vae = "vae"
+
+
+@dataclass(frozen=True)
+class LevelsConfig:
+    """Input images and the channels of each level (each level halves the size), and the names
+    of the taps: `{encoder}0..`, the middle one, `{decoder}{L-1}..{decoder}0`."""
+
+    tap_kinds: ClassVar[tuple[str, str, str]]  # (encoder prefix, middle tap, decoder prefix)
+    image_size: int = 28
+    channels: int = 1
+    width: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+
+    def __post_init__(self):
+        if self.image_size < 8 or self.image_size % 4:
+            raise DiffclassError(
+                f"image size {self.image_size} is not supported: use a multiple of 4 that is at "
+                "least 8 (28 for MNIST, 32 for CIFAR-10, any multiple of 8)"
+            )
+        if self.channels not in (1, 3):
+            raise DiffclassError(f"channels must be 1 (gray) or 3 (RGB), not {self.channels}")
+        if self.width < 8 or self.width % 8:
+            raise DiffclassError(f"width must be a multiple of 8, not {self.width}")
+        if any(m < 1 for m in self.channel_mults):
+            raise DiffclassError(f"channel multipliers must be at least 1, not {self.channel_mults}")
+        levels = len(self.channel_mults)
+        if levels < 1 or self.image_size >> (levels - 1) < 2:
+            raise DiffclassError(f"{levels} levels are too deep for {self.image_size}px images")
+
+    @property
+    def level_channels(self) -> list[int]:
+        return [self.width * m for m in self.channel_mults]
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """Feature-map side at each level: stride-2 convs with padding 1 round up (28 -> 14 -> 7)."""
+        sizes = [self.image_size]
+        for _ in self.channel_mults[1:]:
+            sizes.append((sizes[-1] + 1) // 2)
+        return sizes
+
+    @property
+    def tap_names(self) -> list[str]:
+        """The taps in forward order."""
+        encoder, middle, decoder = self.tap_kinds
+        levels = range(len(self.channel_mults))
+        return [f"{encoder}{i}" for i in levels] + [middle] + [f"{decoder}{i}" for i in reversed(levels)]
+
+    @property
+    def tap_groups(self) -> dict[str, list[str]]:
+        """Names that stand for several taps in `--taps`: up to and including the middle tap
+        (`encoder`), after it (`decoder`), `all`, and `default` (what extractors use)."""
+        names = self.tap_names
+        cut = names.index(self.tap_kinds[1]) + 1
+        groups = {"encoder": names[:cut], "decoder": names[cut:], "all": names}
+        return {**groups, "default": self.default_taps(groups)}
+
+    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class UNetConfig(LevelsConfig):
+    tap_kinds = ("down", "mid", "up")
+    blocks_per_level: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.blocks_per_level < 1:
+            raise DiffclassError(f"--blocks-per-level must be at least 1, not {self.blocks_per_level}")
+
+    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
+        """The bottleneck and every decoder block."""
+        return ["mid", *groups["decoder"]]
+
+
+class Schedule(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    num_timesteps: int = 1000
+    schedule: Schedule = Schedule.linear
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    kind: str = "ddpm"
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.unet.channels
+
+    @property
+    def tap_names(self) -> list[str]:
+        return self.unet.tap_names
+
+    @property
+    def tap_groups(self) -> dict[str, list[str]]:
+        return self.unet.tap_groups
+
+    def build(self):
+        from diffclass_cli.backbone.unet import UNet
+
+        return UNet(self.unet)
+
+    def loss_fn(self, device) -> Callable:
+        from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range, training_loss
+
+        abar = alphas_cumprod(self.diffusion).float().to(device)
+        return lambda model, pixels, generator: training_loss(model, to_model_range(pixels), abar, generator)
+
+
+@dataclass(frozen=True)
+class VAEConfig(LevelsConfig):
+    tap_kinds = ("enc", "latent", "dec")
+    latent_dim: int = 32
+    beta: float = 1.0  # weight of the KL term in the ELBO
+    kind: str = "vae"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.latent_dim < 1:
+            raise DiffclassError(f"--latent-dim must be at least 1, not {self.latent_dim}")
+        if self.beta <= 0:
+            raise DiffclassError(f"--beta must be positive, not {self.beta}")
+
+    def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
+        """The encoder blocks and the latent mean (the research's encoder features; `decoder`
+        and `all` are its decoder and stacked ones)."""
+        return groups["encoder"]
+
+    def build(self):
+        from diffclass_cli.backbone.vae import VAE
+
+        return VAE(self)
+
+    def loss_fn(self, device) -> Callable:
+        from diffclass_cli.backbone.vae import elbo_loss
+
+        return lambda model, pixels, generator: elbo_loss(model, pixels, self.beta, self.latent_dim, generator)
+
+
+BackboneConfig = DDPMConfig | VAEConfig  # each rebuilds its network (`build`) and defines its loss (`loss_fn`)
+
+
+def config_to_json(config: BackboneConfig) -> str:
+    return json.dumps(asdict(config))
+
+
+def config_from_json(text: str) -> BackboneConfig:
+    raw = json.loads(text)
+    if raw["kind"] == "vae":
+        return VAEConfig(**{**raw, "channel_mults": tuple(raw["channel_mults"])})
+    unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
+    diffusion = DiffusionConfig(**{**raw["diffusion"], "schedule": Schedule(raw["diffusion"]["schedule"])})
+    return DDPMConfig(unet=unet, diffusion=diffusion)
+
+
+class LRSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: LRSchedule = LRSchedule.cosine
+    warmup: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 500
+    snapshot_every: int = 0  # also keep CKPT-step{N} copies, to pick a checkpoint by a probe later
+
+    def __post_init__(self):
+        for option, value, smallest in (("steps", self.steps, 1), ("batch-size", self.batch_size, 1),
+                                        ("save-every", self.save_every, 1), ("warmup", self.warmup, 0),
+                                        ("snapshot-every", self.snapshot_every, 0)):
+            if value < smallest:
+                raise DiffclassError(f"--{option} must be at least {smallest}, not {value}")
+        if not self.lr > 0:
+            raise DiffclassError(f"--lr must be above 0, not {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise DiffclassError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")

@@ -1,0 +1,34 @@
+"""What an exported extractor computes beyond the backbone's weights, as plain data: the
+options `export` and `benchmark` take. No torch here, so the command line can import it."""
+
+from dataclasses import dataclass
+
+from diffclass_cli.errors import DiffclassError
+
+DEFAULT_TIMESTEPS = (100,)
+DEFAULT_POOL = 3  # 3x3 beat 2x2 at 1 label per class on validation (see the model card)
+
+
+def parse_pool(text: str) -> int:
+    """`global` -> 1, `RxR` (or `R`) -> R: the side of the grid of averages per block."""
+    if text == "global":
+        return 1
+    side, _, other = text.lower().partition("x")
+    if not side.isdigit() or (other and other != side) or int(side) < 1:
+        raise DiffclassError(f"--pool is 'global' or a square grid like '2x2', not {text!r}")
+    return int(side)
+
+
+def pool_name(grid: int) -> str:
+    return "global" if grid == 1 else f"{grid}x{grid}"
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """What the extractor computes, beyond the backbone's own weights."""
+
+    timesteps: tuple[int, ...] = ()  # empty: DEFAULT_TIMESTEPS (diffusion backbones only)
+    taps: tuple[str, ...] = ()  # tap names or groups (`encoder`, `decoder`, `all`); empty: `default`
+    pool: int = DEFAULT_POOL
+    noise_seed: int = 0
+    noise_draws: int = 1
