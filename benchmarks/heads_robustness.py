@@ -34,10 +34,10 @@ from diffclass_cli.benchmark.features import FeatureSet, extractor_features, mod
 from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import summary_markdown, write_results
 from diffclass_cli.benchmark.run import load_split
-from diffclass_cli.data.sources import stratified_split
+from diffclass_cli.data.sources import UNLABELED, stratified_split
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.featurize.run import DEFAULT_MODEL
-from diffclass_cli.heads.models import UNLABELED, HeadKind
+from diffclass_cli.heads.models import HeadKind
 
 PER_CLASS = (1, 2, 5, 10, 32, 100)
 

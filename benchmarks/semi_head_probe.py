@@ -15,9 +15,9 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from diffclass_cli.data.sources import stratified_split
+from diffclass_cli.data.sources import UNLABELED, stratified_split
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.heads.models import UNLABELED, SpectralPseudoLabels, draw_per_class
+from diffclass_cli.heads.models import SpectralPseudoLabels, draw_per_class
 
 VARIANTS = {
     "n_components": (32, 64),

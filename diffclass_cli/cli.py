@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from diffclass_cli import __version__
 from diffclass_cli.backbone.config import (
+    BACKBONES,
     BackboneKind,
     DiffusionConfig,
     LRSchedule,
@@ -34,7 +35,7 @@ from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
 TRAINING_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "safetensors"}  # the [train] extra
 
 
-class _Group(TyperGroup):
+class _UserErrorsAsExitCodes(TyperGroup):
     """Turns the errors a user can cause into one line and an exit code."""
 
     def invoke(self, ctx):
@@ -72,7 +73,7 @@ def at_least(low: float, above: bool = False):
 
 
 app = typer.Typer(
-    cls=_Group,
+    cls=_UserErrorsAsExitCodes,
     help="Few-shot image classification with features of a diffusion model trained on "
     "unlabeled images.\n\nPipeline: train-backbone -> export -> featurize -> fit -> predict.",
     no_args_is_help=True,
@@ -98,6 +99,19 @@ DecodeWorkersOpt = Annotated[int, typer.Option(
 ModelOpt = Annotated[Path | None, typer.Option(
     help="Exported extractor (.onnx) (default: the shipped mnist-sample-ddpm.onnx).")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Images per onnxruntime call.", callback=at_least(1))]
+
+
+# The extractor's options, shared by `export` and `benchmark` (see export/spec.py).
+TimestepOpt = Annotated[int | None, typer.Option(
+    help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}).", callback=at_least(0))]
+TimestepsOpt = Annotated[str | None, typer.Option(
+    help="Several steps, comma-separated (e.g. 25,100): their features are concatenated.")]
+TapsOpt = Annotated[str | None, typer.Option(
+    help="Blocks to take features from, comma-separated (see export --list-taps), or the groups encoder, decoder, "
+    "all (default: ddpm: mid and every up block; vae: the encoder blocks and the latent mean).")]
+PoolOpt = Annotated[str, typer.Option(help="'global' average per block, or an RxR grid of averages such as '2x2'.")]
+NoiseDrawsOpt = Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")]
+NoiseSeedOpt = Annotated[int, typer.Option(help="Seed of the fixed noise stored in the extractor.")]
 
 
 def _version(value: bool) -> None:
@@ -170,7 +184,6 @@ def train_backbone_cmd(
       diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 600 --resume\n
       diffclass train-backbone mnist-sample:train --out runs/vae.ckpt --kind vae --latent-dim 32
     """
-    from diffclass_cli.backbone.config import DDPMConfig
     from diffclass_cli.backbone.train import run_training
     from diffclass_cli.data.sources import open_source
     from diffclass_cli.device import torch_device
@@ -181,13 +194,9 @@ def train_backbone_cmd(
     images_source = open_source(source, data_root, download)
     size, chans = _image_shape(images_source, image_size, channels)
     mults = _parse_ints(channel_mults, "--channel-mults")
-    if kind == BackboneKind.vae:
-        config = VAEConfig(image_size=size, channels=chans, width=width, channel_mults=mults,
-                           latent_dim=latent_dim, beta=beta)
-    else:
-        config = DDPMConfig(unet=UNetConfig(image_size=size, channels=chans, width=width, channel_mults=mults,
-                                            blocks_per_level=blocks_per_level),
-                            diffusion=DiffusionConfig(schedule=schedule))
+    config = BACKBONES[kind].from_options(image_size=size, channels=chans, width=width, channel_mults=mults,
+                                          blocks_per_level=blocks_per_level, schedule=schedule,
+                                          latent_dim=latent_dim, beta=beta)
     train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
                         seed=seed, save_every=save_every, snapshot_every=snapshot_every)
@@ -247,18 +256,12 @@ def export(
     image_size: Annotated[int, typer.Option(help="With --pixels: side of the square images.")] = 28,
     channels: Annotated[int, typer.Option(help="With --pixels: 1 (gray) or 3 (RGB).")] = 1,
     list_taps: Annotated[bool, typer.Option("--list-taps", help="Print the backbone's taps and exit.")] = False,
-    timestep: Annotated[int | None, typer.Option(
-        help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}).",
-        callback=at_least(0))] = None,
-    timesteps: Annotated[str | None, typer.Option(
-        help="Several steps, comma-separated (e.g. 25,100): their features are concatenated.")] = None,
-    taps: Annotated[str | None, typer.Option(
-        help="Blocks to take features from, comma-separated (see --list-taps), or the groups encoder, decoder, "
-        "all (default: ddpm: mid and every up block; vae: the encoder blocks and the latent mean).")] = None,
-    pool: Annotated[str, typer.Option(
-        help="'global' average per block, or an RxR grid of averages such as '2x2'.")] = pool_name(DEFAULT_POOL),
-    noise_draws: Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")] = 1,
-    noise_seed: Annotated[int, typer.Option(help="Seed of the fixed noise stored in the file.")] = 0,
+    timestep: TimestepOpt = None,
+    timesteps: TimestepsOpt = None,
+    taps: TapsOpt = None,
+    pool: PoolOpt = pool_name(DEFAULT_POOL),
+    noise_draws: NoiseDrawsOpt = 1,
+    noise_seed: NoiseSeedOpt = 0,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 to 20).")] = 18,
     weights: WeightsOpt = Weights.ema,
     overwrite: OverwriteOpt = False,
@@ -272,7 +275,7 @@ def export(
       diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
     from diffclass_cli.export.onnx_export import export_onnx, export_pixels
-    from diffclass_cli.export.spec import ExtractorSpec, parse_pool
+    from diffclass_cli.export.spec import ExtractorSpec
 
     if out is None and not list_taps:
         raise typer.BadParameter("missing: give the ONNX file to write (or --list-taps)", param_hint="'--out'")
@@ -292,15 +295,8 @@ def export(
         for group, names in config.tap_groups.items():
             typer.echo(f"{group}\t{','.join(names)}")
         return
-    if timestep is not None and timesteps:
-        raise DiffclassError("give --timestep or --timesteps, not both")
-    spec = ExtractorSpec(
-        timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (timestep,) if timestep is not None else (),
-        taps=tuple(t.strip() for t in taps.split(",") if t.strip()) if taps else (),
-        pool=parse_pool(pool),
-        noise_seed=noise_seed,
-        noise_draws=noise_draws,
-    )
+    spec = ExtractorSpec.from_options(timestep, _parse_ints(timesteps, "--timesteps") if timesteps else (), taps,
+                                      pool, noise_seed, noise_draws)
     export_onnx(checkpoint, out, spec, weights, opset, overwrite)
 
 
@@ -513,10 +509,12 @@ def benchmark(
     = "pixels,pca,cnn",
     cnn_steps: Annotated[int, typer.Option(help="Training steps of the supervised CNN per draw.",
                                            callback=at_least(1))] = 300,
-    timesteps: Annotated[str | None, typer.Option(help="Extractor timesteps, as in export (default: 100).")] = None,
-    taps: Annotated[str | None, typer.Option(help="Extractor taps, as in export.")] = None,
-    pool: Annotated[str, typer.Option(help="Extractor pooling, as in export.")] = pool_name(DEFAULT_POOL),
-    noise_draws: Annotated[int, typer.Option(help="Extractor noise draws, as in export.")] = 1,
+    timestep: TimestepOpt = None,
+    timesteps: TimestepsOpt = None,
+    taps: TapsOpt = None,
+    pool: PoolOpt = pool_name(DEFAULT_POOL),
+    noise_draws: NoiseDrawsOpt = 1,
+    noise_seed: NoiseSeedOpt = 0,
     sweep_timestep: Annotated[str | None, typer.Option(
         help="Also compare these timesteps (e.g. 10,25,50,100,250,500; 50+100 concatenates two), logreg head, "
         "on a validation part of the train split.")] = None,
@@ -542,7 +540,7 @@ def benchmark(
     """
     from diffclass_cli.benchmark.protocol import Protocol
     from diffclass_cli.benchmark.run import run_benchmark
-    from diffclass_cli.export.spec import ExtractorSpec, parse_pool
+    from diffclass_cli.export.spec import ExtractorSpec
 
     known = {"pixels", "pca", "cnn"}
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
@@ -552,9 +550,8 @@ def benchmark(
         head_kinds = tuple(HeadKind(h.strip()) for h in heads.split(",") if h.strip())
     except ValueError:
         raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {heads!r}") from None
-    spec = ExtractorSpec(timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (),
-                         taps=tuple(t.strip() for t in taps.split(",")) if taps else (),
-                         pool=parse_pool(pool), noise_draws=noise_draws)
+    spec = ExtractorSpec.from_options(timestep, _parse_ints(timesteps, "--timesteps") if timesteps else (), taps,
+                                      pool, noise_seed, noise_draws)
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,
                         seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few)
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,

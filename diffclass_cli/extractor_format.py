@@ -12,6 +12,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.files import existing_file
 
 FORMAT = "diffclass-extractor"
 FORMAT_VERSION = 1
@@ -30,9 +31,7 @@ def metadata_props(metadata: dict) -> dict[str, str]:
 def open_session(path: Path, options: ort.SessionOptions | None = None,
                  providers: list[str] | None = None) -> ort.InferenceSession:
     """An onnxruntime session of the file at `path`; a clear error when onnxruntime cannot load it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffclassError(f"extractor {path} does not exist")
+    path = existing_file(path, "extractor")
     try:
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for bad bytes

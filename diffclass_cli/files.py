@@ -18,6 +18,14 @@ except ImportError:  # Windows: no advisory locks; outputs are still written ato
     fcntl = None
 
 
+def existing_file(path: Path, what: str) -> Path:
+    """`path` as a Path, when it is a file; else one line naming `what` was looked for."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffclassError(f"{what} {path} does not exist")
+    return path
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 

@@ -16,11 +16,13 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from diffclass_cli.choices import Projection  # noqa: E402
 from diffclass_cli.console import log  # noqa: E402
-from diffclass_cli.data.sources import open_source  # noqa: E402
+from diffclass_cli.data.sources import (
+    UNLABELED,  # noqa: E402
+    open_source,  # noqa: E402
+)
 from diffclass_cli.errors import DiffclassError  # noqa: E402
 from diffclass_cli.featurize.h5 import FeatureFile, read_features  # noqa: E402
 from diffclass_cli.files import atomic_output  # noqa: E402
-from diffclass_cli.heads.models import UNLABELED  # noqa: E402
 
 MIN_ROWS = 3
 THUMBNAILS = 60
@@ -120,10 +122,7 @@ def plot_feature_map(features: Path, out: Path, method: Projection = Projection.
         title = f"{path.name}: {method.value} of {ff.features.shape[1]}-d features" + (
             f"\n5-NN accuracy in the map: {score:.3f}" if score is not None else "")
         _draw(ax, embedding, labels, ff.class_names, title, _thumbnails(thumbnails, paths, seed) if thumbnails else [])
-    fig.tight_layout()
-    with atomic_output(out, overwrite) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, out, overwrite)
     return scores
 
 
@@ -167,8 +166,12 @@ def prediction_grid(predictions_csv: Path | str, source_spec: str, out: Path, n:
         ax.set_title(prediction["label"] if correct else f"{prediction['label']} (is {true})",
                      color="black" if correct else "red", fontsize=8)
     fig.suptitle(f"{len(shown)} predictions, {wrong} wrong (red: predicted, true in brackets)", fontsize=10)
+    _save(fig, out, overwrite)
+    return len(shown), wrong
+
+
+def _save(fig, out: Path, overwrite: bool) -> None:
     fig.tight_layout()
     with atomic_output(out, overwrite) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    return len(shown), wrong

@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.backbone.config import DDPMConfig, TrainConfig, UNetConfig, VAEConfig
+from diffclass_cli.backbone.distributed import Launch, detect_launch, rank_rows
 from diffclass_cli.backbone.train import run_training
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.distributed import Launch, detect_launch, rank_rows
 
 CONFIGS = {
     "ddpm": DDPMConfig(unet=UNetConfig(image_size=8, channels=1, width=8, channel_mults=(1, 2))),

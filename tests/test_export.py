@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import FeatureExtractor
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx
 from diffclass_cli.export.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
@@ -98,7 +99,7 @@ def test_timesteps_concatenate_and_noise_draws_average(tiny_checkpoint):
 def test_pool_parsing():
     assert parse_pool("global") == 1 and parse_pool("2x2") == 2 and parse_pool("3") == 3
     for bad in ("2x3", "x", "0x0", "avg"):
-        with pytest.raises(Exception, match="--pool"):
+        with pytest.raises(DiffclassError, match="--pool"):
             parse_pool(bad)
 
 

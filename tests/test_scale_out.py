@@ -5,6 +5,7 @@ import pytest
 
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize.h5 import read_features
 from diffclass_cli.featurize.run import Shard, featurize
 from tests.conftest import assert_same_feature_file, write_image
@@ -25,7 +26,7 @@ def test_shard_blocks_cover_the_source_once():
         assert sum(blocks, []) == list(range(n))
     assert Shard.parse("2/5") == Shard(2, 5) and str(Shard(2, 5)) == "2/5"
     for bad in ("5/5", "-1/2", "1", "a/b"):
-        with pytest.raises(Exception, match="--shard"):
+        with pytest.raises(DiffclassError, match="--shard"):
             Shard.parse(bad)
 
 

@@ -13,9 +13,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from diffclass_cli import __version__
-from diffclass_cli.backbone.config import BackboneConfig, Weights, config_from_json, config_to_json
+from diffclass_cli.backbone.config import Backbone, Weights, config_from_json, config_to_json
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.files import atomic_output
+from diffclass_cli.files import atomic_output, existing_file
 
 FORMAT = "diffclass-backbone"
 FORMAT_VERSION = 1
@@ -23,7 +23,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Checkpoint:
-    config: BackboneConfig
+    config: Backbone
     step: int
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
@@ -60,11 +60,9 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def read_metadata(path: Path) -> dict[str, str]:
+def read_checkpoint_metadata(path: Path) -> dict[str, str]:
     """The checkpoint's metadata; a clear error when the file is not a diffclass backbone."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffclassError(f"checkpoint {path} does not exist")
+    path = existing_file(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -78,7 +76,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    metadata = read_metadata(path)
+    metadata = read_checkpoint_metadata(path)
     tensors = load_file(str(path))
     parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}}
     for key, value in tensors.items():

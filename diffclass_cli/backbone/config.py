@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from diffclass_cli.errors import DiffclassError
 
@@ -110,11 +110,55 @@ class DiffusionConfig:
     beta_end: float = 0.02
 
 
+class Backbone(Protocol):
+    """What every kind of backbone provides. Its config is plain data (here); the methods that
+    need torch import the kind's own module when called. A new kind implements this, adds its
+    config to BACKBONES and its feature extractor to export.extractor.EXTRACTORS."""
+
+    kind: str  # a BackboneKind value, stored in checkpoints and extractor metadata
+    feature_family: ClassVar[str]  # what benchmark tables call its features
+    image_size: int
+    channels: int
+    tap_names: list[str]
+    tap_groups: dict[str, list[str]]
+
+    @classmethod
+    def from_options(cls, **options) -> "Backbone":
+        """From `train-backbone`'s options (each kind takes the ones it knows)."""
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Backbone":
+        """The inverse of `dataclasses.asdict` (JSON-decoded)."""
+
+    def build(self):
+        """The network (torch.nn.Module), untrained."""
+
+    def loss_fn(self, device) -> Callable:
+        """`loss(model, pixels in [0, 1], generator) -> scalar` for training."""
+
+    def sample(self, model, n: int, generator, ddim_steps: int | None):
+        """`n` generated images `[n, C, H, W]` in [-1, 1]."""
+
+
 @dataclass(frozen=True)
 class DDPMConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     kind: str = "ddpm"
+    feature_family: ClassVar[str] = "diffusion"
+
+    @classmethod
+    def from_options(cls, image_size: int, channels: int, width: int, channel_mults: tuple[int, ...],
+                     blocks_per_level: int = 1, schedule: Schedule = Schedule.linear, **_) -> "DDPMConfig":
+        return cls(unet=UNetConfig(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
+                                   blocks_per_level=blocks_per_level),
+                   diffusion=DiffusionConfig(schedule=schedule))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "DDPMConfig":
+        unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
+        return cls(unet=unet, diffusion=DiffusionConfig(**{**raw["diffusion"],
+                                                          "schedule": Schedule(raw["diffusion"]["schedule"])}))
 
     @property
     def image_size(self) -> int:
@@ -143,6 +187,12 @@ class DDPMConfig:
         abar = alphas_cumprod(self.diffusion).float().to(device)
         return lambda model, pixels, generator: training_loss(model, to_model_range(pixels), abar, generator)
 
+    def sample(self, model, n: int, generator, ddim_steps: int | None):
+        from diffclass_cli.backbone.diffusion import sample
+
+        return sample(model, self.diffusion, (n, self.channels, self.image_size, self.image_size), generator,
+                      ddim_steps)
+
 
 @dataclass(frozen=True)
 class VAEConfig(LevelsConfig):
@@ -150,6 +200,7 @@ class VAEConfig(LevelsConfig):
     latent_dim: int = 32
     beta: float = 1.0  # weight of the KL term in the ELBO
     kind: str = "vae"
+    feature_family: ClassVar[str] = "vae"
 
     def __post_init__(self):
         super().__post_init__()
@@ -157,6 +208,16 @@ class VAEConfig(LevelsConfig):
             raise DiffclassError(f"--latent-dim must be at least 1, not {self.latent_dim}")
         if self.beta <= 0:
             raise DiffclassError(f"--beta must be positive, not {self.beta}")
+
+    @classmethod
+    def from_options(cls, image_size: int, channels: int, width: int, channel_mults: tuple[int, ...],
+                     latent_dim: int = 32, beta: float = 1.0, **_) -> "VAEConfig":
+        return cls(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
+                   latent_dim=latent_dim, beta=beta)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "VAEConfig":
+        return cls(**{**raw, "channel_mults": tuple(raw["channel_mults"])})
 
     def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
         """The encoder blocks and the latent mean (the research's encoder features; `decoder`
@@ -173,21 +234,30 @@ class VAEConfig(LevelsConfig):
 
         return lambda model, pixels, generator: elbo_loss(model, pixels, self.beta, self.latent_dim, generator)
 
+    def sample(self, model, n: int, generator, ddim_steps: int | None):
+        from diffclass_cli.backbone.vae import sample_vae
 
-BackboneConfig = DDPMConfig | VAEConfig  # each rebuilds its network (`build`) and defines its loss (`loss_fn`)
+        return sample_vae(model, n, generator)
 
 
-def config_to_json(config: BackboneConfig) -> str:
+# The registry: each kind's config class, by its `kind`. Checkpoint loading, training, sampling,
+# the extractor factory and the benchmark's names all go through it.
+BACKBONES: dict[str, type[Backbone]] = {BackboneKind.ddpm: DDPMConfig, BackboneKind.vae: VAEConfig}
+
+
+def backbone_class(kind: str) -> type[Backbone]:
+    if kind not in BACKBONES:
+        raise DiffclassError(f"unknown backbone kind {kind!r}; this diffclass knows {', '.join(BACKBONES)}")
+    return BACKBONES[kind]
+
+
+def config_to_json(config: Backbone) -> str:
     return json.dumps(asdict(config))
 
 
-def config_from_json(text: str) -> BackboneConfig:
+def config_from_json(text: str) -> Backbone:
     raw = json.loads(text)
-    if raw["kind"] == "vae":
-        return VAEConfig(**{**raw, "channel_mults": tuple(raw["channel_mults"])})
-    unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
-    diffusion = DiffusionConfig(**{**raw["diffusion"], "schedule": Schedule(raw["diffusion"]["schedule"])})
-    return DDPMConfig(unet=unet, diffusion=diffusion)
+    return backbone_class(raw["kind"]).from_dict(raw)
 
 
 class LRSchedule(str, Enum):

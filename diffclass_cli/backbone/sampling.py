@@ -7,8 +7,6 @@ from torchvision.utils import make_grid, save_image
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.backbone.config import Weights
-from diffclass_cli.backbone.diffusion import sample
-from diffclass_cli.backbone.vae import sample_vae
 from diffclass_cli.console import log
 from diffclass_cli.files import atomic_output, refuse_overwrite
 
@@ -26,11 +24,7 @@ def sample_to_png(checkpoint: Path, out: Path, n: int, ddim_steps: int | None, o
     model = ckpt.build(weights).to(device)
     config = ckpt.config
     generator = torch.Generator(device).manual_seed(seed)
-    if config.kind == "vae":
-        images = sample_vae(model, n, generator)
-    else:
-        images = sample(model, config.diffusion, (n, config.channels, config.image_size, config.image_size),
-                        generator, ddim_steps)
+    images = config.sample(model, n, generator, ddim_steps)
     pixels = ((images.cpu() + 1) / 2).clamp(0, 1)
     with atomic_output(out, overwrite) as tmp:
         save_image(make_grid(pixels, nrow=grid_columns(n)), tmp, format="png")

@@ -16,11 +16,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffclass_cli.backbone.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from diffclass_cli.backbone.config import BackboneConfig, LRSchedule, TrainConfig
+from diffclass_cli.backbone.config import Backbone, LRSchedule, TrainConfig
+from diffclass_cli.backbone.distributed import Launch, detect_launch, rank_rows, start, stop, sum_over_ranks
 from diffclass_cli.console import configure, log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource
-from diffclass_cli.distributed import Launch, detect_launch, rank_rows, start, stop, sum_over_ranks
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
 
@@ -46,8 +46,8 @@ def snapshot_path(out: Path, step: int) -> Path:
     return out.with_name(f"{out.stem}-step{step}{out.suffix}")
 
 
-def plan_run(out: Path, config: BackboneConfig, train: TrainConfig, source: str, resume: bool,
-             overwrite: bool) -> tuple[BackboneConfig, TrainConfig, Checkpoint | None]:
+def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, resume: bool,
+             overwrite: bool) -> tuple[Backbone, TrainConfig, Checkpoint | None]:
     """With --resume and an existing `out`, the checkpoint's config and options win (only
     `steps` may grow); otherwise `out` must not exist unless `overwrite`."""
     if not (resume and out.exists()):
@@ -68,7 +68,7 @@ def plan_run(out: Path, config: BackboneConfig, train: TrainConfig, source: str,
     return state.config, TrainConfig(**options), state
 
 
-def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfig, out: Path,
+def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out: Path,
                    device: torch.device, data: dict, state: Checkpoint | None = None,
                    launch: Launch = Launch()) -> Checkpoint:
     """Train on uint8 `images` `[N, C, H, W]`, writing checkpoints to `out`; returns the last.
@@ -148,7 +148,7 @@ def train_backbone(images: np.ndarray, config: BackboneConfig, train: TrainConfi
     return ckpt
 
 
-def run_training(source: ImageSource, config: BackboneConfig, train: TrainConfig, out: Path,
+def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out: Path,
                  device: torch.device, resume: bool = False, overwrite: bool = False, workers: int = 0,
                  epochs: float | None = None) -> Checkpoint:
     """Load the images of `source` and train on them; under torchrun each rank loads and trains
@@ -173,7 +173,7 @@ def run_training(source: ImageSource, config: BackboneConfig, train: TrainConfig
         stop(launch)
 
 
-def _check_images(images: np.ndarray, config: BackboneConfig) -> None:
+def _check_images(images: np.ndarray, config: Backbone) -> None:
     expected = (config.channels, config.image_size, config.image_size)
     if images.shape[1:] != expected:
         raise DiffclassError(f"images are {images.shape[1:]} but the backbone expects {expected}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffclass_cli.backbone.config import BACKBONES
 from diffclass_cli.benchmark.features import (
     extractor_features,
     model_input_shape,
@@ -27,7 +28,7 @@ from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
 from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
+from diffclass_cli.export.spec import ExtractorSpec, pool_name
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
@@ -77,10 +78,10 @@ def feature_set_name(model: Path) -> str:
     if model.suffix == ".onnx":
         kind = read_metadata(model)["backbone_kind"]
     else:
-        from diffclass_cli.backbone.checkpoint import read_metadata as checkpoint_metadata
+        from diffclass_cli.backbone.checkpoint import read_checkpoint_metadata
 
-        kind = json.loads(checkpoint_metadata(model)["config"])["kind"]
-    return f"{'diffusion' if kind == 'ddpm' else kind}:{model.stem}"
+        kind = json.loads(read_checkpoint_metadata(model)["config"])["kind"]
+    return f"{BACKBONES[kind].feature_family if kind in BACKBONES else kind}:{model.stem}"
 
 
 def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: Protocol,
@@ -164,6 +165,6 @@ def _tap_sets(model: Path) -> list[tuple[str, ...]]:
 
 def _describe(spec: ExtractorSpec) -> str:
     taps = ",".join(spec.taps) if spec.taps else "default"
-    timesteps = ",".join(map(str, spec.timesteps or DEFAULT_TIMESTEPS))
+    timesteps = ",".join(map(str, spec.diffusion_timesteps))
     return (f"timesteps {timesteps} (diffusion), taps {taps}, pool {pool_name(spec.pool)}, "
             f"noise draws {spec.noise_draws}")

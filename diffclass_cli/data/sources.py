@@ -20,6 +20,7 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 BUILTIN_SOURCES = ("mnist-sample", "digits")
 TORCHVISION_SOURCES = ("mnist", "fashion-mnist", "cifar10")
+UNLABELED = -1  # the label of an image without a class
 
 
 class UnreadableImage(Exception):
@@ -65,7 +66,7 @@ class SubsetLoader:
 
 @dataclass
 class ImageSource:
-    """Images with stable ids and labels (-1 = unlabeled); `load(i)` decodes image i."""
+    """Images with stable ids and labels (UNLABELED = -1 for none); `load(i)` decodes image i."""
 
     spec: str
     ids: list[str]
@@ -180,14 +181,14 @@ def _folder_source(root: Path, spec: str) -> ImageSource:
             skipped.append((rel.as_posix(), f"not an image file ({path.suffix or 'no extension'})"))
             continue
         relpaths.append(rel.as_posix())
-        labels.append(class_dirs.index(rel.parts[0]) if len(rel.parts) > 1 else -1)
+        labels.append(class_dirs.index(rel.parts[0]) if len(rel.parts) > 1 else UNLABELED)
     if not relpaths:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DiffclassError(f"no images found in {root} (searched recursively for {exts})")
     labels = np.asarray(labels, dtype=np.int64)
     used = sorted(set(labels[labels >= 0].tolist()))
     class_names = [class_dirs[i] for i in used]
-    labels = np.asarray([used.index(x) if x >= 0 else -1 for x in labels], dtype=np.int64)
+    labels = np.asarray([used.index(x) if x != UNLABELED else UNLABELED for x in labels], dtype=np.int64)
     return ImageSource(spec, relpaths, labels, class_names, FolderLoader(root, relpaths), skipped)
 
 
@@ -195,7 +196,7 @@ def _stdin_source() -> ImageSource:
     paths = [line.strip() for line in sys.stdin if line.strip()]
     if not paths:
         raise DiffclassError("no image paths on standard input")
-    labels = np.full(len(paths), -1, dtype=np.int64)
+    labels = np.full(len(paths), UNLABELED, dtype=np.int64)
     return ImageSource("-", paths, labels, [], FolderLoader(Path("."), paths))
 
 

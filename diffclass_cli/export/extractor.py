@@ -5,18 +5,19 @@ each tap pooled -> one feature vector per image.
 This module is what gets exported to ONNX; the PyTorch and ONNX paths share it.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.config import DiffusionConfig
+from diffclass_cli.backbone.config import Backbone, BackboneKind, DiffusionConfig
 from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
+from diffclass_cli.export.spec import ExtractorSpec, pool_name
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,10 @@ class TapExtractor(nn.Module):
             raise DiffclassError("the pooling grid must be at least 1x1")
         self.taps = resolve_taps(network.config, spec.taps)
         maps = {tap.name: tap.size for tap in network.taps() if tap.name in self.taps and tap.size is not None}
-        if maps and spec.pool > min(maps.values()):
-            name = min(maps, key=maps.get)
-            raise DiffclassError(f"--pool {pool_name(spec.pool)} is finer than tap {name}'s {maps[name]}x{maps[name]} "
-                                 f"map; use at most {pool_name(maps[name])}")
+        if maps and spec.pool > max(maps.values()):  # a grid finer than a map repeats its values
+            name = max(maps, key=maps.get)
+            raise DiffclassError(f"--pool {pool_name(spec.pool)} is finer than every chosen tap's map (the largest "
+                                 f"is {name}'s {maps[name]}x{maps[name]}); use at most {pool_name(maps[name])}")
         self.spec, self.prefixes = spec, prefixes
         network.prune_intermediate_layers(self.taps)
         self.network = network.eval().requires_grad_(False)
@@ -87,7 +88,7 @@ class FeatureExtractor(TapExtractor):
     fixed noise -> UNet taps -> `features` `[N, D]`, deterministically."""
 
     def __init__(self, unet: UNet, diffusion: DiffusionConfig, spec: ExtractorSpec):
-        timesteps = spec.timesteps or DEFAULT_TIMESTEPS
+        timesteps = spec.diffusion_timesteps
         T = diffusion.num_timesteps
         bad = [t for t in timesteps if not 0 <= t < T]
         if bad:
@@ -138,8 +139,13 @@ class VAEFeatureExtractor(TapExtractor):
         return torch.cat(self.pooled(found), dim=1)
 
 
-def make_extractor(network: nn.Module, config, spec: ExtractorSpec) -> TapExtractor:
-    """The extractor of a backbone network of either kind (`config` is its BackboneConfig)."""
-    if config.kind == "vae":
-        return VAEFeatureExtractor(network, spec)
-    return FeatureExtractor(network, config.diffusion, spec)
+# Each backbone kind's extractor adapter: (network, config, spec) -> TapExtractor.
+EXTRACTORS: dict[str, Callable[[nn.Module, Backbone, ExtractorSpec], TapExtractor]] = {
+    BackboneKind.ddpm: lambda unet, config, spec: FeatureExtractor(unet, config.diffusion, spec),
+    BackboneKind.vae: lambda vae, config, spec: VAEFeatureExtractor(vae, spec),
+}
+
+
+def make_extractor(network: nn.Module, config: Backbone, spec: ExtractorSpec) -> TapExtractor:
+    """The extractor of a backbone network of any kind."""
+    return EXTRACTORS[config.kind](network, config, spec)

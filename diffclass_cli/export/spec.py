@@ -32,3 +32,19 @@ class ExtractorSpec:
     pool: int = DEFAULT_POOL
     noise_seed: int = 0
     noise_draws: int = 1
+
+    @classmethod
+    def from_options(cls, timestep: int | None = None, timesteps: tuple[int, ...] = (), taps: str | None = None,
+                     pool: str | None = None, noise_seed: int = 0, noise_draws: int = 1) -> "ExtractorSpec":
+        """From the extractor options of `export` and `benchmark` (`taps` and `pool` as typed;
+        None: the default)."""
+        if timestep is not None and timesteps:
+            raise DiffclassError("give --timestep or --timesteps, not both")
+        return cls(timesteps=timesteps or (() if timestep is None else (timestep,)),
+                   taps=tuple(t.strip() for t in (taps or "").split(",") if t.strip()),
+                   pool=DEFAULT_POOL if pool is None else parse_pool(pool), noise_seed=noise_seed,
+                   noise_draws=noise_draws)
+
+    @property
+    def diffusion_timesteps(self) -> tuple[int, ...]:
+        return self.timesteps or DEFAULT_TIMESTEPS

@@ -20,6 +20,7 @@ import numpy as np
 
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.files import existing_file
 
 STR = h5py.string_dtype("utf-8")
 CHUNK_ROWS = 1024
@@ -124,9 +125,7 @@ class FeatureFile:
 @contextmanager
 def open_feature_file(path: Path) -> Iterator[h5py.File]:
     """An existing feature file, opened read-only, with a clear error when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffclassError(f"feature file {path} does not exist")
+    path = existing_file(path, "feature file")
     try:
         f = h5py.File(path, "r")
     except OSError as err:

@@ -21,9 +21,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from diffclass_cli.choices import HeadKind
+from diffclass_cli.data.sources import UNLABELED
 from diffclass_cli.errors import DiffclassError
 
-UNLABELED = -1
 SEMI_SUPERVISED = frozenset({HeadKind.semi, HeadKind.auto})  # heads that learn from unlabeled rows too
 # The last few clustering spaces computed: benchmark draws and auto's folds refit on the same rows.
 _SPACES: dict[tuple, np.ndarray] = {}

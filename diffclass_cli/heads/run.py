@@ -15,13 +15,13 @@ from diffclass_cli import __version__
 from diffclass_cli.choices import Device
 from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import DecodePool, report_skipped, to_unit_range
-from diffclass_cli.data.sources import ImageSource
+from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.h5 import FeatureFile, check_finite, read_features
 from diffclass_cli.featurize.runtime import ExtractorSession
 from diffclass_cli.files import refuse_overwrite, sha256_file
-from diffclass_cli.heads.models import SEMI_SUPERVISED, UNLABELED, HeadKind, make_head, training_labels
+from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, training_labels
 from diffclass_cli.heads.store import load_head, save_head
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from sklearn.pipeline import Pipeline
 
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.files import atomic_output
+from diffclass_cli.files import atomic_output, existing_file
 
 
 def _import_skops():
@@ -49,9 +49,7 @@ def save_head(path: Path, head: Pipeline, info: dict, overwrite: bool = False) -
 
 def load_head(path: Path) -> tuple[Pipeline, dict]:
     """The head and its info; a clear error for a missing, foreign or untrusted file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffclassError(f"head {path} does not exist")
+    path = existing_file(path, "head")
     try:
         untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
         if untrusted:

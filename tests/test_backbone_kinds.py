@@ -1,0 +1,108 @@
+"""The backbone contract: a third kind, defined here, trains, checkpoints, samples, exports and
+featurizes through the registries alone (backbone.config.BACKBONES, export.extractor.EXTRACTORS)."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffclass_cli.backbone import config as backbone_config
+from diffclass_cli.backbone.blocks import Tap
+from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.backbone.config import TrainConfig, Weights
+from diffclass_cli.backbone.sampling import sample_to_png
+from diffclass_cli.backbone.train import train_backbone
+from diffclass_cli.data.sources import open_source
+from diffclass_cli.export import extractor as export_extractor
+from diffclass_cli.export.extractor import TapExtractor
+from diffclass_cli.export.onnx_export import export_onnx
+from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.featurize.run import featurize
+
+
+class ToyAutoencoder(nn.Module):
+    """One conv in (tap `enc`), one conv out (tap `dec`)."""
+
+    def __init__(self, config: "ToyConfig"):
+        super().__init__()
+        self.config = config
+        self.encode = nn.Conv2d(config.channels, 8, 3, padding=1)
+        self.decode = nn.Conv2d(8, config.channels, 3, padding=1)
+
+    def taps(self) -> list[Tap]:
+        return [Tap("enc", 8, self.config.image_size), Tap("dec", self.config.channels, self.config.image_size)]
+
+    def prune_intermediate_layers(self, taps) -> None:
+        pass
+
+    def forward_intermediates(self, x: torch.Tensor, taps) -> dict[str, torch.Tensor]:
+        found = {"enc": F.relu(self.encode(x))}
+        found["dec"] = self.decode(found["enc"])
+        return {name: found[name] for name in taps}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_intermediates(x, ["dec"])["dec"]
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    image_size: int = 8
+    channels: int = 1
+    kind: str = "toy"
+    feature_family: ClassVar[str] = "toy"
+    tap_names: ClassVar[list[str]] = ["enc", "dec"]
+    tap_groups: ClassVar[dict[str, list[str]]] = {"encoder": ["enc"], "decoder": ["dec"], "all": ["enc", "dec"],
+                                                  "default": ["enc"]}
+
+    @classmethod
+    def from_options(cls, image_size: int, channels: int, **_) -> "ToyConfig":
+        return cls(image_size, channels)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ToyConfig":
+        return cls(**raw)
+
+    def build(self) -> ToyAutoencoder:
+        return ToyAutoencoder(self)
+
+    def loss_fn(self, device):
+        return lambda model, pixels, generator: F.mse_loss(model(pixels * 2 - 1), pixels * 2 - 1)
+
+    def sample(self, model, n: int, generator, ddim_steps):
+        noise = torch.randn((n, self.channels, self.image_size, self.image_size), generator=generator)
+        return model(noise).clamp(-1, 1)
+
+
+class ToyExtractor(TapExtractor):
+    def __init__(self, network: ToyAutoencoder, config: ToyConfig, spec: ExtractorSpec):
+        super().__init__(network, spec, [""])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.pooled(self.network.forward_intermediates(images * 2 - 1, self.taps)), dim=1)
+
+
+def test_a_new_kind_needs_only_its_config_network_adapter_and_registry_lines(monkeypatch, tmp_path):
+    monkeypatch.setitem(backbone_config.BACKBONES, "toy", ToyConfig)
+    monkeypatch.setitem(export_extractor.EXTRACTORS, "toy", ToyExtractor)
+
+    source = open_source("digits:train")
+    images = np.stack([np.asarray(source.load(i))[None] for i in range(256)])
+    config = backbone_config.BACKBONES["toy"].from_options(image_size=8, channels=1, width=32, channel_mults=(1,))
+    train = TrainConfig(steps=20, batch_size=32, warmup=2, save_every=20)
+    train_backbone(images, config, train, tmp_path / "toy.ckpt", torch.device("cpu"),
+                   {"source": "digits:train", "images": len(images)})
+    ckpt = load_checkpoint(tmp_path / "toy.ckpt")
+    assert ckpt.config == config and ckpt.step == 20
+
+    sample_to_png(tmp_path / "toy.ckpt", tmp_path / "grid.png", 4, None, None, Weights.ema, torch.device("cpu"), 0,
+                  False)
+    meta = export_onnx(tmp_path / "toy.ckpt", tmp_path / "toy.onnx", ExtractorSpec(pool=2))
+    assert meta["backbone_kind"] == "toy" and meta["feature_dim"] == 8 * 2 * 2
+    featurize(open_source("digits:test"), tmp_path / "toy.h5", tmp_path / "toy.onnx")
+    features = read_features(tmp_path / "toy.h5").features
+    assert features.shape == (len(open_source("digits:test")), 32) and np.isfinite(features).all()
+    assert (tmp_path / "grid.png").stat().st_size > 0
