@@ -33,10 +33,10 @@ import numpy as np
 from diffclass_cli.benchmark.features import FeatureSet, extractor_features, model_input_shape, pixel_features
 from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import summary_markdown, write_results
-from diffclass_cli.benchmark.run import load_split
+from diffclass_cli.benchmark.suite import load_split
 from diffclass_cli.data.sources import UNLABELED, stratified_split
 from diffclass_cli.export.spec import ExtractorSpec
-from diffclass_cli.featurize.run import DEFAULT_MODEL
+from diffclass_cli.featurize.extract import DEFAULT_MODEL
 from diffclass_cli.heads.models import HeadKind
 
 PER_CLASS = (1, 2, 5, 10, 32, 100)

@@ -23,7 +23,7 @@ class Projection(str, Enum):
 
 
 class Engine(str, Enum):
-    """See featurize/run.py."""
+    """See featurize/extract.py."""
 
     local = "local"
     ray = "ray"

@@ -326,8 +326,8 @@ def info(
         typer.echo(f"{key}: {value}")
 
 
-@app.command()
-def featurize(
+@app.command("featurize")
+def featurize_cmd(
     source: SourceArg,
     out: Annotated[Path, typer.Argument(help="HDF5 feature file to write.", show_default=False)],
     model: ModelOpt = None,
@@ -360,16 +360,15 @@ def featurize(
       diffclass featurize photos/ photos.h5 --model bb.onnx --engine ray --workers 8
     """
     from diffclass_cli.data.sources import open_source
-    from diffclass_cli.featurize.run import Shard, resolve_model
-    from diffclass_cli.featurize.run import featurize as run_featurize
+    from diffclass_cli.featurize.extract import Shard, featurize, resolve_model
 
-    run_featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
+    featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
                   threads, workers, overwrite, resume, strict, Shard.parse(shard) if shard else Shard(),
                   engine)
 
 
-@app.command()
-def merge(
+@app.command("merge")
+def merge_cmd(
     out: Annotated[Path, typer.Argument(help="Feature file to write.", show_default=False)],
     parts: Annotated[list[Path], typer.Argument(help="The shard files (any order).", show_default=False)],
     overwrite: OverwriteOpt = False,
@@ -381,9 +380,9 @@ def merge(
     Examples:\n
       diffclass merge photos.h5 parts/part-*.h5
     """
-    from diffclass_cli.featurize.merge import merge as run_merge
+    from diffclass_cli.featurize.merge import merge
 
-    run_merge(out, parts, overwrite)
+    merge(out, parts, overwrite)
 
 
 FeaturesArg = Annotated[Path, typer.Argument(help="A feature file made by `diffclass featurize`.", show_default=False)]
@@ -418,7 +417,7 @@ def fit(
       diffclass fit train.h5 --out head.skops\n
       diffclass fit train.h5 --out head.skops --per-class 10 --seed 1 --head logreg
     """
-    from diffclass_cli.heads.run import fit_head
+    from diffclass_cli.heads.apply import fit_head
 
     fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, overwrite)
 
@@ -447,7 +446,7 @@ def predict(
       diffclass predict photos/new/ --head head.skops --model exports/bb.onnx > predictions.csv
     """
     from diffclass_cli.files import atomic_output
-    from diffclass_cli.heads import run as heads
+    from diffclass_cli.heads import apply as heads
 
     if Path(features).is_file():
         if model is not None:
@@ -456,7 +455,7 @@ def predict(
         chunks, names = [predictions], predictions.class_names
     else:
         from diffclass_cli.data.sources import open_source
-        from diffclass_cli.featurize.run import resolve_model
+        from diffclass_cli.featurize.extract import resolve_model
 
         source = open_source(features, data_root)
         names = heads.class_names(*heads.load_head(head))
@@ -469,8 +468,8 @@ def predict(
     log.info(f"wrote {rows} predictions to {out}")
 
 
-@app.command()
-def evaluate(
+@app.command("evaluate")
+def evaluate_cmd(
     features: FeaturesArg,
     head: HeadOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
@@ -483,10 +482,9 @@ def evaluate(
     """
     import json
 
-    from diffclass_cli.heads.run import evaluate as run_evaluate
-    from diffclass_cli.heads.run import format_report
+    from diffclass_cli.heads.apply import evaluate, format_report
 
-    report = run_evaluate(features, head)
+    report = evaluate(features, head)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
@@ -539,7 +537,7 @@ def benchmark(
       diffclass benchmark exports/mnist-sample-ddpm.onnx --out bench/ --quick
     """
     from diffclass_cli.benchmark.protocol import Protocol
-    from diffclass_cli.benchmark.run import run_benchmark
+    from diffclass_cli.benchmark.suite import run_benchmark
     from diffclass_cli.export.spec import ExtractorSpec
 
     known = {"pixels", "pca", "cnn"}

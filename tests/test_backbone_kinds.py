@@ -20,8 +20,8 @@ from diffclass_cli.export import extractor as export_extractor
 from diffclass_cli.export.extractor import TapExtractor
 from diffclass_cli.export.onnx_export import export_onnx
 from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.featurize.extract import featurize
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.featurize.run import featurize
 
 
 class ToyAutoencoder(nn.Module):

@@ -8,7 +8,7 @@ from PIL import Image
 from diffclass_cli.benchmark.features import FeatureSet
 from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import COLUMNS
-from diffclass_cli.benchmark.run import refuse_shared_images
+from diffclass_cli.benchmark.suite import refuse_shared_images
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.heads.models import HeadKind
@@ -64,7 +64,7 @@ def test_draws_repeat_for_a_seed_and_differ_between_seeds():
 
 
 def test_on_validation_never_touches_the_test_split(cli, tiny_checkpoint, tmp_path, monkeypatch):
-    import diffclass_cli.benchmark.run as run
+    import diffclass_cli.benchmark.suite as run
 
     loaded = []
     real = run.load_split

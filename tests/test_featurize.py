@@ -13,8 +13,8 @@ from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize import h5 as h5_module
+from diffclass_cli.featurize.extract import featurize
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.featurize.run import featurize
 from diffclass_cli.featurize.runtime import CPU, CUDA, ExtractorSession, choose_providers
 from tests.conftest import write_image
 from tests.test_export import run_onnx

@@ -12,8 +12,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.heads.apply import evaluate, fit_head, predict
 from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class, fit_rows
-from diffclass_cli.heads.run import evaluate, fit_head, predict
 from diffclass_cli.heads.store import load_head
 from tests.conftest import write_feature_file
 
@@ -55,7 +55,7 @@ def test_head_round_trip_in_a_fresh_process(digit_files, tmp_path):
     head_path = tmp_path / "h.skops"
     fit_head(digit_files["train"], head_path, HeadKind.mlp, per_class=5)
     here, _ = predict(digit_files["test"], head_path)
-    script = ("import sys, numpy as np; from diffclass_cli.heads.run import predict; "
+    script = ("import sys, numpy as np; from diffclass_cli.heads.apply import predict; "
               "p, _ = predict(sys.argv[1], sys.argv[2]); np.save(sys.argv[3], p.proba)")
     subprocess.run([sys.executable, "-c", script, str(digit_files["test"]), str(head_path),
                     str(tmp_path / "p.npy")], check=True)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.run import featurize
+from diffclass_cli.featurize.extract import featurize
 from tests.conftest import assert_one_line_error, assert_same_feature_file, write_feature_file
 
 DRIVER = """
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from diffclass_cli.console import configure
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.run import featurize
+from diffclass_cli.featurize.extract import featurize
 configure(quiet=True)
 folder, out, model, resume = sys.argv[1:5]
 featurize(open_source(folder), Path(out), Path(model), batch_size=16, workers=1, threads=1, resume=resume == "1")

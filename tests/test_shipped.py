@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from diffclass_cli.extractor_format import read_metadata
+from diffclass_cli.featurize.extract import DEFAULT_MODEL
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.featurize.run import DEFAULT_MODEL
 
 CARD = DEFAULT_MODEL.with_suffix(".md")
 

@@ -54,11 +54,11 @@ def _subset(split: Split, per_class: int) -> Split:
     return _rows(split, draw_per_class(split.labels, per_class, seed=0))
 
 
-def refuse_shared_images(pool: Split, held_out: Split, train: str, test: str) -> None:
+def refuse_shared_images(train_split: Split, held_out: Split, train: str, test: str) -> None:
     """The test split must be held out: compared by decoded pixels, so files that merely share
     names (`A/cat/001.png`, `B/cat/001.png`) pass and one image under two names does not."""
-    in_pool = {hashlib.sha256(image.tobytes()).digest(): i for i, image in enumerate(pool.images)}
-    shared = [(pool.ids[in_pool[key]], held_out.ids[j]) for j, image in enumerate(held_out.images)
+    in_pool = {hashlib.sha256(image.tobytes()).digest(): i for i, image in enumerate(train_split.images)}
+    shared = [(train_split.ids[in_pool[key]], held_out.ids[j]) for j, image in enumerate(held_out.images)
               if (key := hashlib.sha256(image.tobytes()).digest()) in in_pool]
     if shared:
         examples = ", ".join(f"{a} = {b}" for a, b in shared[:3])
@@ -66,11 +66,11 @@ def refuse_shared_images(pool: Split, held_out: Split, train: str, test: str) ->
                              f"{', ...' if len(shared) > 3 else ''}): the test split must be held out")
 
 
-def validation_split(pool: Split) -> tuple[Split, Split]:
+def validation_split(train_split: Split) -> tuple[Split, Split]:
     """Sweeps choose settings, so they are measured on a validation part of the pool (the
     same stratified 80/20 rule as the built-in splits), never on the test split."""
-    fit_rows, validation_rows = stratified_split(pool.labels)
-    return _rows(pool, fit_rows), _rows(pool, validation_rows)
+    fit_rows, validation_rows = stratified_split(train_split.labels)
+    return _rows(train_split, fit_rows), _rows(train_split, validation_rows)
 
 
 def feature_set_name(model: Path) -> str:
@@ -93,9 +93,9 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     size, channels = model_input_shape(models[0])
-    pool = load_split(train, size, channels, data_root)
+    train_split = load_split(train, size, channels, data_root)
     if on_validation:  # for choosing checkpoints and options: the test split is not even loaded
-        pool, held_out = validation_split(pool)
+        train_split, held_out = validation_split(train_split)
         test = f"the validation part of {train}"
     else:
         held_out = load_split(test, size, channels, data_root)
@@ -103,15 +103,17 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws, heads=QUICK.heads,
                            draws_few_labels=QUICK.draws_few_labels,
                            cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
-        pool, held_out = _subset(pool, QUICK_POOL_PER_CLASS), _subset(held_out, QUICK_TEST_PER_CLASS)
-    refuse_shared_images(pool, held_out, train, test)
+        train_split = _subset(train_split, QUICK_POOL_PER_CLASS)
+        held_out = _subset(held_out, QUICK_TEST_PER_CLASS)
+    refuse_shared_images(train_split, held_out, train, test)
 
-    feature_sets = [extractor_features(feature_set_name(m), m, spec, pool.images, held_out.images) for m in models]
+    feature_sets = [extractor_features(feature_set_name(m), m, spec, train_split.images, held_out.images)
+                    for m in models]
     if "pixels" in baselines:
-        feature_sets.append(pixel_features(pool.images, held_out.images))
+        feature_sets.append(pixel_features(train_split.images, held_out.images))
     if "pca" in baselines:
-        feature_sets.append(pca_features(pool.images, held_out.images, protocol.seed))
-    rows, draws = run_protocol(feature_sets, pool, held_out, protocol, cnn="cnn" in baselines)
+        feature_sets.append(pca_features(train_split.images, held_out.images, protocol.seed))
+    rows, draws = run_protocol(feature_sets, train_split, held_out, protocol, cnn="cnn" in baselines)
 
     # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
     if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
@@ -123,7 +125,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         if sweep_taps else [],
         "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
     }
-    sweep_pool_split, validation = validation_split(pool)
+    sweep_pool_split, validation = validation_split(train_split)
     for sweep, variants in sweeps.items():
         if variants:
             sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
@@ -134,7 +136,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
 
     minutes = (time.perf_counter() - began) / 60
     preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
-                f"({len(pool.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
+                f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
                 f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); extractor "
                 f"options {_describe(spec)}; "
                 f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from {len(sweep_pool_split.labels)} "
