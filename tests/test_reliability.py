@@ -22,7 +22,9 @@ import onnx
 import pytest
 from PIL import Image
 
+from diffclass_cli.choices import Device
 from diffclass_cli.data.sources import open_source
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize.extract import featurize
 from tests.conftest import assert_one_line_error, assert_same_feature_file, write_feature_file
 
@@ -151,6 +153,28 @@ def test_killing_the_main_process_leaves_no_worker_holding_the_file(digit_folder
     os.kill(proc.pid, signal.SIGKILL)  # the main process only; its decoding worker is not signalled
     proc.wait(30)
     _wait_gone(out)
+    _resume(digit_folder, out, tiny_onnx)
+    assert_same_feature_file(out, reference)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_failed_resume_keeps_the_earlier_rows(digit_folder, reference, tiny_onnx, tmp_path, monkeypatch):
+    out = tmp_path / "r.h5"
+    partial = out.with_name(out.name + ".partial")
+    proc = _start(digit_folder, out, tiny_onnx)
+    _wait_for(partial, proc)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    _wait_gone(out)
+    if out.exists():
+        pytest.skip("the run finished before the kill")
+    before = partial.read_bytes()
+    with pytest.raises(DiffclassError, match="--device cuda"):  # no GPU here, or CUDA made unusable
+        monkeypatch.setattr("diffclass_cli.featurize.runtime.cuda_driver_present", lambda: False)
+        featurize(open_source(str(digit_folder)), out, tiny_onnx, device=Device.cuda, resume=True)
+    assert partial.read_bytes() == before
+    monkeypatch.undo()
     _resume(digit_folder, out, tiny_onnx)
     assert_same_feature_file(out, reference)
 

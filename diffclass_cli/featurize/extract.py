@@ -78,30 +78,31 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
     attrs = _file_attrs(source, model, meta, shard)
     if shard.count > 1:
         source = source.subset(shard.rows(len(source)), keep_skipped=shard.index == 0)
-    local_workers = workers if engine == Engine.local else 0
-    # The decoding workers start before the output is opened, so they never hold it.
-    with DecodePool(source, meta["image_size"], meta["channels"], local_workers) as pool, \
-            atomic_output(out, overwrite, keep_partial=True) as partial:
-        if partial.stat().st_size and not resume:
-            log.info(f"starting over: {partial} is left from an earlier run (pass --resume to continue it)")
-        writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume=resume)
-        try:
-            if engine == Engine.ray:
-                from diffclass_cli.featurize.ray_engine import ray_feature_batches
+    local = engine == Engine.local
+    # The decoding workers start before the output is opened, so they never hold it; the session
+    # (which may refuse the device) starts before the output is touched.
+    with DecodePool(source, meta["image_size"], meta["channels"], workers if local else 0) as pool:
+        session = ExtractorSession(model, device, threads) if local else None
+        with atomic_output(out, overwrite, keep_partial=True) as partial:
+            if partial.stat().st_size and not resume:
+                log.info(f"starting over: {partial} is left from an earlier run (pass --resume to continue it)")
+            writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume=resume)
+            try:
+                if local:
+                    batches = _local_feature_batches(pool, session, batch_size, writer.source_rows_done)
+                else:
+                    from diffclass_cli.featurize.ray_engine import ray_feature_batches
 
-                batches = ray_feature_batches(source, model, meta, batch_size, workers, writer.source_rows_done,
-                                              device)
-            else:
-                batches = _local_feature_batches(pool, ExtractorSession(model, device, threads), batch_size,
-                                                 writer.source_rows_done)
-            summary = _write_batches(source, batches, writer, strict, shard, model, engine, workers)
-        except DiffclassError as err:
-            writer.close()
-            if not err.resumable:
-                partial.unlink()  # a mistake to fix, not an interruption to resume
-            raise
-        finally:
-            writer.close()  # an interrupted run leaves a closed, resumable partial file
+                    batches = ray_feature_batches(source, model, meta, batch_size, workers,
+                                                  writer.source_rows_done, device)
+                summary = _write_batches(source, batches, writer, strict, shard, model, engine, workers)
+            except DiffclassError as err:
+                writer.close()
+                if not (err.resumable or writer.resumed):
+                    partial.unlink()  # a mistake to fix in a fresh run; an earlier run's rows are kept
+                raise
+            finally:
+                writer.close()  # an interrupted run leaves a closed, resumable partial file
     log.info(f"wrote {out}: {summary['rows']} rows x {meta['feature_dim']} features "
              f"({summary['images'] / max(summary['seconds'], 1e-9):.0f} images/s on {summary['provider']})")
     return summary
