@@ -30,7 +30,7 @@ from diffclass_cli.backbone.config import (
 from diffclass_cli.choices import Device, Engine, HeadKind, Projection
 from diffclass_cli.console import configure, log
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, pool_name
+from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
 
 TRAINING_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "safetensors"}  # the [train] extra
 
@@ -93,9 +93,6 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed; the same seed gives the
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 WeightsOpt = Annotated[Weights, typer.Option(help="The averaged (EMA) or the raw trained weights.")]
 WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in parallel.", callback=at_least(0))]
-DecodeWorkersOpt = Annotated[int, typer.Option(
-    "--workers", help="Processes that decode images ahead of onnxruntime (0: decode in this one).",
-    callback=at_least(0))]
 ModelOpt = Annotated[Path | None, typer.Option(
     help="Exported extractor (.onnx) (default: the shipped mnist-sample-ddpm.onnx).")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Images per onnxruntime call.", callback=at_least(1))]
@@ -112,6 +109,12 @@ TapsOpt = Annotated[str | None, typer.Option(
 PoolOpt = Annotated[str, typer.Option(help="'global' average per block, or an RxR grid of averages such as '2x2'.")]
 NoiseDrawsOpt = Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")]
 NoiseSeedOpt = Annotated[int, typer.Option(help="Seed of the fixed noise stored in the extractor.")]
+
+
+def _extractor_spec(timestep: int | None, timesteps: str | None, taps: str | None, pool: str, noise_seed: int,
+                    noise_draws: int) -> ExtractorSpec:
+    return ExtractorSpec.from_options(timestep, _parse_ints(timesteps, "--timesteps") if timesteps else (), taps,
+                                      pool, noise_seed, noise_draws)
 
 
 def _version(value: bool) -> None:
@@ -275,7 +278,6 @@ def export(
       diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
     from diffclass_cli.export.onnx_export import export_onnx, export_pixels
-    from diffclass_cli.export.spec import ExtractorSpec
 
     if out is None and not list_taps:
         raise typer.BadParameter("missing: give the ONNX file to write (or --list-taps)", param_hint="'--out'")
@@ -295,8 +297,7 @@ def export(
         for group, names in config.tap_groups.items():
             typer.echo(f"{group}\t{','.join(names)}")
         return
-    spec = ExtractorSpec.from_options(timestep, _parse_ints(timesteps, "--timesteps") if timesteps else (), taps,
-                                      pool, noise_seed, noise_draws)
+    spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws)
     export_onnx(checkpoint, out, spec, weights, opset, overwrite)
 
 
@@ -432,7 +433,7 @@ def predict(
     proba: Annotated[bool, typer.Option("--proba", help="Add one probability column per class.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the CSV here instead of standard output.")] = None,
     batch_size: BatchSizeOpt = 256,
-    workers: DecodeWorkersOpt = 1,
+    workers: WorkersOpt = 1,
     device: DeviceOpt = Device.auto,
     data_root: DataRootOpt = None,
     overwrite: OverwriteOpt = False,
@@ -452,14 +453,13 @@ def predict(
         if model is not None:
             raise DiffclassError(f"{features} is a feature file; --model is for image sources")
         predictions, _ = heads.predict(Path(features), head)
-        chunks, names = [predictions], predictions.class_names
+        names, chunks = predictions.class_names, [predictions]
     else:
         from diffclass_cli.data.sources import open_source
         from diffclass_cli.featurize.extract import resolve_model
 
         source = open_source(features, data_root)
-        names = heads.class_names(*heads.load_head(head))
-        chunks = heads.predict_images(source, resolve_model(model), head, batch_size, workers, device)
+        names, chunks = heads.predict_images(source, resolve_model(model), head, batch_size, workers, device)
     if out is None:
         heads.write_csv(chunks, sys.stdout, names, proba)
         return
@@ -538,7 +538,6 @@ def benchmark(
     """
     from diffclass_cli.benchmark.protocol import Protocol
     from diffclass_cli.benchmark.suite import run_benchmark
-    from diffclass_cli.export.spec import ExtractorSpec
 
     known = {"pixels", "pca", "cnn"}
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
@@ -548,8 +547,7 @@ def benchmark(
         head_kinds = tuple(HeadKind(h.strip()) for h in heads.split(",") if h.strip())
     except ValueError:
         raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {heads!r}") from None
-    spec = ExtractorSpec.from_options(timestep, _parse_ints(timesteps, "--timesteps") if timesteps else (), taps,
-                                      pool, noise_seed, noise_draws)
+    spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws)
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,
                         seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few)
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,

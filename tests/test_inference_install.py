@@ -128,7 +128,9 @@ def test_predict_from_images_streams_and_checks_the_extractor(cli, digits_head, 
     loads = []
     real_load = source.load
     source.load = lambda i: loads.append(i) or real_load(i)
-    chunks = heads.predict_images(source, DEFAULT_MODEL, digits_head / "head.skops", batch_size=32, workers=0)
+    names, chunks = heads.predict_images(source, DEFAULT_MODEL, digits_head / "head.skops", batch_size=32,
+                                         workers=0)
+    assert names == [str(d) for d in range(10)]
     first = next(chunks)
     assert len(first.paths) == 32 and len(loads) == 32 < len(source)  # rows out before the rest is read
     assert sum(len(c.paths) for c in chunks) + 32 == len(source)

@@ -89,7 +89,7 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
             writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume=resume)
             try:
                 if local:
-                    batches = _local_feature_batches(pool, session, batch_size, writer.source_rows_done)
+                    batches = feature_batches(pool, session, batch_size, writer.source_rows_done)
                 else:
                     from diffclass_cli.featurize.ray_engine import ray_feature_batches
 
@@ -163,9 +163,10 @@ def _write_batches(source: ImageSource, batches: Iterator[FeatureBatch], writer:
             "images": len(source) - start, "seconds": time.perf_counter() - began}
 
 
-def _local_feature_batches(pool: DecodePool, session: ExtractorSession, batch_size: int,
-                           start: int) -> Iterator[FeatureBatch]:
-    """Decode in the pool's processes, run the session in this one."""
+def feature_batches(pool: DecodePool, session: ExtractorSession, batch_size: int,
+                    start: int = 0) -> Iterator[FeatureBatch]:
+    """The features of the pool's source from row `start` on: decoded in the pool's processes,
+    computed by the session in this one."""
     empty = np.empty((0, session.metadata["feature_dim"]), np.float32)
     for batch in pool.batches(np.arange(start, len(pool.source)), batch_size):
         features = session(to_unit_range(batch.images)) if len(batch.rows) else empty

@@ -14,10 +14,11 @@ from sklearn.pipeline import Pipeline
 from diffclass_cli import __version__
 from diffclass_cli.choices import Device
 from diffclass_cli.console import log, progress
-from diffclass_cli.data.loading import DecodePool, report_skipped, to_unit_range
+from diffclass_cli.data.loading import DecodePool, report_skipped
 from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
+from diffclass_cli.featurize.extract import feature_batches
 from diffclass_cli.featurize.h5 import FeatureFile, check_finite, read_features
 from diffclass_cli.featurize.runtime import ExtractorSession
 from diffclass_cli.files import refuse_overwrite, sha256_file
@@ -83,14 +84,16 @@ def predict(features: Path, head_path: Path) -> tuple[Predictions, FeatureFile]:
 
 
 def predict_images(source: ImageSource, model: Path, head_path: Path, batch_size: int = 256, workers: int = 1,
-                   device: Device = Device.auto, threads: int | None = None) -> Iterator[Predictions]:
-    """Predict the images of `source` batch by batch, featurizing them in memory with `model`
-    (which must be the extractor the head was fitted on); unreadable images are skipped."""
+                   device: Device = Device.auto, threads: int | None = None
+                   ) -> tuple[list[str], Iterator[Predictions]]:
+    """The head's class names, and the predictions of the images of `source`, batch by batch,
+    featurized in memory with `model` (which must be the extractor the head was fitted on);
+    unreadable images are skipped."""
     head, info = load_head(head_path)
     if sha256_file(model) != info["extractor_sha256"]:
         raise DiffclassError(f"{head_path} was fitted on features of {info['extractor_name']} "
                              f"({info['extractor_sha256'][:12]}), not of {model}: pass that extractor as --model")
-    return _predict_batches(source, model, head, info, batch_size, workers, device, threads)
+    return class_names(head, info), _predict_batches(source, model, head, info, batch_size, workers, device, threads)
 
 
 def _predict_batches(source: ImageSource, model: Path, head: Pipeline, info: dict, batch_size: int, workers: int,
@@ -99,13 +102,11 @@ def _predict_batches(source: ImageSource, model: Path, head: Pipeline, info: dic
     skipped = list(source.skipped)
     with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
             progress(total=len(source), desc="predicting", unit="img") as bar:
-        session = ExtractorSession(model, device, threads)
-        for batch in pool.batches(np.arange(len(source)), batch_size):
+        for batch in feature_batches(pool, ExtractorSession(model, device, threads), batch_size):
             skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
             bar.update(len(batch.rows) + len(batch.skipped))
             if len(batch.rows):
-                yield _predictions(head, info, session(to_unit_range(batch.images)),
-                                   [source.ids[row] for row in batch.rows])
+                yield _predictions(head, info, batch.features, [source.ids[row] for row in batch.rows])
     report_skipped(skipped)
 
 
