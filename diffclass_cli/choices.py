@@ -35,3 +35,10 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class FeatureDtype(str, Enum):
+    """See featurize/h5.py."""
+
+    float32 = "float32"
+    float16 = "float16"

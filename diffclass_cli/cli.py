@@ -27,10 +27,11 @@ from diffclass_cli.backbone.config import (
     VAEConfig,
     Weights,
 )
-from diffclass_cli.choices import Device, Engine, HeadKind, Projection
+from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, Projection
 from diffclass_cli.console import configure, log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
+from diffclass_cli.heads import MAX_UNLABELED
 
 TRAINING_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "safetensors"}  # the [train] extra
 
@@ -347,6 +348,9 @@ def featurize_cmd(
         "needs diffclass[ray]).")] = Engine.local,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT.partial from an interrupted run.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image.")] = False,
+    dtype: Annotated[FeatureDtype, typer.Option(
+        help="How features are stored: float16 halves the file (readers get float32 back; README \"Scale\" "
+        "measures the accuracy change).")] = FeatureDtype.float32,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     overwrite: OverwriteOpt = False,
@@ -364,8 +368,7 @@ def featurize_cmd(
     from diffclass_cli.featurize.extract import Shard, featurize, resolve_model
 
     featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
-                  threads, workers, overwrite, resume, strict, Shard.parse(shard) if shard else Shard(),
-                  engine)
+              threads, workers, overwrite, resume, strict, Shard.parse(shard) if shard else Shard(), engine, dtype)
 
 
 @app.command("merge")
@@ -410,9 +413,12 @@ def fit(
     hidden: Annotated[int, typer.Option(help="mlp: hidden units.", callback=at_least(1))] = 128,
     cv: Annotated[int | None, typer.Option(
         help="Choose --C / --alpha by K-fold cross-validation on the labeled rows.", callback=at_least(2))] = None,
+    max_unlabeled: Annotated[int, typer.Option(
+        help="semi / auto: cluster at most this many unlabeled rows, a sample spread evenly over the file "
+        "(drawn with --seed); bounds time and memory on large files.", callback=at_least(1))] = MAX_UNLABELED,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Fit a small classifier on the labeled rows of a feature file.
+    """Fit a small classifier on the labeled rows of a feature file (only the rows it uses are read).
 
     Examples:\n
       diffclass fit train.h5 --out head.skops\n
@@ -420,7 +426,7 @@ def fit(
     """
     from diffclass_cli.heads.apply import fit_head
 
-    fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, overwrite)
+    fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, max_unlabeled, overwrite)
 
 
 @app.command()
@@ -452,8 +458,7 @@ def predict(
     if Path(features).is_file():
         if model is not None:
             raise DiffclassError(f"{features} is a feature file; --model is for image sources")
-        predictions, _ = heads.predict(Path(features), head)
-        names, chunks = predictions.class_names, [predictions]
+        names, chunks = heads.predict(Path(features), head)
     else:
         from diffclass_cli.data.sources import open_source
         from diffclass_cli.featurize.extract import resolve_model

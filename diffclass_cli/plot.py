@@ -21,7 +21,7 @@ from diffclass_cli.data.sources import (
     open_source,  # noqa: E402
 )
 from diffclass_cli.errors import DiffclassError  # noqa: E402
-from diffclass_cli.featurize.h5 import FeatureFile, read_features  # noqa: E402
+from diffclass_cli.featurize.h5 import Rows, open_feature_file  # noqa: E402
 from diffclass_cli.files import atomic_output  # noqa: E402
 
 MIN_ROWS = 3
@@ -66,11 +66,12 @@ def separation(embedding: np.ndarray, labels: np.ndarray) -> float | None:
     return float(cross_val_score(knn, embedding[labeled], labels[labeled], cv=cv).mean())
 
 
-def _load(path: Path, max_points: int | None, seed: int) -> tuple[FeatureFile, np.ndarray]:
-    ff = read_features(path)
-    if ff.features.shape[0] < MIN_ROWS:
-        raise DiffclassError(f"{path} has {ff.features.shape[0]} rows; a map needs at least {MIN_ROWS}")
-    return ff, subsample(ff.features.shape[0], max_points, seed)
+def _load(path: Path, max_points: int | None, seed: int) -> tuple[Rows, list[str]]:
+    """The rows to plot (at most `max_points`; only those are read) and the class names."""
+    with open_feature_file(path) as reader:
+        if reader.rows < MIN_ROWS:
+            raise DiffclassError(f"{path} has {reader.rows} rows; a map needs at least {MIN_ROWS}")
+        return reader.take(subsample(reader.rows, max_points, seed)), reader.class_names
 
 
 def _draw(ax, embedding: np.ndarray, labels: np.ndarray, class_names: list[str], title: str,
@@ -112,16 +113,15 @@ def plot_feature_map(features: Path, out: Path, method: Projection = Projection.
     loaded = [_load(path, max_points, seed) for path in files]
     fig, axes = plt.subplots(1, len(files), figsize=(7 * len(files), 6.5), dpi=110, squeeze=False)
     scores = {}
-    for ax, path, (ff, rows) in zip(axes[0], files, loaded):
-        log.info(f"projecting {len(rows)} rows of {path} with {method.value}")
-        embedding = project(ff.features[rows], method, seed)
-        labels = ff.labels[rows]
-        paths = [ff.paths[i] for i in rows]
-        score = separation(embedding, labels)
+    for ax, path, (rows, class_names) in zip(axes[0], files, loaded):
+        log.info(f"projecting {len(rows.paths)} rows of {path} with {method.value}")
+        embedding = project(rows.features, method, seed)
+        score = separation(embedding, rows.labels)
         scores[str(path)] = score
-        title = f"{path.name}: {method.value} of {ff.features.shape[1]}-d features" + (
+        title = f"{path.name}: {method.value} of {rows.features.shape[1]}-d features" + (
             f"\n5-NN accuracy in the map: {score:.3f}" if score is not None else "")
-        _draw(ax, embedding, labels, ff.class_names, title, _thumbnails(thumbnails, paths, seed) if thumbnails else [])
+        _draw(ax, embedding, rows.labels, class_names, title,
+              _thumbnails(thumbnails, rows.paths, seed) if thumbnails else [])
     _save(fig, out, overwrite)
     return scores
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from diffclass_cli import __version__
-from diffclass_cli.choices import Engine
+from diffclass_cli.choices import Engine, FeatureDtype
 from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import DecodePool, report_skipped, to_unit_range
 from diffclass_cli.data.sources import ImageSource
@@ -69,9 +69,10 @@ def source_fingerprint(source: ImageSource) -> str:
 def featurize(source: ImageSource, out: Path, model: Path, device: Device = Device.auto,
               batch_size: int = 256, threads: int | None = None, workers: int = 0,
               overwrite: bool = False, resume: bool = False, strict: bool = False,
-              shard: Shard = Shard(), engine: Engine = Engine.local) -> dict:
-    """Write the features of every readable image of `source` (or of its `shard`) to `out`;
-    returns a summary. `engine` ray runs decoding and onnxruntime in a Ray Data actor pool of
+              shard: Shard = Shard(), engine: Engine = Engine.local,
+              dtype: FeatureDtype = FeatureDtype.float32) -> dict:
+    """Write the features of every readable image of `source` (or of its `shard`) to `out`, stored
+    as `dtype`; returns a summary. `engine` ray runs decoding and onnxruntime in a Ray Data actor pool of
     `workers` actors; local decodes in `workers` processes and runs one session here."""
     refuse_overwrite(out, overwrite)
     meta = read_metadata(model)
@@ -86,7 +87,7 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
         with atomic_output(out, overwrite, keep_partial=True) as partial:
             if partial.stat().st_size and not resume:
                 log.info(f"starting over: {partial} is left from an earlier run (pass --resume to continue it)")
-            writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume=resume)
+            writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume, dtype)
             try:
                 if local:
                     batches = feature_batches(pool, session, batch_size, writer.source_rows_done)

@@ -1,13 +1,13 @@
 """The feature file (HDF5): the one place that knows its layout.
 
-    features     float32 [N, D], chunked along N
+    features     float32 (or float16: `featurize --dtype`) [N, D], chunked along N
     labels       int64 [N]: class index, or -1 for unlabeled
     paths        UTF-8 [N]: source-relative path, or name:index for built-in datasets
     class_names  UTF-8 [K] (empty when unlabeled)
     skipped      UTF-8 [M, 2]: (path, reason) of files that could not be read
     attributes   extractor_sha256, extractor_name, feature_dim, timesteps, taps, pool,
                  source, source_images, source_fingerprint, shard ("I/N"), provider,
-                 created, diffclass_version, ...
+                 dtype, rows, created, diffclass_version, ...
 """
 
 from collections.abc import Iterator
@@ -18,12 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from diffclass_cli.choices import FeatureDtype
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import existing_file
 
 STR = h5py.string_dtype("utf-8")
 CHUNK_ROWS = 1024
+DTYPES = tuple(d.value for d in FeatureDtype)  # how features may be stored; readers always get float32
 PROGRESS_ATTR = "source_rows_done"  # rows of the source consumed so far (written or skipped)
 
 
@@ -39,14 +41,17 @@ class FeatureWriter:
     `path` is locked by its owner (files.atomic_output), so HDF5's own lock is not taken.
     """
 
-    def __init__(self, path: Path, feature_dim: int, attrs: dict, class_names: list[str], resume: bool = False):
+    def __init__(self, path: Path, feature_dim: int, attrs: dict, class_names: list[str], resume: bool = False,
+                 dtype: FeatureDtype = FeatureDtype.float32):
+        dtype = FeatureDtype(dtype).value
+        attrs = {**attrs, "dtype": dtype}
         self.resumed = resume and self._reopen(path)
         if self.resumed:
             self._check_resumable(path, attrs)
             return
         self.file = h5py.File(path, "w", locking=False)
         f = self.file
-        f.create_dataset("features", (0, feature_dim), np.float32, maxshape=(None, feature_dim),
+        f.create_dataset("features", (0, feature_dim), dtype, maxshape=(None, feature_dim),
                          chunks=(CHUNK_ROWS, feature_dim))
         f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(CHUNK_ROWS,))
         f.create_dataset("paths", (0,), STR, maxshape=(None,), chunks=(CHUNK_ROWS,))
@@ -72,8 +77,8 @@ class FeatureWriter:
         return False
 
     def _check_resumable(self, path: Path, attrs: dict) -> None:
-        for key in ("extractor_sha256", "source", "source_fingerprint", "shard"):
-            if self.file.attrs.get(key) != attrs[key]:
+        for key in ("extractor_sha256", "source", "source_fingerprint", "shard", "dtype"):
+            if self.file.attrs.get(key, "float32") != attrs[key]:
                 self.file.close()
                 raise DiffclassError(f"cannot resume {path}: it was made with a different {key} "
                                      "(run without --resume to start over)")
@@ -93,6 +98,7 @@ class FeatureWriter:
                skipped: list[tuple[str, str]], source_rows: int) -> None:
         """Add one batch; `source_rows` is how many source rows it covered."""
         f = self.file
+        features = self._stored(features)
         n, start = len(features), int(f.attrs["rows"])
         for name, values in (("features", features), ("labels", labels), ("paths", [storable(p) for p in paths])):
             f[name].resize(start + n, axis=0)
@@ -107,13 +113,34 @@ class FeatureWriter:
         f.attrs[PROGRESS_ATTR] = self.source_rows_done + source_rows
         f.flush()
 
+    def _stored(self, features: np.ndarray) -> np.ndarray:
+        """`features` in the file's dtype; refuses values that float16 cannot hold."""
+        stored = features.astype(self.file["features"].dtype, copy=False)
+        if stored.dtype != features.dtype and np.any(np.isinf(stored) & np.isfinite(features)):
+            raise DiffclassError(f"some features exceed what {stored.dtype} can hold "
+                                 f"(|x| > {np.finfo(stored.dtype).max:.0f}); featurize with --dtype float32")
+        return stored
+
     def close(self) -> None:
         self.file.close()
 
 
 @dataclass
+class Rows:
+    """Some rows of a feature file, in memory: features always as float32."""
+
+    index: np.ndarray  # [N] row numbers in the file
+    features: np.ndarray  # [N, D]
+    labels: np.ndarray  # [N]
+    paths: list[str]
+
+    def pick(self, at: np.ndarray) -> "Rows":
+        return Rows(self.index[at], self.features[at], self.labels[at], [self.paths[i] for i in at])
+
+
+@dataclass
 class FeatureFile:
-    """A feature file read into memory."""
+    """A whole feature file read into memory (small files: tests, benchmarks)."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -122,8 +149,62 @@ class FeatureFile:
     attrs: dict
 
 
+class FeatureReader:
+    """An open feature file whose rows are read a chunk of the file at a time, so memory is
+    bounded by a chunk (or by the rows asked for), never by the file."""
+
+    def __init__(self, file: h5py.File, path: Path):
+        self.file, self.path = file, path
+        self.labels = _checked_labels(file, path)  # 8 bytes a row: small beside the features
+        self.class_names = [c.decode() for c in file["class_names"][:]]
+        self.attrs = dict(file.attrs)
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.file["features"].shape[1]
+
+    @property
+    def dtype(self) -> str:
+        return self.file["features"].dtype.name
+
+    @property
+    def chunk_rows(self) -> int:
+        return (self.file["features"].chunks or (CHUNK_ROWS,))[0]
+
+    def chunks(self) -> Iterator[Rows]:
+        """Every row, one chunk of the file at a time."""
+        for start in range(0, self.rows, self.chunk_rows):
+            yield self._read(start, min(self.rows, start + self.chunk_rows))
+
+    def take(self, index: np.ndarray) -> Rows:
+        """The rows numbered `index` (sorted), read chunk by chunk: only the span of each
+        chunk that holds some of them is read."""
+        index = np.asarray(index, dtype=np.int64)
+        if len(index) and (np.any(np.diff(index) <= 0) or index[0] < 0 or index[-1] >= self.rows):
+            raise ValueError("take() needs sorted, distinct row numbers within the file")
+        parts = []
+        bounds = np.searchsorted(index, np.arange(0, self.rows + self.chunk_rows, self.chunk_rows))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if lo < hi:
+                span = self._read(int(index[lo]), int(index[hi - 1]) + 1)
+                parts.append(span.pick(index[lo:hi] - index[lo]))
+        if not parts:
+            return Rows(index, np.empty((0, self.feature_dim), np.float32), np.empty(0, np.int64), [])
+        return Rows(index, np.concatenate([p.features for p in parts]), self.labels[index],
+                    [path for p in parts for path in p.paths])
+
+    def _read(self, start: int, stop: int) -> Rows:
+        f = self.file
+        return Rows(np.arange(start, stop), f["features"][start:stop].astype(np.float32, copy=False),
+                    self.labels[start:stop], [p.decode() for p in f["paths"][start:stop]])
+
+
 @contextmanager
-def open_feature_file(path: Path) -> Iterator[h5py.File]:
+def open_feature_file(path: Path) -> Iterator[FeatureReader]:
     """An existing feature file, opened read-only, with a clear error when it is not one."""
     path = existing_file(path, "feature file")
     try:
@@ -131,12 +212,12 @@ def open_feature_file(path: Path) -> Iterator[h5py.File]:
     except OSError as err:
         raise DiffclassError(f"{path} is not an HDF5 file ({err})") from err
     with f:
-        _check_layout(f, path)
-        yield f
+        yield FeatureReader(f, path)
 
 
-def _check_layout(f: h5py.File, path: Path) -> None:
-    """The datasets a feature file must have, with one row per feature row."""
+def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
+    """The labels, once the file is checked to have the datasets of a feature file, with one row
+    per feature row."""
     if "features" not in f:
         raise DiffclassError(f"{path} is not a diffclass feature file (no 'features' dataset)")
     missing = [name for name in ("labels", "paths", "class_names") if name not in f]
@@ -144,6 +225,8 @@ def _check_layout(f: h5py.File, path: Path) -> None:
         raise DiffclassError(f"{path} is damaged: it has no {', '.join(missing)} (featurize it again)")
     if f["features"].ndim != 2:
         raise DiffclassError(f"{path} is damaged: features is not a table of rows")
+    if f["features"].dtype.name not in DTYPES:
+        raise DiffclassError(f"{path} holds {f['features'].dtype} features; diffclass reads {', '.join(DTYPES)}")
     rows = f["features"].shape[0]
     for name in ("labels", "paths"):
         if f[name].shape != (rows,):
@@ -152,37 +235,30 @@ def _check_layout(f: h5py.File, path: Path) -> None:
     labels = f["labels"][:]
     if len(labels) and not (-1 <= labels.min() and labels.max() < len(f["class_names"])):
         raise DiffclassError(f"{path} is damaged: labels outside its {len(f['class_names'])} class names")
+    return labels
 
 
-def check_finite(features: np.ndarray, paths: list[str], path: Path) -> None:
+def check_finite(rows: Rows, path: Path) -> None:
     """Refuse rows with NaN or infinite features, naming the first few."""
-    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    bad = np.flatnonzero(~np.isfinite(rows.features).all(axis=1))
     if len(bad):
-        names = ", ".join(paths[i] for i in bad[:3])
+        names = ", ".join(rows.paths[i] for i in bad[:3])
         raise DiffclassError(f"{path} has {len(bad)} row(s) with NaN or infinite features ({names}"
                              f"{', ...' if len(bad) > 3 else ''}); featurize those images again")
 
 
 def read_features(path: Path) -> FeatureFile:
-    """Load a feature file into memory."""
-    with open_feature_file(path) as f:
-        return FeatureFile(
-            features=f["features"][:],
-            labels=f["labels"][:],
-            paths=[p.decode() for p in f["paths"][:]],
-            class_names=[c.decode() for c in f["class_names"][:]],
-            attrs=dict(f.attrs),
-        )
+    """Load a whole feature file into memory."""
+    with open_feature_file(path) as reader:
+        rows = reader.take(np.arange(reader.rows))
+        return FeatureFile(rows.features, rows.labels, rows.paths, reader.class_names, reader.attrs)
 
 
-def copy_rows(f: h5py.File, writer: FeatureWriter) -> None:
-    """Append every row and skipped file of open feature file `f` to `writer`, chunk by chunk."""
-    rows = int(f.attrs["rows"])
-    skipped = [(p.decode(), r.decode()) for p, r in f["skipped"][:]]
-    unreadable = int(f.attrs[PROGRESS_ATTR]) - rows  # source rows that were skipped, not written
-    writer.append(np.empty((0, f["features"].shape[1]), np.float32), np.empty(0, np.int64), [], skipped,
+def copy_rows(reader: FeatureReader, writer: FeatureWriter) -> None:
+    """Append every row and skipped file of an open feature file to `writer`, chunk by chunk."""
+    skipped = [(p.decode(), r.decode()) for p, r in reader.file["skipped"][:]]
+    unreadable = int(reader.attrs[PROGRESS_ATTR]) - reader.rows  # source rows that were skipped, not written
+    writer.append(np.empty((0, reader.feature_dim), np.float32), np.empty(0, np.int64), [], skipped,
                   source_rows=unreadable)
-    for start in range(0, rows, CHUNK_ROWS):
-        stop = min(rows, start + CHUNK_ROWS)
-        writer.append(f["features"][start:stop], f["labels"][start:stop],
-                      [p.decode() for p in f["paths"][start:stop]], [], source_rows=stop - start)
+    for rows in reader.chunks():
+        writer.append(rows.features, rows.labels, rows.paths, [], source_rows=len(rows.paths))

@@ -10,7 +10,7 @@ from diffclass_cli.featurize.extract import NO_PROVIDER, Shard
 from diffclass_cli.featurize.h5 import PROGRESS_ATTR, FeatureWriter, copy_rows, open_feature_file
 from diffclass_cli.files import atomic_output, refuse_overwrite
 
-MUST_MATCH = ("extractor_sha256", "source", "source_fingerprint", "source_images", "feature_dim")
+MUST_MATCH = ("extractor_sha256", "source", "source_fingerprint", "source_images", "feature_dim", "dtype")
 
 
 def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
@@ -22,7 +22,7 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
     headers = [(path, _header(path)) for path in parts]
     first_path, first = headers[0]
     for path, header in headers:
-        differ = [key for key in MUST_MATCH if header["attrs"][key] != first["attrs"][key]]
+        differ = [key for key in MUST_MATCH if header["attrs"].get(key) != first["attrs"].get(key)]
         differ += ["class_names"] if header["class_names"] != first["class_names"] else []
         if differ:
             raise DiffclassError(f"{path} and {first_path} differ in {differ[0]}: they are not shards of one run")
@@ -49,11 +49,12 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
              or NO_PROVIDER,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with atomic_output(out, overwrite) as tmp:
-        writer = FeatureWriter(tmp, int(first["attrs"]["feature_dim"]), attrs, first["class_names"])
+        writer = FeatureWriter(tmp, int(first["attrs"]["feature_dim"]), attrs, first["class_names"],
+                               dtype=first["attrs"]["dtype"])
         try:
             for index in range(count):
-                with open_feature_file(by_index[index]) as f:
-                    copy_rows(f, writer)
+                with open_feature_file(by_index[index]) as reader:
+                    copy_rows(reader, writer)
             rows = int(writer.file.attrs["rows"])
         finally:
             writer.close()
@@ -62,9 +63,9 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
 
 
 def _header(path: Path) -> dict:
-    with open_feature_file(path) as f:
-        attrs = dict(f.attrs)
+    with open_feature_file(path) as reader:
+        attrs = reader.attrs | {"dtype": reader.dtype}
         if "shard" not in attrs:
             raise DiffclassError(f"{path} was written before shards existed; featurize it again")
         return {"attrs": attrs, "shard": Shard.parse(attrs["shard"]), "done": int(attrs[PROGRESS_ATTR]),
-                "class_names": [c.decode() for c in f["class_names"][:]]}
+                "class_names": reader.class_names}

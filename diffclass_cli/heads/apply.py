@@ -19,23 +19,27 @@ from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.extract import feature_batches
-from diffclass_cli.featurize.h5 import FeatureFile, check_finite, read_features
+from diffclass_cli.featurize.h5 import FeatureReader, Rows, check_finite, open_feature_file
 from diffclass_cli.featurize.runtime import ExtractorSession
 from diffclass_cli.files import refuse_overwrite, sha256_file
+from diffclass_cli.heads import MAX_UNLABELED
 from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, training_labels
 from diffclass_cli.heads.store import load_head, save_head
 
 
 def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_class: int | None = None,
              seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
-             overwrite: bool = False) -> dict:
-    """Fit a head on the labeled rows of a feature file and save it; returns its info."""
+             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False) -> dict:
+    """Fit a head on the labeled rows of a feature file (and, for semi / auto, a sample of at
+    most `max_unlabeled` of its other rows) and save it; returns its info. Only those rows are read."""
     refuse_overwrite(out, overwrite)
-    ff = read_features(features)
-    rows, targets = training_labels(ff.labels, kind, per_class, seed, cv)
-    check_finite(ff.features[rows], [ff.paths[i] for i in rows], features)
+    with open_feature_file(features) as reader:
+        rows, targets = training_labels(reader.labels, kind, per_class, seed, cv, max_unlabeled)
+        table = reader.take(rows)
+        class_names, attrs = reader.class_names, reader.attrs
+    check_finite(table, features)
     head = make_head(kind, C, alpha, hidden, cv, seed)
-    head.fit(ff.features[rows], targets)
+    head.fit(table.features, targets)
     params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
     if cv:  # keep the refitted best model only: a plain Pipeline, nothing of the search
         search = head.steps[-1][1]
@@ -50,12 +54,13 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
     info = {
         "head": kind.value,
         "params": params,
-        "class_names": ff.class_names,
-        "feature_dim": int(ff.features.shape[1]),
-        "extractor_sha256": ff.attrs.get("extractor_sha256", ""),
-        "extractor_name": ff.attrs.get("extractor_name", ""),
-        "fitted_on": {"file": str(features), "source": ff.attrs.get("source", ""), "labeled_rows": labeled,
-                      "unlabeled_rows": len(rows) - labeled, "per_class": per_class, "seed": seed},
+        "class_names": class_names,
+        "feature_dim": int(table.features.shape[1]),
+        "extractor_sha256": attrs.get("extractor_sha256", ""),
+        "extractor_name": attrs.get("extractor_name", ""),
+        "fitted_on": {"file": str(features), "source": attrs.get("source", ""), "labeled_rows": labeled,
+                      "unlabeled_rows": len(rows) - labeled, "max_unlabeled": max_unlabeled,
+                      "per_class": per_class, "seed": seed},
         "diffclass_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -74,13 +79,22 @@ class Predictions:
     class_names: list[str]
 
 
-def predict(features: Path, head_path: Path) -> tuple[Predictions, FeatureFile]:
-    """Predict every row of a feature file; refuses files of another extractor or width."""
+def predict(features: Path, head_path: Path) -> tuple[list[str], Iterator[Predictions]]:
+    """The head's class names, and the predictions of every row of a feature file, a chunk of
+    the file at a time; refuses files of another extractor or width before reading any row."""
     head, info = load_head(head_path)
-    ff = read_features(features)
-    _check_compatible(ff, info, features, head_path)
-    check_finite(ff.features, ff.paths, features)
-    return _predictions(head, info, ff.features, ff.paths), ff
+    with open_feature_file(features) as reader:
+        _check_compatible(reader, info, features, head_path)
+    return class_names(head, info), (predictions for _, predictions in _predicted_chunks(features, head, info))
+
+
+def _predicted_chunks(features: Path, head: Pipeline, info: dict) -> Iterator[tuple[Rows, Predictions]]:
+    with open_feature_file(features) as reader, \
+            progress(total=reader.rows, desc="predicting", unit="row", mininterval=1) as bar:
+        for rows in reader.chunks():
+            check_finite(rows, features)
+            yield rows, _predictions(head, info, rows.features, rows.paths)
+            bar.update(len(rows.paths))
 
 
 def predict_images(source: ImageSource, model: Path, head_path: Path, batch_size: int = 256, workers: int = 1,
@@ -122,15 +136,14 @@ def _predictions(head: Pipeline, info: dict, features: np.ndarray, paths: list[s
     return Predictions(paths, [names[i] for i in best], proba.max(axis=1), proba, names)
 
 
-def _check_compatible(ff: FeatureFile, info: dict, features: Path, head_path: Path) -> None:
-    width = ff.features.shape[1]
-    if width != info["feature_dim"]:
-        raise DiffclassError(f"{features} has {width} features per row but {head_path} was fitted on "
+def _check_compatible(reader: FeatureReader, info: dict, features: Path, head_path: Path) -> None:
+    if reader.feature_dim != info["feature_dim"]:
+        raise DiffclassError(f"{features} has {reader.feature_dim} features per row but {head_path} was fitted on "
                              f"{info['feature_dim']}")
-    sha = ff.attrs.get("extractor_sha256", "")
+    sha = reader.attrs.get("extractor_sha256", "")
     if sha != info["extractor_sha256"]:
         raise DiffclassError(
-            f"{features} was made by extractor {ff.attrs.get('extractor_name', '?')} ({sha[:12]}) but "
+            f"{features} was made by extractor {reader.attrs.get('extractor_name', '?')} ({sha[:12]}) but "
             f"{head_path} was fitted on features of {info['extractor_name']} ({info['extractor_sha256'][:12]})")
 
 
@@ -153,24 +166,35 @@ def write_csv(chunks: Iterable[Predictions], stream: TextIO, names: list[str], p
 
 def evaluate(features: Path, head_path: Path) -> dict:
     """Accuracy, balanced accuracy, per-class precision/recall and the confusion matrix over
-    the labeled rows of a feature file."""
-    predictions, ff = predict(features, head_path)
-    labeled = np.flatnonzero(ff.labels != UNLABELED)
-    if len(labeled) == 0:
+    the labeled rows of a feature file, read a chunk at a time."""
+    head, info = load_head(head_path)
+    names = class_names(head, info)
+    with open_feature_file(features) as reader:
+        _check_compatible(reader, info, features, head_path)
+        file_names = reader.class_names
+        present = np.unique(reader.labels[reader.labels != UNLABELED])
+    if len(present) == 0:
         raise DiffclassError(f"{features} has no labeled rows to evaluate on")
-    truth = [ff.class_names[label] for label in ff.labels[labeled]]
-    guess = [predictions.labels[i] for i in labeled]
-    classes = predictions.class_names + sorted(set(truth) - set(predictions.class_names))
-    precision, recall, _, support = metrics.precision_recall_fscore_support(
-        truth, guess, labels=classes, zero_division=0)
+    # Every class as a number: the head's classes first (its probability columns), then the file's others.
+    classes = names + sorted({file_names[label] for label in present} - set(names))
+    code_of_label = np.array([classes.index(name) if name in classes else -1 for name in file_names])
+    truth, guess = [], []
+    for rows, predictions in _predicted_chunks(features, head, info):
+        labeled = rows.labels != UNLABELED
+        truth.append(code_of_label[rows.labels[labeled]])
+        guess.append(predictions.proba[labeled].argmax(axis=1))
+    truth, guess = np.concatenate(truth), np.concatenate(guess)
+    codes = np.arange(len(classes))
+    precision, recall, _, support = metrics.precision_recall_fscore_support(truth, guess, labels=codes,
+                                                                            zero_division=0)
     return {
-        "rows": len(labeled),
+        "rows": len(truth),
         "accuracy": metrics.accuracy_score(truth, guess),
         "balanced_accuracy": metrics.balanced_accuracy_score(truth, guess),
         "classes": classes,
-        "per_class": {c: {"precision": float(p), "recall": float(r), "support": int(s)}
-                      for c, p, r, s in zip(classes, precision, recall, support)},
-        "confusion_matrix": metrics.confusion_matrix(truth, guess, labels=classes).tolist(),
+        "per_class": {c: {"precision": float(p), "recall": float(r), "support": int(n)}
+                      for c, p, r, n in zip(classes, precision, recall, support)},
+        "confusion_matrix": metrics.confusion_matrix(truth, guess, labels=codes).tolist(),
     }
 
 

@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from diffclass_cli.choices import HeadKind
 from diffclass_cli.data.sources import UNLABELED
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.heads import MAX_UNLABELED
 
 SEMI_SUPERVISED = frozenset({HeadKind.semi, HeadKind.auto})  # heads that learn from unlabeled rows too
 # The last few clustering spaces computed: benchmark draws and auto's folds refit on the same rows.
@@ -301,7 +302,7 @@ def draw_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 
 def training_labels(labels: np.ndarray, kind: HeadKind, per_class: int | None, seed: int,
-                    cv: int | None) -> tuple[np.ndarray, np.ndarray]:
+                    cv: int | None, max_unlabeled: int = MAX_UNLABELED) -> tuple[np.ndarray, np.ndarray]:
     """The rows a head is fitted on and their targets (-1 = unlabeled, used by `semi` only)."""
     labeled = np.flatnonzero(labels != UNLABELED)
     if len(labeled) == 0:
@@ -313,14 +314,28 @@ def training_labels(labels: np.ndarray, kind: HeadKind, per_class: int | None, s
         raise DiffclassError("fitting a classifier needs labeled rows of at least 2 classes")
     if cv and counts[counts > 0].min() < cv:
         raise DiffclassError(f"--cv {cv} needs at least {cv} labeled rows in every class")
-    return fit_rows(labels, labeled, kind)
+    return fit_rows(labels, labeled, kind, max_unlabeled, seed)
 
 
-def fit_rows(labels: np.ndarray, labeled: np.ndarray, kind: HeadKind) -> tuple[np.ndarray, np.ndarray]:
-    """Given the rows whose labels may be used: the rows to fit on and their targets. `semi` and
-    `auto` also get every other row, as unlabeled (-1); the other heads get the labeled rows only."""
+def fit_rows(labels: np.ndarray, labeled: np.ndarray, kind: HeadKind, max_unlabeled: int = MAX_UNLABELED,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Given the rows whose labels may be used: the rows to fit on (sorted) and their targets.
+    `semi` and `auto` also get the other rows as unlabeled (-1), at most `max_unlabeled` of them;
+    the other heads get the labeled rows only."""
     if kind not in SEMI_SUPERVISED:
         return labeled, labels[labeled]
-    targets = np.full(len(labels), UNLABELED, dtype=np.int64)
-    targets[labeled] = labels[labeled]
-    return np.arange(len(labels)), targets
+    unlabeled = spread_sample(np.setdiff1d(np.arange(len(labels)), labeled), max_unlabeled, seed)
+    rows = np.union1d(labeled, unlabeled)
+    targets = np.full(len(rows), UNLABELED, dtype=np.int64)
+    targets[np.searchsorted(rows, labeled)] = labels[labeled]
+    return rows, targets
+
+
+def spread_sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most `n` of the sorted `rows`: one drawn at random from each of `n` equal runs of them,
+    so the sample spreads evenly over the file (its folders, its shards) without looking at
+    labels, and is the same for the same seed."""
+    if len(rows) <= n:
+        return rows
+    edges = np.arange(n + 1) * len(rows) // n
+    return rows[edges[:-1] + np.floor(np.random.default_rng(seed).random(n) * np.diff(edges)).astype(np.int64)]
