@@ -9,6 +9,7 @@ where the option is, with `callback=at_least(...)`; the configs check their own 
 
 import os
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -465,11 +466,12 @@ def predict(
 
         source = open_source(features, data_root)
         names, chunks = heads.predict_images(source, resolve_model(model), head, batch_size, workers, device)
-    if out is None:
-        heads.write_csv(chunks, sys.stdout, names, proba)
-        return
-    with atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as stream:
-        rows = heads.write_csv(chunks, stream, names, proba)
+    with closing(chunks):  # on an error, the progress bar ends before the message, not at exit
+        if out is None:
+            heads.write_csv(chunks, sys.stdout, names, proba)
+            return
+        with atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as stream:
+            rows = heads.write_csv(chunks, stream, names, proba)
     log.info(f"wrote {rows} predictions to {out}")
 
 

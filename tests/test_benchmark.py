@@ -30,7 +30,7 @@ def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
     pixels_at_10 = [float(r["accuracy"]) for r in main if r["feature_set"] == "pixels" and r["head"] == "logreg"
                     and r["per_class"] == "10"]
     assert len(pixels_at_10) == 2 and min(pixels_at_10) > 0.5  # real digits, really scored: far above chance
-    assert {r["feature_set"] for r in rows if r["sweep"] == "timestep"} == {"t=10", "t=100", "t=10+100"}
+    assert {r["feature_set"] for r in rows if r["sweep"] == "timestep"} == {"t10", "t100", "t10+100"}
     summary = (out / "summary.md").read_text()
     assert "| diffusion:tiny | logreg |" in summary and "±" in summary and summary in result.stdout
 

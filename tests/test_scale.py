@@ -4,7 +4,6 @@ a bounded unlabeled sample for the semi head, and float16 storage."""
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 
@@ -122,13 +121,14 @@ def test_semi_fit_on_a_capped_sample(cli, chunked_digits, tmp_path):
                                   load_head(tmp_path / "b.skops")[0].predict_proba(test))
 
 
-def _peak_rss_mb(*args: str) -> float:
-    """Peak resident memory of `diffclass ARGS` in a fresh process."""
-    process = subprocess.Popen([sys.executable, "-m", "diffclass_cli", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read().decode()
-    return usage.ru_maxrss / 1024
+def _peak_rss_mb(tmp_path, *args: str) -> float:
+    """Peak resident memory of `diffclass ARGS` in a fresh process, forked from a small
+    interpreter (a child's ru_maxrss starts at the RSS of the process it was forked from)."""
+    wrapper = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, status, usage = os.wait4(p.pid, 0); "
+               "open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(status))")
+    subprocess.run([sys.executable, "-c", wrapper, tmp_path / "rss", sys.executable, "-m", "diffclass_cli", *args],
+                   check=True, stdout=subprocess.DEVNULL)
+    return int((tmp_path / "rss").read_text()) / 1024
 
 
 def test_memory_stays_flat_as_the_file_grows(tmp_path):
@@ -150,7 +150,8 @@ def test_memory_stays_flat_as_the_file_grows(tmp_path):
     # evaluate reads the file as predict does
     for command in (["predict", "{file}", "--head", str(tmp_path / "h.skops"), "--out", "{file}.csv"],
                     ["fit", "{file}", "--out", "{file}.skops", "--head", "logreg", "--per-class", "5"]):
-        peak = {path.name: _peak_rss_mb(*[arg.format(file=path) for arg in command]) for path in (small, big)}
+        peak = {path.name: _peak_rss_mb(tmp_path, *[arg.format(file=path) for arg in command])
+                for path in (small, big)}
         # Reading the whole file would add 238 MB at least; a chunk is 4 MB.
         assert peak["big.h5"] - peak["small.h5"] < 60, (command[0], peak)
 

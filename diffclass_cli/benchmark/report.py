@@ -10,8 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from diffclass_cli.export.spec import TIMESTEP_PREFIX, timesteps_name  # noqa: E402
+
 COLUMNS = ["sweep", "feature_set", "head", "per_class", "draw", "seed", "accuracy"]
-TIMESTEP_PREFIX = "t="
 
 
 def write_results(rows: list[dict], path: Path) -> None:
@@ -84,8 +85,8 @@ def plot_timesteps(rows: list[dict], path: Path, title: str) -> None:
     head = next(iter(stats))[2]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for k in sorted({k for by_k in stats.values() for k in by_k}):
-        mean = np.array([stats[("timestep", f"{TIMESTEP_PREFIX}{t}", head)][k][0] for t in timesteps])
-        std = np.array([stats[("timestep", f"{TIMESTEP_PREFIX}{t}", head)][k][1] for t in timesteps])
+        mean = np.array([stats[("timestep", timesteps_name((t,)), head)][k][0] for t in timesteps])
+        std = np.array([stats[("timestep", timesteps_name((t,)), head)][k][1] for t in timesteps])
         line, = ax.plot(timesteps, mean, marker="o", label=f"{k} per class")
         ax.fill_between(timesteps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log")

@@ -18,7 +18,6 @@ from diffclass_cli.benchmark.features import (
 )
 from diffclass_cli.benchmark.protocol import FEW_LABELS, Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import (
-    TIMESTEP_PREFIX,
     plot_curves,
     plot_timesteps,
     summary_markdown,
@@ -28,7 +27,7 @@ from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
 from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import ExtractorSpec, pool_name
+from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
@@ -119,7 +118,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
         raise DiffclassError("the sweeps re-export the backbone: give a checkpoint, not an .onnx file")
     sweeps = {
-        "timestep": [(f"{TIMESTEP_PREFIX}{'+'.join(map(str, group))}", replace(spec, timesteps=group))
+        "timestep": [(timesteps_name(group), replace(spec, timesteps=group))
                      for group in sweep_timesteps],
         "taps": [(f"taps={'+'.join(taps)}", replace(spec, taps=taps)) for taps in _tap_sets(models[0])]
         if sweep_taps else [],

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffclass_cli.backbone.config import Backbone, BackboneKind, DiffusionConfig
-from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range
+from diffclass_cli.backbone.diffusion import alphas_cumprod, q_sample, to_model_range
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import ExtractorSpec, pool_name
+from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,9 @@ class FeatureExtractor(TapExtractor):
             raise DiffclassError(f"timestep(s) {bad} outside [0, {T}) of this backbone")
         if spec.noise_draws < 1:
             raise DiffclassError("--noise-draws must be at least 1")
-        super().__init__(unet, spec, [f"t{t}/" for t in timesteps])
+        super().__init__(unet, spec, [f"{timesteps_name((t,))}/" for t in timesteps])
         self.timesteps = timesteps
-        abar = alphas_cumprod(diffusion)[list(timesteps)]
-        self.register_buffer("sqrt_abar", abar.sqrt().float())
-        self.register_buffer("sqrt_one_minus_abar", (1 - abar).sqrt().float())
+        self.register_buffer("abar", alphas_cumprod(diffusion)[list(timesteps)].float())
         cfg = unet.config
         generator = torch.Generator().manual_seed(spec.noise_seed)
         noise = torch.randn((spec.noise_draws, cfg.channels, cfg.image_size, cfg.image_size), generator=generator)
@@ -116,8 +114,7 @@ class FeatureExtractor(TapExtractor):
         features = []
         for j, t in enumerate(self.timesteps):
             # Every image is noised with each of the fixed noise tensors: [N * draws, C, H, W].
-            xt = self.sqrt_abar[j] * x0[:, None] + self.sqrt_one_minus_abar[j] * self.noise[None]
-            xt = xt.reshape(n * draws, *x0.shape[1:])
+            xt = q_sample(x0[:, None], self.abar[j].expand(n), self.noise[None]).reshape(n * draws, *x0.shape[1:])
             timesteps = torch.full((n * draws,), float(t), device=xt.device)
             found = self.network.forward_intermediates(xt, timesteps, self.taps)
             features += [f.reshape(n, draws, -1).mean(dim=1) for f in self.pooled(found)]

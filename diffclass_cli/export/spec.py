@@ -23,6 +23,14 @@ def pool_name(grid: int) -> str:
     return "global" if grid == 1 else f"{grid}x{grid}"
 
 
+TIMESTEP_PREFIX = "t"
+
+
+def timesteps_name(timesteps: tuple[int, ...]) -> str:
+    """`t100`, `t10+100`: how timesteps are named in feature groups and benchmark tables."""
+    return TIMESTEP_PREFIX + "+".join(map(str, timesteps))
+
+
 @dataclass(frozen=True)
 class ExtractorSpec:
     """What the extractor computes, beyond the backbone's own weights."""

@@ -115,7 +115,8 @@ class FeatureWriter:
 
     def _stored(self, features: np.ndarray) -> np.ndarray:
         """`features` in the file's dtype; refuses values that float16 cannot hold."""
-        stored = features.astype(self.file["features"].dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflow is checked here
+            stored = features.astype(self.file["features"].dtype, copy=False)
         if stored.dtype != features.dtype and np.any(np.isinf(stored) & np.isfinite(features)):
             raise DiffclassError(f"some features exceed what {stored.dtype} can hold "
                                  f"(|x| > {np.finfo(stored.dtype).max:.0f}); featurize with --dtype float32")
@@ -129,13 +130,12 @@ class FeatureWriter:
 class Rows:
     """Some rows of a feature file, in memory: features always as float32."""
 
-    index: np.ndarray  # [N] row numbers in the file
     features: np.ndarray  # [N, D]
     labels: np.ndarray  # [N]
     paths: list[str]
 
     def pick(self, at: np.ndarray) -> "Rows":
-        return Rows(self.index[at], self.features[at], self.labels[at], [self.paths[i] for i in at])
+        return Rows(self.features[at], self.labels[at], [self.paths[i] for i in at])
 
 
 @dataclass
@@ -154,7 +154,7 @@ class FeatureReader:
     bounded by a chunk (or by the rows asked for), never by the file."""
 
     def __init__(self, file: h5py.File, path: Path):
-        self.file, self.path = file, path
+        self.file = file
         self.labels = _checked_labels(file, path)  # 8 bytes a row: small beside the features
         self.class_names = [c.decode() for c in file["class_names"][:]]
         self.attrs = dict(file.attrs)
@@ -193,13 +193,13 @@ class FeatureReader:
                 span = self._read(int(index[lo]), int(index[hi - 1]) + 1)
                 parts.append(span.pick(index[lo:hi] - index[lo]))
         if not parts:
-            return Rows(index, np.empty((0, self.feature_dim), np.float32), np.empty(0, np.int64), [])
-        return Rows(index, np.concatenate([p.features for p in parts]), self.labels[index],
+            return Rows(np.empty((0, self.feature_dim), np.float32), np.empty(0, np.int64), [])
+        return Rows(np.concatenate([p.features for p in parts]), self.labels[index],
                     [path for p in parts for path in p.paths])
 
     def _read(self, start: int, stop: int) -> Rows:
         f = self.file
-        return Rows(np.arange(start, stop), f["features"][start:stop].astype(np.float32, copy=False),
+        return Rows(f["features"][start:stop].astype(np.float32, copy=False),
                     self.labels[start:stop], [p.decode() for p in f["paths"][start:stop]])
 
 
