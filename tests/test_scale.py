@@ -157,7 +157,7 @@ def test_memory_stays_flat_as_the_file_grows(tmp_path):
 
 
 def test_float16_features_are_half_the_size_and_read_back_as_float32(cli, tiny_onnx, tmp_path):
-    common = ("mnist-sample:test", "--model", tiny_onnx, "--batch-size", 128)
+    common = ("digits:test", "--model", tiny_onnx, "--batch-size", 128)
     assert cli("featurize", common[0], tmp_path / "f32.h5", *common[1:]).exit_code == 0
     result = cli("featurize", common[0], tmp_path / "f16.h5", *common[1:], "--dtype", "float16")
     assert result.exit_code == 0, result.output
