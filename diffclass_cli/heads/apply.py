@@ -90,7 +90,7 @@ def predict(features: Path, head_path: Path) -> tuple[list[str], Iterator[Predic
 
 def _predicted_chunks(features: Path, head: Pipeline, info: dict) -> Iterator[tuple[Rows, Predictions]]:
     with open_feature_file(features) as reader, \
-            progress(total=reader.rows, desc="predicting", unit="row", mininterval=1) as bar:
+            progress(total=reader.rows, desc="predicting", unit="row", delay=2) as bar:  # long files only
         for rows in reader.chunks():
             check_finite(rows, features)
             yield rows, _predictions(head, info, rows.features, rows.paths)
