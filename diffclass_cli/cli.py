@@ -507,8 +507,9 @@ def benchmark(
     draws_few: Annotated[int, typer.Option(
         help="Draws per K at 1 and 2 labels per class, where results are bimodal (the worst draw is reported).",
         callback=at_least(1))] = 20,
-    heads: Annotated[str, typer.Option(help="Heads, comma-separated: auto, logreg, mlp, semi.")]
-    = "auto,logreg,semi",
+    heads: Annotated[str | None, typer.Option(
+        help="Heads, comma-separated: auto, logreg, mlp, semi (default: auto,logreg,semi; with --quick: auto,logreg).",
+        show_default=False)] = None,
     baselines: Annotated[str, typer.Option(
         help="Comparisons, comma-separated: pixels, pca (of pixels), cnn (supervised, from scratch).")]
     = "pixels,pca,cnn",
@@ -544,14 +545,15 @@ def benchmark(
       diffclass benchmark exports/mnist-sample-ddpm.onnx --out bench/ --quick
     """
     from diffclass_cli.benchmark.protocol import Protocol
-    from diffclass_cli.benchmark.suite import run_benchmark
+    from diffclass_cli.benchmark.suite import DEFAULT_HEADS, QUICK, run_benchmark
 
     known = {"pixels", "pca", "cnn"}
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
     if set(chosen) - known:
         raise DiffclassError(f"unknown baseline(s) {sorted(set(chosen) - known)}; choose from {sorted(known)}")
     try:
-        head_kinds = tuple(HeadKind(h.strip()) for h in heads.split(",") if h.strip())
+        head_kinds = (tuple(HeadKind(h.strip()) for h in heads.split(",") if h.strip()) if heads
+                      else QUICK.heads if quick else DEFAULT_HEADS)
     except ValueError:
         raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {heads!r}") from None
     spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws)

@@ -177,5 +177,6 @@ def test_benchmark_compares_vae_and_diffusion_feature_sets(cli, tiny_vae, tiny_c
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["feature_set"] for r in rows} == {"diffusion:tiny", "vae:vae", "vae:vae-decoder", "pixels"}
+    assert {r["head"] for r in rows} == {"logreg"}  # --quick keeps the heads asked for
     top = max(int(r["per_class"]) for r in rows)
     assert min(float(r["accuracy"]) for r in rows if r["feature_set"] == "pixels" and int(r["per_class"]) == top) > 0.5

@@ -31,6 +31,7 @@ from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
+DEFAULT_HEADS = (HeadKind.auto, HeadKind.logreg, HeadKind.semi)
 QUICK = Protocol(per_class=(1, 10), draws=2, heads=(HeadKind.auto, HeadKind.logreg), cnn_steps=40,
                  draws_few_labels=2)
 QUICK_POOL_PER_CLASS, QUICK_TEST_PER_CLASS = 100, 30
@@ -99,7 +100,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     else:
         held_out = load_split(test, size, channels, data_root)
     if quick:
-        protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws, heads=QUICK.heads,
+        protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws,
                            draws_few_labels=QUICK.draws_few_labels,
                            cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
         train_split = _subset(train_split, QUICK_POOL_PER_CLASS)
