@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from benchmarks.scale import PEAK_RSS
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize import h5
 from diffclass_cli.featurize.h5 import FeatureWriter, open_feature_file, read_features
@@ -122,11 +123,8 @@ def test_semi_fit_on_a_capped_sample(cli, chunked_digits, tmp_path):
 
 
 def _peak_rss_mb(tmp_path, *args: str) -> float:
-    """Peak resident memory of `diffclass ARGS` in a fresh process, forked from a small
-    interpreter (a child's ru_maxrss starts at the RSS of the process it was forked from)."""
-    wrapper = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, status, usage = os.wait4(p.pid, 0); "
-               "open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(status))")
-    subprocess.run([sys.executable, "-c", wrapper, tmp_path / "rss", sys.executable, "-m", "diffclass_cli", *args],
+    """Peak resident memory of `diffclass ARGS` in a fresh process, measured as the scale benchmark does."""
+    subprocess.run([sys.executable, "-c", PEAK_RSS, tmp_path / "rss", sys.executable, "-m", "diffclass_cli", *args],
                    check=True, stdout=subprocess.DEVNULL)
     return int((tmp_path / "rss").read_text()) / 1024
 

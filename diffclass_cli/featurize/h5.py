@@ -77,8 +77,9 @@ class FeatureWriter:
         return False
 
     def _check_resumable(self, path: Path, attrs: dict) -> None:
+        found = dict(self.file.attrs) | {"dtype": self.file["features"].dtype.name}  # as its rows are stored
         for key in ("extractor_sha256", "source", "source_fingerprint", "shard", "dtype"):
-            if self.file.attrs.get(key, "float32") != attrs[key]:
+            if found.get(key) != attrs[key]:
                 self.file.close()
                 raise DiffclassError(f"cannot resume {path}: it was made with a different {key} "
                                      "(run without --resume to start over)")

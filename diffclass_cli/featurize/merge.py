@@ -22,7 +22,7 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
     headers = [(path, _header(path)) for path in parts]
     first_path, first = headers[0]
     for path, header in headers:
-        differ = [key for key in MUST_MATCH if header["attrs"].get(key) != first["attrs"].get(key)]
+        differ = [key for key in MUST_MATCH if header["attrs"][key] != first["attrs"][key]]
         differ += ["class_names"] if header["class_names"] != first["class_names"] else []
         if differ:
             raise DiffclassError(f"{path} and {first_path} differ in {differ[0]}: they are not shards of one run")
