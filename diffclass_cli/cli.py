@@ -111,12 +111,15 @@ TapsOpt = Annotated[str | None, typer.Option(
 PoolOpt = Annotated[str, typer.Option(help="'global' average per block, or an RxR grid of averages such as '2x2'.")]
 NoiseDrawsOpt = Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")]
 NoiseSeedOpt = Annotated[int, typer.Option(help="Seed of the fixed noise stored in the extractor.")]
+ShiftsOpt = Annotated[int, typer.Option(
+    help="Average the features over the image moved by N fixed small shifts (1: none; 5: itself and one pixel "
+    "up, down, left, right; 9: also the diagonals). Costs N times the compute.")]
 
 
 def _extractor_spec(timestep: int | None, timesteps: str | None, taps: str | None, pool: str, noise_seed: int,
-                    noise_draws: int) -> ExtractorSpec:
+                    noise_draws: int, shifts: int) -> ExtractorSpec:
     return ExtractorSpec.from_options(timestep, _parse_ints(timesteps, "--timesteps") if timesteps else (), taps,
-                                      pool, noise_seed, noise_draws)
+                                      pool, noise_seed, noise_draws, shifts)
 
 
 def _version(value: bool) -> None:
@@ -170,6 +173,8 @@ def train_backbone_cmd(
     latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.")] = VAEConfig.latent_dim,
     beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.")] = VAEConfig.beta,
     ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.")] = TrainConfig.ema_decay,
+    augment_shift: Annotated[int, typer.Option(
+        help="Move each training image by up to N pixels each way (0: off).")] = TrainConfig.augment_shift,
     save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = TrainConfig.save_every,
     snapshot_every: Annotated[int, typer.Option(
         help="Also keep a copy CKPT-step{N} every N steps (0: none).")] = TrainConfig.snapshot_every,
@@ -204,7 +209,7 @@ def train_backbone_cmd(
                                           latent_dim=latent_dim, beta=beta)
     train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
-                        seed=seed, save_every=save_every, snapshot_every=snapshot_every)
+                        augment_shift=augment_shift, seed=seed, save_every=save_every, snapshot_every=snapshot_every)
     run_training(images_source, config, train, out, torch_dev, resume, overwrite, workers, epochs)
 
 
@@ -267,6 +272,7 @@ def export(
     pool: PoolOpt = pool_name(DEFAULT_POOL),
     noise_draws: NoiseDrawsOpt = 1,
     noise_seed: NoiseSeedOpt = 0,
+    shifts: ShiftsOpt = 1,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 to 20).")] = 18,
     weights: WeightsOpt = Weights.ema,
     overwrite: OverwriteOpt = False,
@@ -299,7 +305,7 @@ def export(
         for group, names in config.tap_groups.items():
             typer.echo(f"{group}\t{','.join(names)}")
         return
-    spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws)
+    spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws, shifts)
     export_onnx(checkpoint, out, spec, weights, opset, overwrite)
 
 
@@ -521,6 +527,7 @@ def benchmark(
     pool: PoolOpt = pool_name(DEFAULT_POOL),
     noise_draws: NoiseDrawsOpt = 1,
     noise_seed: NoiseSeedOpt = 0,
+    shifts: ShiftsOpt = 1,
     sweep_timestep: Annotated[str | None, typer.Option(
         help="Also compare these timesteps (e.g. 10,25,50,100,250,500; 50+100 concatenates two), logreg head, "
         "on a validation part of the train split.")] = None,
@@ -556,7 +563,7 @@ def benchmark(
                       else QUICK.heads if quick else DEFAULT_HEADS)
     except ValueError:
         raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {heads!r}") from None
-    spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws)
+    spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws, shifts)
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,
                         seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few)
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,

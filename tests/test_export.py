@@ -96,6 +96,30 @@ def test_timesteps_concatenate_and_noise_draws_average(tiny_checkpoint):
     torch.testing.assert_close(two, (first + second) / 2)
 
 
+def test_shifts_average_the_features_of_the_moved_images(tiny_checkpoint, tmp_path):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    plain = FeatureExtractor(ckpt.build(), ckpt.config.diffusion, ExtractorSpec())
+    averaged = FeatureExtractor(ckpt.build(), ckpt.config.diffusion, ExtractorSpec(shifts=5))
+    # the image moved one pixel down, up, right, left, by hand: edge rows / columns repeated
+    down = torch.cat([images[..., :1, :], images[..., :-1, :]], dim=-2)
+    up = torch.cat([images[..., 1:, :], images[..., -1:, :]], dim=-2)
+    right = torch.cat([images[..., :1], images[..., :-1]], dim=-1)
+    left = torch.cat([images[..., 1:], images[..., -1:]], dim=-1)
+    with torch.no_grad():
+        expected = torch.stack([plain(x) for x in (images, right, down, left, up)]).mean(dim=0)
+        got = averaged(images)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, plain(images))
+
+    out = tmp_path / "shifts.onnx"
+    meta = export_onnx(tiny_checkpoint, out, ExtractorSpec(shifts=5))
+    assert meta["shifts"] == [[0, 0], [0, 1], [1, 0], [0, -1], [-1, 0]]
+    assert np.abs(run_onnx(out, images.numpy()) - got.numpy()).max() < 1e-4
+    with pytest.raises(DiffclassError, match="--shifts must be between 1 and 9"):
+        ExtractorSpec(shifts=10)
+
+
 def test_pool_parsing():
     assert parse_pool("global") == 1 and parse_pool("2x2") == 2 and parse_pool("3") == 3
     for bad in ("2x3", "x", "0x0", "avg"):

@@ -274,6 +274,7 @@ class TrainConfig:
     warmup: int = 100
     ema_decay: float = 0.999
     grad_clip: float = 1.0
+    augment_shift: int = 0  # each training image moved by up to this many pixels each way
     seed: int = 0
     save_every: int = 500
     snapshot_every: int = 0  # also keep CKPT-step{N} copies, to pick a checkpoint by a probe later
@@ -281,7 +282,8 @@ class TrainConfig:
     def __post_init__(self):
         for option, value, smallest in (("steps", self.steps, 1), ("batch-size", self.batch_size, 1),
                                         ("save-every", self.save_every, 1), ("warmup", self.warmup, 0),
-                                        ("snapshot-every", self.snapshot_every, 0)):
+                                        ("snapshot-every", self.snapshot_every, 0),
+                                        ("augment-shift", self.augment_shift, 0)):
             if value < smallest:
                 raise DiffclassError(f"--{option} must be at least {smallest}, not {value}")
         if not self.lr > 0:

@@ -42,6 +42,17 @@ def batch_rows(seed: int, step: int, n_images: int, batch_size: int, launch: Lau
     return np.random.default_rng(key).choice(n_images, min(batch_size, n_images), replace=False)
 
 
+def random_shifts(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image moved by a random whole number of pixels, up to `max_shift` each way, its
+    edge pixels repeated into the gap (so any background colour stays the background)."""
+    if max_shift == 0:
+        return pixels
+    size = pixels.shape[-1]
+    padded = torch.nn.functional.pad(pixels, (max_shift,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(pixels), 2), generator=generator, device=pixels.device)
+    return torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets.tolist())])
+
+
 def snapshot_path(out: Path, step: int) -> Path:
     return out.with_name(f"{out.stem}-step{step}{out.suffix}")
 
@@ -116,6 +127,7 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
             rows = batch_rows(train.seed, step, len(images), train.batch_size, launch)
             pixels = torch.from_numpy(to_unit_range(images[rows])).to(device)
             generator.manual_seed(train.seed * 1_000_003 + step + launch.rank * 7_919_000_003)
+            pixels = random_shifts(pixels, train.augment_shift, generator)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(train, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

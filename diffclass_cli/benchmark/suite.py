@@ -169,4 +169,4 @@ def _describe(spec: ExtractorSpec) -> str:
     taps = ",".join(spec.taps) if spec.taps else "default"
     timesteps = ",".join(map(str, spec.diffusion_timesteps))
     return (f"timesteps {timesteps} (diffusion), taps {taps}, pool {pool_name(spec.pool)}, "
-            f"noise draws {spec.noise_draws}")
+            f"noise draws {spec.noise_draws}, shifts {spec.shifts}")

@@ -80,7 +80,29 @@ class TapExtractor(nn.Module):
 
     def describe(self) -> dict:
         """What the ONNX metadata records of the extractor itself."""
-        return {"timesteps": [], "taps": self.taps, "pool": pool_name(self.spec.pool)}
+        return {"timesteps": [], "taps": self.taps, "pool": pool_name(self.spec.pool),
+                "shifts": [list(offset) for offset in self.spec.shift_offsets]}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` `[N, C, H, W]` in [0, 1] -> `[N, D]`: the features of each image, averaged
+        over its fixed shifts (one, the image itself, unless `--shifts`)."""
+        n = images.shape[0]
+        views = torch.cat([shifted(images, offset) for offset in self.spec.shift_offsets])
+        return self.features(views).reshape(len(self.spec.shift_offsets), n, -1).mean(dim=0)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def shifted(images: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+    """`images` moved by `offset` (dy, dx) whole pixels, the edge pixels repeated into the gap
+    (as training's random shifts do)."""
+    dy, dx = offset
+    if (dy, dx) == (0, 0):
+        return images
+    size = images.shape[-1]
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    return padded[..., 1 - dy:1 - dy + size, 1 - dx:1 - dx + size]
 
 
 class FeatureExtractor(TapExtractor):
@@ -108,7 +130,7 @@ class FeatureExtractor(TapExtractor):
         return {**super().describe(), "timesteps": list(self.timesteps), "noise_seed": self.spec.noise_seed,
                 "noise_draws": self.spec.noise_draws}
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
         x0 = to_model_range(images)
         n, draws = x0.shape[0], self.noise.shape[0]
         features = []
@@ -131,7 +153,7 @@ class VAEFeatureExtractor(TapExtractor):
         super().__init__(vae, spec, [""])
         self.eval()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
         found = self.network.forward_intermediates(to_model_range(images), self.taps)
         return torch.cat(self.pooled(found), dim=1)
 

@@ -23,6 +23,10 @@ def pool_name(grid: int) -> str:
     return "global" if grid == 1 else f"{grid}x{grid}"
 
 
+# `--shifts N` averages the features of the image moved by the first N of these (dy, dx):
+# itself, then its four neighbours one pixel away, then the four diagonal ones.
+SHIFT_OFFSETS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
 TIMESTEP_PREFIX = "t"
 
 
@@ -40,10 +44,16 @@ class ExtractorSpec:
     pool: int = DEFAULT_POOL
     noise_seed: int = 0
     noise_draws: int = 1
+    shifts: int = 1  # the first `shifts` of SHIFT_OFFSETS, features averaged over them
+
+    def __post_init__(self):
+        if not 1 <= self.shifts <= len(SHIFT_OFFSETS):
+            raise DiffclassError(f"--shifts must be between 1 and {len(SHIFT_OFFSETS)}, not {self.shifts}")
 
     @classmethod
     def from_options(cls, timestep: int | None = None, timesteps: tuple[int, ...] = (), taps: str | None = None,
-                     pool: str | None = None, noise_seed: int = 0, noise_draws: int = 1) -> "ExtractorSpec":
+                     pool: str | None = None, noise_seed: int = 0, noise_draws: int = 1,
+                     shifts: int = 1) -> "ExtractorSpec":
         """From the extractor options of `export` and `benchmark` (`taps` and `pool` as typed;
         None: the default)."""
         if timestep is not None and timesteps:
@@ -51,7 +61,11 @@ class ExtractorSpec:
         return cls(timesteps=timesteps or (() if timestep is None else (timestep,)),
                    taps=tuple(t.strip() for t in (taps or "").split(",") if t.strip()),
                    pool=DEFAULT_POOL if pool is None else parse_pool(pool), noise_seed=noise_seed,
-                   noise_draws=noise_draws)
+                   noise_draws=noise_draws, shifts=shifts)
+
+    @property
+    def shift_offsets(self) -> tuple[tuple[int, int], ...]:
+        return SHIFT_OFFSETS[:self.shifts]
 
     @property
     def diffusion_timesteps(self) -> tuple[int, ...]:
