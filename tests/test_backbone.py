@@ -7,7 +7,7 @@ import torch
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.backbone.config import DDPMConfig, DiffusionConfig, Schedule, TrainConfig, UNetConfig, Weights
 from diffclass_cli.backbone.diffusion import alphas_cumprod, q_sample
-from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
+from diffclass_cli.backbone.train import plan_run, random_shifts, snapshot_path, train_backbone
 from diffclass_cli.backbone.unet import UNet, timestep_embedding
 from diffclass_cli.errors import DiffclassError
 from tests.conftest import TINY_UNET
@@ -83,18 +83,32 @@ def test_short_training_loss_falls_and_checkpoint_round_trips(mnist_train_pixels
 
 
 def test_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train_pixels, tmp_path):
-    full = _train(mnist_train_pixels, tmp_path / "full.ckpt", steps=20, snapshot_every=10)
-    again = _train(mnist_train_pixels, tmp_path / "again.ckpt", steps=20)
+    full = _train(mnist_train_pixels, tmp_path / "full.ckpt", steps=20, snapshot_every=10, augment_shift=1)
+    again = _train(mnist_train_pixels, tmp_path / "again.ckpt", steps=20, augment_shift=1)
     # The step-10 snapshot is what a run killed between steps 10 and 20 leaves behind.
     shutil.copy(snapshot_path(tmp_path / "full.ckpt", 10), tmp_path / "resumed.ckpt")
     config, train, state = plan_run(tmp_path / "resumed.ckpt", DDPMConfig(),
                                     TrainConfig(steps=20), DATA["source"], resume=True, overwrite=False)
-    assert state.step == 10 and train.batch_size == 32
+    assert state.step == 10 and train.batch_size == 32 and train.augment_shift == 1
     resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, DATA, state)
     assert resumed.step == 20
     for name in full.model:
         assert torch.equal(full.model[name], again.model[name])
         torch.testing.assert_close(full.model[name], resumed.model[name], rtol=1e-5, atol=1e-6)
+
+
+def test_random_shifts_move_each_image_within_the_limit():
+    images = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    moved = random_shifts(images, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(moved, random_shifts(images, 2, torch.Generator().manual_seed(1)))
+    padded = torch.nn.functional.pad(images, (2,) * 4, mode="replicate")
+    offsets = set()
+    for image, out, pad in zip(images, moved, padded):
+        found = [(y, x) for y in range(5) for x in range(5) if torch.equal(out, pad[:, y:y + 8, x:x + 8])]
+        assert found, "each image is its padded self, cropped at an offset of at most 2 pixels"
+        offsets.add(found[0])
+    assert len(offsets) > 10  # the offsets vary from image to image
+    assert random_shifts(images, 0, torch.Generator()) is images
 
 
 def test_snapshots_are_kept(mnist_train_pixels, tmp_path):

