@@ -1,35 +1,49 @@
-"""Training cost per step of each backbone kind, measured side by side in one run (default
-sizes, batch 128, 28x28 gray, CPU or the default device), to compare backbones by CPU time.
+"""Training cost per step of backbone variants, measured side by side in one run (batch 128,
+28x28 gray, CPU or the default device): the variants take their steps in turn, so a load that
+comes and goes on a shared machine hits them alike, and the median step of each is reported.
 
     python benchmarks/train_speed.py [--steps 20] [--batch-size 128]
 """
 
 import argparse
+import contextlib
+import statistics
 import time
 
 import torch
 
-from diffclass_cli.backbone.config import DDPMConfig, VAEConfig
+from diffclass_cli.backbone.config import DDPMConfig, UNetConfig, VAEConfig
+
+VARIANTS = {
+    "ddpm (UNet width 32, 1,2,2)": (DDPMConfig(), {}),
+    "ddpm, channels-last": (DDPMConfig(), {"channels_last": True}),
+    "ddpm, bfloat16 autocast": (DDPMConfig(), {"bf16": True}),
+    "ddpm, width 48": (DDPMConfig(unet=UNetConfig(width=48)), {}),
+    "ddpm, 2 blocks per level": (DDPMConfig(unet=UNetConfig(blocks_per_level=2)), {}),
+    "vae (width 32, 1,2,2, latent 32)": (VAEConfig(), {}),
+}
 
 
-def seconds_per_step(config, batch: torch.Tensor, steps: int) -> float:
+def make_step(config, batch: torch.Tensor, channels_last: bool = False, bf16: bool = False):
     torch.manual_seed(0)
     model = config.build()
+    if channels_last:
+        model, batch = model.to(memory_format=torch.channels_last), batch.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = config.loss_fn(torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
 
-    def step():
-        loss = loss_fn(model, batch, generator)
+    def step() -> float:
+        began = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = loss_fn(model, batch, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        return time.perf_counter() - began
 
     step()  # warm-up
-    began = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - began) / steps
+    return model, step
 
 
 def main() -> None:
@@ -38,15 +52,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     batch = torch.rand(args.batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    print(f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.steps} steps each")
-    rates = {}
-    for name, config in (("ddpm (UNet width 32, 1,2,2)", DDPMConfig()),
-                         ("vae (width 32, 1,2,2, latent 32)", VAEConfig())):
-        rates[name] = seconds_per_step(config, batch, args.steps)
-        params = sum(p.numel() for p in config.build().parameters()) / 1e6
-        print(f"{name:34s} {params:.2f} M parameters  {rates[name]:.3f} s/step")
-    ddpm, vae = rates.values()
-    print(f"vae / ddpm time per step = {vae / ddpm:.2f}")
+    print(f"batch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.steps} steps each, "
+          "taken in turn")
+    steps = {name: make_step(config, batch, **options) for name, (config, options) in VARIANTS.items()}
+    times = {name: [] for name in VARIANTS}
+    for _ in range(args.steps):
+        for name, (_, step) in steps.items():
+            times[name].append(step())
+    base = statistics.median(times[next(iter(VARIANTS))])
+    for name, (model, _) in steps.items():
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        median = statistics.median(times[name])
+        print(f"{name:34s} {params:.2f} M parameters  {median:.3f} s/step  {median / base:.2f}x the first")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ app = typer.Typer(
 # Options shared by several commands.
 SourceArg = Annotated[str, typer.Argument(
     help="A folder of images (subfolders = classes), '-' for paths on stdin, or a built-in "
-    "source: mnist-sample[:train|:test], digits[:train|:test], mnist / fashion-mnist / "
+    "source: mnist-sample[:train|:test], digits[:train|:test], mnist-sample-colour[:train|:test] (the same "
+    "digits as 32x32 RGB in random colours), mnist / fashion-mnist / "
     "cifar10[:train|:test] (with --data-root).", show_default=False)]
 DataRootOpt = Annotated[Path | None, typer.Option(help="Folder with torchvision's dataset files.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Let torchvision download a missing dataset.")]
@@ -266,7 +267,13 @@ def export(
     image_size: Annotated[int, typer.Option(help="With --pixels: side of the square images.")] = 28,
     channels: Annotated[int, typer.Option(help="With --pixels: 1 (gray) or 3 (RGB).")] = 1,
     list_taps: Annotated[bool, typer.Option("--list-taps", help="Print the backbone's taps and exit.")] = False,
-    timestep: TimestepOpt = None,
+    timestep: Annotated[str | None, typer.Option(
+        help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}), or 'auto': the step whose "
+        "features of unlabeled images (--choose-on) keep the same nearest neighbours under another noise "
+        "draw and a one-pixel shift.")] = None,
+    choose_on: Annotated[str | None, typer.Option(
+        help="With --timestep auto: the unlabeled images to choose on, any SOURCE (default: the images the "
+        "backbone was trained on).")] = None,
     timesteps: TimestepsOpt = None,
     taps: TapsOpt = None,
     pool: PoolOpt = pool_name(DEFAULT_POOL),
@@ -305,8 +312,23 @@ def export(
         for group, names in config.tap_groups.items():
             typer.echo(f"{group}\t{','.join(names)}")
         return
-    spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws, shifts)
-    export_onnx(checkpoint, out, spec, weights, opset, overwrite)
+    auto = timestep == "auto"
+    if choose_on and not auto:
+        raise DiffclassError("--choose-on is for --timestep auto")
+    if auto and timesteps:
+        raise DiffclassError("give --timestep or --timesteps, not both")
+    if timestep and not auto and not timestep.isdigit():
+        raise DiffclassError(f"--timestep is a whole number of steps or 'auto', not {timestep!r}")
+    spec = _extractor_spec(int(timestep) if timestep and not auto else None, timesteps, taps, pool, noise_seed,
+                           noise_draws, shifts)
+    notes = {}
+    if auto:
+        from diffclass_cli.export.choose import choose_timestep
+        from diffclass_cli.files import refuse_overwrite
+
+        refuse_overwrite(out, overwrite)  # before minutes of choosing, not after
+        spec, notes["timestep_choice"] = choose_timestep(checkpoint, spec, choose_on)
+    export_onnx(checkpoint, out, spec, weights, opset, overwrite, notes)
 
 
 @app.command()

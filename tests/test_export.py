@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.export.choose import CANDIDATE_TIMESTEPS, neighbour_agreement
 from diffclass_cli.export.extractor import FeatureExtractor
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx
 from diffclass_cli.export.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
 from diffclass_cli.extractor_format import read_metadata
+from tests.conftest import assert_one_line_error
 
 
 def run_onnx(path, images: np.ndarray) -> np.ndarray:
@@ -164,3 +167,30 @@ def test_pixel_baseline_extractor(cli, tmp_path):
     np.testing.assert_array_equal(run_onnx(tmp_path / "px.onnx", images), images.reshape(3, -1))
     bad = cli("export", "--pixels", "--image-size", 30, "--out", tmp_path / "bad.onnx")
     assert bad.exit_code == 1 and "multiple of 4" in bad.stderr
+
+
+def test_neighbour_agreement_is_about_neighbours_not_scale():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 16))
+    assert neighbour_agreement(features, features) == 1.0
+    assert neighbour_agreement(features, features * rng.uniform(0.5, 2, 16) + 3) == 1.0  # columns standardised
+    assert neighbour_agreement(features, rng.normal(size=(200, 16))) < 0.15  # about 10 / 199 by chance
+
+
+def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    source = open_source("mnist-sample:test")
+    for i in range(60):
+        source.load(i).save(folder / f"{i}.png")
+    out = tmp_path / "auto.onnx"
+    result = cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto", "--choose-on", folder)
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(out)
+    choice = meta["timestep_choice"]
+    assert choice["images"] == str(folder) and choice["sample"] == 60
+    assert [int(t) for t in choice["scores"]] == list(CANDIDATE_TIMESTEPS)
+    assert meta["timesteps"] == [int(max(choice["scores"], key=choice["scores"].get))]
+    assert_one_line_error(cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto"), "--overwrite")
+    assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--timestep", "ten"),
+                          "whole number of steps or 'auto'")

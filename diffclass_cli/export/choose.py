@@ -10,6 +10,11 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler, normalize
 
+from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.console import log, progress
+from diffclass_cli.data.loading import load_all, to_unit_range
+from diffclass_cli.data.sources import ImageSource, open_source
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import shifted
 from diffclass_cli.export.onnx_export import build_extractor
 from diffclass_cli.export.spec import ExtractorSpec
@@ -41,3 +46,46 @@ def neighbour_agreement(first: np.ndarray, second: np.ndarray, k: int = NEIGHBOU
         found = NearestNeighbors(n_neighbors=k + 1).fit(space).kneighbors(space, return_distance=False)
         neighbours.append(found[:, 1:])
     return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(*neighbours)]))
+
+
+CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 250, 500)
+CHOICE_IMAGES = 2000  # a sample of the unlabeled images; more costs time and changed no choice
+CHOICE_VIEW = "noise+shift"
+
+
+def choose_timestep(checkpoint: Path, spec: ExtractorSpec, images: str | None = None,
+                    data_root: Path | None = None) -> tuple[ExtractorSpec, dict]:
+    """`spec` at the candidate timestep whose features agree best between two views of a sample
+    of the unlabeled `images` (default: the source the backbone was trained on), and the record
+    of the choice for the extractor's metadata."""
+    ckpt = load_checkpoint(checkpoint)
+    images = images or ckpt.training.get("data", {}).get("source")
+    if not images:
+        raise DiffclassError(f"{checkpoint} does not say which images it was trained on: give --choose-on IMAGES")
+    sample = unlabeled_sample(open_source(images, data_root), ckpt.config.image_size, ckpt.config.channels)
+    T = ckpt.config.diffusion.num_timesteps
+    scores = timestep_scores(checkpoint, spec, sample, tuple(t for t in CANDIDATE_TIMESTEPS if t < T))
+    best = max(scores, key=scores.get)
+    log.info("neighbour agreement by timestep: " + ", ".join(f"t{t} {s:.3f}" for t, s in scores.items())
+             + f"; chose t = {best}")
+    record = {"by": f"neighbour agreement ({NEIGHBOURS} nearest, views: {CHOICE_VIEW})", "images": images,
+              "sample": len(sample), "scores": {str(t): round(s, 4) for t, s in scores.items()}}
+    return replace(spec, timesteps=(best,)), record
+
+
+def unlabeled_sample(source: ImageSource, image_size: int, channels: int, n: int = CHOICE_IMAGES,
+                     seed: int = 0) -> torch.Tensor:
+    """Up to `n` images of `source` (a fixed random sample; labels, if any, are not read), in [0, 1]."""
+    rows = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
+    images, _, _ = load_all(source.subset(rows), image_size, channels)
+    return torch.from_numpy(to_unit_range(images))
+
+
+def timestep_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
+                    candidates: tuple[int, ...] = CANDIDATE_TIMESTEPS) -> dict[int, float]:
+    """The neighbour agreement of each candidate timestep's features between two views."""
+    scores = {}
+    for t in progress(candidates, desc="scoring timesteps", unit="timestep"):
+        at_t = replace(spec, timesteps=(t,))
+        scores[t] = neighbour_agreement(extract(checkpoint, at_t, images), extract(checkpoint, at_t, images, CHOICE_VIEW))
+    return scores

@@ -32,8 +32,9 @@ def build_extractor(checkpoint: Path, spec: ExtractorSpec, weights: Weights = We
 
 
 def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weights = Weights.ema,
-                opset: int = 18, overwrite: bool = False) -> dict:
-    """Export the extractor of `checkpoint` to `out`; returns the metadata written."""
+                opset: int = 18, overwrite: bool = False, notes: dict | None = None) -> dict:
+    """Export the extractor of `checkpoint` to `out`; returns the metadata written (with `notes`,
+    such as how an option was chosen, added)."""
     refuse_overwrite(out, overwrite)
     extractor, ckpt = build_extractor(checkpoint, spec, weights)
     described = {
@@ -45,6 +46,7 @@ def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weigh
         "checkpoint_step": ckpt.step,
         "trained_on": ckpt.training.get("data", {}),
         "backbone_config": json.loads(config_to_json(ckpt.config)),
+        **(notes or {}),
     }
     return _write_onnx(extractor, ckpt.config.image_size, ckpt.config.channels, described, out, opset, overwrite)
 
