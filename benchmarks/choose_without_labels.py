@@ -1,10 +1,12 @@
 """Issue 20, item 3: can the timestep be chosen from unlabeled images alone?
 
-For each candidate timestep, the features of a backbone checkpoint are computed for two views of
-the same unlabeled images (another fixed noise tensor, the image moved by one pixel, or both),
-and scored by how many of each image's nearest neighbours the two views agree on. Next to the
-label-free scores: the few-shot accuracy of logreg on the validation part (stratified 80/20) of
-the train split, which is what the label-free choice should track. The test split is not loaded.
+For each candidate timestep, the features of a backbone checkpoint are computed for unlabeled
+images and for a second view of them (another fixed noise tensor and the image moved by one
+pixel), and scored without labels (export/choose.py): how many of each image's nearest
+neighbours the two views agree on, how far apart 20 k-means clusters are (silhouette), and the
+product of the two, which `export --timestep auto` maximises. Next to them: the few-shot
+accuracy of logreg on the validation part (stratified 80/20) of the train split, which the
+label-free choice should track. The test split is not loaded.
 
     python benchmarks/choose_without_labels.py runs/bb.ckpt --source mnist-sample:train
 """
@@ -20,7 +22,7 @@ from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.benchmark.suite import load_split, validation_split
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.choose import VIEWS, extract, neighbour_agreement
+from diffclass_cli.export.choose import CHOICE_IMAGES, CHOICE_VIEW, cluster_separation, extract, neighbour_agreement
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
 from sklearn.linear_model import LogisticRegression
@@ -43,8 +45,8 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--source", default="mnist-sample:train")
     parser.add_argument("--timesteps", default="10,25,50,100,250,500")
-    parser.add_argument("--unlabeled", type=int, default=2000, help="images the label-free scores use")
-    parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--unlabeled", type=int, default=CHOICE_IMAGES, help="images the label-free scores use")
+    parser.add_argument("--draws", type=int, default=20, help="draws at K = 1 (a third of them at K = 10)")
     options = parser.parse_args()
     warnings.simplefilter("ignore")
     config = load_checkpoint(options.checkpoint).config
@@ -54,14 +56,15 @@ def main() -> None:
     images = torch.from_numpy(to_unit_range(fit.images[unlabeled]))
     print(f"{options.checkpoint} on {options.source}: {len(fit.images)} pool / {len(validation.images)} validation "
           f"images; label-free scores on {len(unlabeled)} pool images\n")
-    print("| timestep | " + " | ".join(f"agreement: {v}" for v in VIEWS) + " | logreg K=1 | K=10 |")
-    print("|---" * (len(VIEWS) + 3) + "|")
+    print("| timestep | agreement | separation | score (product) | logreg K=1 | K=10 |\n|---|---|---|---|---|---|")
     for t in map(int, options.timesteps.split(",")):
         spec = ExtractorSpec(timesteps=(t,))
         pool = extract(options.checkpoint, spec, torch.from_numpy(to_unit_range(fit.images)))
         held = extract(options.checkpoint, spec, torch.from_numpy(to_unit_range(validation.images)))
         first = pool[unlabeled]
-        scores = [neighbour_agreement(first, extract(options.checkpoint, spec, images, view)) for view in VIEWS]
+        agreement = neighbour_agreement(first, extract(options.checkpoint, spec, images, CHOICE_VIEW))
+        separation = cluster_separation(first)
+        scores = [agreement, separation, agreement * separation]
         accuracy = [logreg_accuracy(pool, fit.labels, held, validation.labels, k, options.draws // (1 + 2 * (k > 1)))
                     for k in (1, 10)]
         print(f"| {t} | " + " | ".join(f"{s:.3f}" for s in scores) + " | "

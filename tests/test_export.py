@@ -10,7 +10,7 @@ import torch
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.choose import CANDIDATE_TIMESTEPS, neighbour_agreement
+from diffclass_cli.export.choose import CANDIDATE_TIMESTEPS, cluster_separation, neighbour_agreement
 from diffclass_cli.export.extractor import FeatureExtractor
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx
 from diffclass_cli.export.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
@@ -175,6 +175,13 @@ def test_neighbour_agreement_is_about_neighbours_not_scale():
     assert neighbour_agreement(features, features) == 1.0
     assert neighbour_agreement(features, features * rng.uniform(0.5, 2, 16) + 3) == 1.0  # columns standardised
     assert neighbour_agreement(features, rng.normal(size=(200, 16))) < 0.15  # about 10 / 199 by chance
+
+
+def test_cluster_separation_tells_clusters_from_noise():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16)) * 10
+    clustered = centres[rng.integers(0, 20, 400)] + rng.normal(size=(400, 16))
+    assert cluster_separation(clustered) > 0.9 and cluster_separation(rng.normal(size=(400, 16))) < 0.2
 
 
 def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint, tmp_path):

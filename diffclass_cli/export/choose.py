@@ -1,12 +1,18 @@
-"""Choosing extractor settings from unlabeled images alone: features that describe what an
-image shows should give it the same nearest neighbours when only a nuisance changes (another
-fixed noise tensor, the image moved by a pixel)."""
+"""Choosing extractor settings from unlabeled images alone. Features that describe what an
+image shows should (1) give it the same nearest neighbours when only a nuisance changes
+(another fixed noise tensor, the image moved by a pixel) and (2) fall into separate clusters.
+Either alone misleads: at a high timestep the features of small images collapse to a few
+coarse directions whose neighbours are stable but say little, and cluster separation alone
+favours that coarseness too. The score is their product (see the model card for how it
+tracked the label-based choice)."""
 
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler, normalize
 
@@ -22,6 +28,9 @@ from diffclass_cli.export.spec import ExtractorSpec
 # The second view of each image: (added to the noise seed, shift (dy, dx)).
 VIEWS = {"noise": (1, (0, 0)), "shift": (0, (0, 1)), "noise+shift": (1, (0, 1))}
 NEIGHBOURS = 10
+# More clusters than most label sets have classes: the number of classes is not known at
+# export, and over-clustering splits classes into their modes rather than merging classes.
+CLUSTERS = 20
 
 
 def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, view: str | None = None,
@@ -37,15 +46,32 @@ def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, view: s
                                for i in range(0, len(images), batch_size)])
 
 
+def angular_space(features: np.ndarray) -> np.ndarray:
+    """Each column standardised, each row scaled to unit length."""
+    return normalize(StandardScaler().fit_transform(features))
+
+
 def neighbour_agreement(first: np.ndarray, second: np.ndarray, k: int = NEIGHBOURS) -> float:
     """The mean fraction of each row's `k` nearest neighbours (by angle, after standardising
     each column) that the two views of the same rows share."""
     neighbours = []
     for features in (first, second):
-        space = normalize(StandardScaler().fit_transform(features))
+        space = angular_space(features)
         found = NearestNeighbors(n_neighbors=k + 1).fit(space).kneighbors(space, return_distance=False)
         neighbours.append(found[:, 1:])
     return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(*neighbours)]))
+
+
+def cluster_separation(features: np.ndarray, clusters: int = CLUSTERS, seed: int = 0) -> float:
+    """The mean silhouette (by angle) of k-means clusters of the rows in `angular_space`."""
+    space = angular_space(features)
+    found = KMeans(min(clusters, len(space) - 1), n_init=3, random_state=seed).fit_predict(space)
+    return float(silhouette_score(space, found, metric="cosine"))
+
+
+def label_free_score(first: np.ndarray, second: np.ndarray) -> float:
+    """High for features whose neighbours survive a nuisance and whose clusters are apart."""
+    return neighbour_agreement(first, second) * cluster_separation(first)
 
 
 CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 250, 500)
@@ -55,9 +81,9 @@ CHOICE_VIEW = "noise+shift"
 
 def choose_timestep(checkpoint: Path, spec: ExtractorSpec, images: str | None = None,
                     data_root: Path | None = None) -> tuple[ExtractorSpec, dict]:
-    """`spec` at the candidate timestep whose features agree best between two views of a sample
-    of the unlabeled `images` (default: the source the backbone was trained on), and the record
-    of the choice for the extractor's metadata."""
+    """`spec` at the candidate timestep with the best `label_free_score` on a sample of the
+    unlabeled `images` (default: the source the backbone was trained on), and the record of the
+    choice for the extractor's metadata."""
     ckpt = load_checkpoint(checkpoint)
     images = images or ckpt.training.get("data", {}).get("source")
     if not images:
@@ -66,9 +92,10 @@ def choose_timestep(checkpoint: Path, spec: ExtractorSpec, images: str | None = 
     T = ckpt.config.diffusion.num_timesteps
     scores = timestep_scores(checkpoint, spec, sample, tuple(t for t in CANDIDATE_TIMESTEPS if t < T))
     best = max(scores, key=scores.get)
-    log.info("neighbour agreement by timestep: " + ", ".join(f"t{t} {s:.3f}" for t, s in scores.items())
+    log.info("label-free score by timestep: " + ", ".join(f"t{t} {s:.3f}" for t, s in scores.items())
              + f"; chose t = {best}")
-    record = {"by": f"neighbour agreement ({NEIGHBOURS} nearest, views: {CHOICE_VIEW})", "images": images,
+    record = {"by": f"agreement of the {NEIGHBOURS} nearest neighbours between views ({CHOICE_VIEW}) x "
+                    f"silhouette of {CLUSTERS} k-means clusters", "images": images,
               "sample": len(sample), "scores": {str(t): round(s, 4) for t, s in scores.items()}}
     return replace(spec, timesteps=(best,)), record
 
@@ -83,9 +110,9 @@ def unlabeled_sample(source: ImageSource, image_size: int, channels: int, n: int
 
 def timestep_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
                     candidates: tuple[int, ...] = CANDIDATE_TIMESTEPS) -> dict[int, float]:
-    """The neighbour agreement of each candidate timestep's features between two views."""
+    """The label-free score of each candidate timestep's features (two views of `images`)."""
     scores = {}
     for t in progress(candidates, desc="scoring timesteps", unit="timestep"):
         at_t = replace(spec, timesteps=(t,))
-        scores[t] = neighbour_agreement(extract(checkpoint, at_t, images), extract(checkpoint, at_t, images, CHOICE_VIEW))
+        scores[t] = label_free_score(extract(checkpoint, at_t, images), extract(checkpoint, at_t, images, CHOICE_VIEW))
     return scores
