@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.benchmark.suite import load_split, validation_split
-from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.data.loading import to_unit_range
 from diffclass_cli.export.choose import CHOICE_IMAGES, CHOICE_VIEW, cluster_separation, extract, neighbour_agreement
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 
 def logreg_accuracy(pool, pool_labels, validation, validation_labels, k: int, draws: int) -> float:

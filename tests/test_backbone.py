@@ -103,7 +103,7 @@ def test_random_shifts_move_each_image_within_the_limit():
     assert torch.equal(moved, random_shifts(images, 2, torch.Generator().manual_seed(1)))
     padded = torch.nn.functional.pad(images, (2,) * 4, mode="replicate")
     offsets = set()
-    for image, out, pad in zip(images, moved, padded):
+    for out, pad in zip(moved, padded):
         found = [(y, x) for y in range(5) for x in range(5) if torch.equal(out, pad[:, y:y + 8, x:x + 8])]
         assert found, "each image is its padded self, cropped at an offset of at most 2 pixels"
         offsets.add(found[0])
