@@ -7,7 +7,8 @@ import torch
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.backbone.config import DDPMConfig, DiffusionConfig, Schedule, TrainConfig, UNetConfig, Weights
 from diffclass_cli.backbone.diffusion import alphas_cumprod, q_sample
-from diffclass_cli.backbone.train import plan_run, random_shifts, snapshot_path, train_backbone
+from diffclass_cli.backbone.shifts import random_shifts
+from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
 from diffclass_cli.backbone.unet import UNet, timestep_embedding
 from diffclass_cli.errors import DiffclassError
 from tests.conftest import TINY_UNET

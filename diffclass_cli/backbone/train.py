@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from diffclass_cli.backbone.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from diffclass_cli.backbone.config import Backbone, LRSchedule, TrainConfig
 from diffclass_cli.backbone.distributed import Launch, detect_launch, rank_rows, start, stop, sum_over_ranks
+from diffclass_cli.backbone.shifts import random_shifts
 from diffclass_cli.console import configure, log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource
@@ -40,17 +41,6 @@ def batch_rows(seed: int, step: int, n_images: int, batch_size: int, launch: Lau
     (and the rank, when several processes train together)."""
     key = [seed, step, launch.rank] if launch.is_distributed else [seed, step]
     return np.random.default_rng(key).choice(n_images, min(batch_size, n_images), replace=False)
-
-
-def random_shifts(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image moved by a random whole number of pixels, up to `max_shift` each way, its
-    edge pixels repeated into the gap (so any background colour stays the background)."""
-    if max_shift == 0:
-        return pixels
-    size = pixels.shape[-1]
-    padded = torch.nn.functional.pad(pixels, (max_shift,) * 4, mode="replicate")
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(pixels), 2), generator=generator, device=pixels.device)
-    return torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets.tolist())])
 
 
 def snapshot_path(out: Path, step: int) -> Path:

@@ -17,11 +17,11 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler, normalize
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.backbone.shifts import shifted
 from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource, open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import shifted
 from diffclass_cli.export.onnx_export import build_extractor
 from diffclass_cli.export.spec import ExtractorSpec
 
@@ -31,6 +31,9 @@ NEIGHBOURS = 10
 # More clusters than most label sets have classes: the number of classes is not known at
 # export, and over-clustering splits classes into their modes rather than merging classes.
 CLUSTERS = 20
+CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 250, 500)
+CHOICE_IMAGES = 2000  # a sample of the unlabeled images
+CHOICE_VIEW = "noise+shift"
 
 
 def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, view: str | None = None,
@@ -73,10 +76,6 @@ def label_free_score(first: np.ndarray, second: np.ndarray) -> float:
     """High for features whose neighbours survive a nuisance and whose clusters are apart."""
     return neighbour_agreement(first, second) * cluster_separation(first)
 
-
-CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 250, 500)
-CHOICE_IMAGES = 2000  # a sample of the unlabeled images; more costs time and changed no choice
-CHOICE_VIEW = "noise+shift"
 
 
 def choose_timestep(checkpoint: Path, spec: ExtractorSpec, images: str | None = None,

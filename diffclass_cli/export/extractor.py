@@ -14,6 +14,7 @@ from torch import nn
 
 from diffclass_cli.backbone.config import Backbone, BackboneKind, DiffusionConfig
 from diffclass_cli.backbone.diffusion import alphas_cumprod, q_sample, to_model_range
+from diffclass_cli.backbone.shifts import shifted
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
@@ -92,17 +93,6 @@ class TapExtractor(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-
-def shifted(images: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
-    """`images` moved by `offset` (dy, dx) whole pixels, the edge pixels repeated into the gap
-    (as training's random shifts do)."""
-    dy, dx = offset
-    if (dy, dx) == (0, 0):
-        return images
-    size = images.shape[-1]
-    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
-    return padded[..., 1 - dy:1 - dy + size, 1 - dx:1 - dx + size]
 
 
 class FeatureExtractor(TapExtractor):
