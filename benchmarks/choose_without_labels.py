@@ -25,7 +25,7 @@ from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.benchmark.suite import load_split, validation_split
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.choose import CHOICE_IMAGES, CHOICE_VIEW, cluster_separation, extract, neighbour_agreement
+from diffclass_cli.export.choose import CHOICE_IMAGES, cluster_separation, extract, neighbour_agreement
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
 
@@ -62,7 +62,7 @@ def main() -> None:
         pool = extract(options.checkpoint, spec, torch.from_numpy(to_unit_range(fit.images)))
         held = extract(options.checkpoint, spec, torch.from_numpy(to_unit_range(validation.images)))
         first = pool[unlabeled]
-        agreement = neighbour_agreement(first, extract(options.checkpoint, spec, images, CHOICE_VIEW))
+        agreement = neighbour_agreement(first, extract(options.checkpoint, spec, images, second_view=True))
         separation = cluster_separation(first)
         scores = [agreement, separation, agreement * separation]
         accuracy = [logreg_accuracy(pool, fit.labels, held, validation.labels, k, options.draws // (1 + 2 * (k > 1)))

@@ -25,23 +25,22 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.onnx_export import build_extractor
 from diffclass_cli.export.spec import ExtractorSpec
 
-# The second view of each image: (added to the noise seed, shift (dy, dx)).
-VIEWS = {"noise": (1, (0, 0)), "shift": (0, (0, 1)), "noise+shift": (1, (0, 1))}
+# The second view of each image: the next noise seed, and the image moved one pixel right.
+SECOND_VIEW = (1, (0, 1))
 NEIGHBOURS = 10
 # More clusters than most label sets have classes: the number of classes is not known at
 # export, and over-clustering splits classes into their modes rather than merging classes.
 CLUSTERS = 20
 CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 250, 500)
 CHOICE_IMAGES = 2000  # a sample of the unlabeled images
-CHOICE_VIEW = "noise+shift"
 
 
-def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, view: str | None = None,
+def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, second_view: bool = False,
             batch_size: int = 256) -> np.ndarray:
-    """Features of `images` `[N, C, H, W]` in [0, 1] (or of their second `view`)."""
+    """Features of `images` `[N, C, H, W]` in [0, 1] (or of their `SECOND_VIEW`)."""
     offset = (0, 0)
-    if view is not None:
-        seed_step, offset = VIEWS[view]
+    if second_view:
+        seed_step, offset = SECOND_VIEW
         spec = replace(spec, noise_seed=spec.noise_seed + seed_step)
     extractor, _ = build_extractor(checkpoint, spec)
     with torch.inference_mode():
@@ -93,8 +92,8 @@ def choose_timestep(checkpoint: Path, spec: ExtractorSpec, images: str | None = 
     best = max(scores, key=scores.get)
     log.info("label-free score by timestep: " + ", ".join(f"t{t} {s:.3f}" for t, s in scores.items())
              + f"; chose t = {best}")
-    record = {"by": f"agreement of the {NEIGHBOURS} nearest neighbours between views ({CHOICE_VIEW}) x "
-                    f"silhouette of {CLUSTERS} k-means clusters", "images": images,
+    record = {"by": f"agreement of the {NEIGHBOURS} nearest neighbours with a second view (the next noise seed, "
+                    f"moved one pixel) x silhouette of {CLUSTERS} k-means clusters", "images": images,
               "sample": len(sample), "scores": {str(t): round(s, 4) for t, s in scores.items()}}
     return replace(spec, timesteps=(best,)), record
 
@@ -113,5 +112,6 @@ def timestep_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
     scores = {}
     for t in progress(candidates, desc="scoring timesteps", unit="timestep"):
         at_t = replace(spec, timesteps=(t,))
-        scores[t] = label_free_score(extract(checkpoint, at_t, images), extract(checkpoint, at_t, images, CHOICE_VIEW))
+        first, second = (extract(checkpoint, at_t, images, second_view) for second_view in (False, True))
+        scores[t] = label_free_score(first, second)
     return scores
