@@ -53,16 +53,17 @@ def main() -> None:
     split = load_split(options.source, config.image_size, config.channels, None)
     fit, validation = validation_split(split)
     unlabeled = np.random.default_rng(0).permutation(len(fit.images))[:options.unlabeled]
-    images = torch.from_numpy(to_unit_range(fit.images[unlabeled]))
+    pool_images, validation_images = (torch.from_numpy(to_unit_range(s.images)) for s in (fit, validation))
     print(f"{options.checkpoint} on {options.source}: {len(fit.images)} pool / {len(validation.images)} validation "
           f"images; label-free scores on {len(unlabeled)} pool images\n")
     print("| timestep | agreement | separation | score (product) | logreg K=1 | K=10 |\n|---|---|---|---|---|---|")
     for t in map(int, options.timesteps.split(",")):
         spec = ExtractorSpec(timesteps=(t,))
-        pool = extract(options.checkpoint, spec, torch.from_numpy(to_unit_range(fit.images)))
-        held = extract(options.checkpoint, spec, torch.from_numpy(to_unit_range(validation.images)))
+        pool = extract(options.checkpoint, spec, pool_images)
+        held = extract(options.checkpoint, spec, validation_images)
         first = pool[unlabeled]
-        agreement = neighbour_agreement(first, extract(options.checkpoint, spec, images, second_view=True))
+        second = extract(options.checkpoint, spec, pool_images[unlabeled], second_view=True)
+        agreement = neighbour_agreement(first, second)
         separation = cluster_separation(first)
         scores = [agreement, separation, agreement * separation]
         accuracy = [logreg_accuracy(pool, fit.labels, held, validation.labels, k, options.draws // (1 + 2 * (k > 1)))
