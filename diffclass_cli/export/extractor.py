@@ -87,9 +87,11 @@ class TapExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """`images` `[N, C, H, W]` in [0, 1] -> `[N, D]`: the features of each image, averaged
         over its fixed shifts (one, the image itself, unless `--shifts`)."""
-        n = images.shape[0]
-        views = torch.cat([shifted(images, offset) for offset in self.spec.shift_offsets])
-        return self.features(views).reshape(len(self.spec.shift_offsets), n, -1).mean(dim=0)
+        offsets = self.spec.shift_offsets
+        if len(offsets) == 1:  # no shifts: no concatenation or mean in the exported graph
+            return self.features(images)
+        views = torch.cat([shifted(images, offset) for offset in offsets])
+        return self.features(views).reshape(len(offsets), images.shape[0], -1).mean(dim=0)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
