@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 
 from diffclass_cli.console import progress
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.onnx_export import build_extractor
+from diffclass_cli.export.onnx_export import pytorch_features
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.runtime import ExtractorSession
@@ -50,11 +50,8 @@ def extractor_features(name: str, model: Path, spec: ExtractorSpec, pool: np.nda
     if model.suffix == ".onnx":
         run = ExtractorSession(model)
     else:
-        extractor, _ = build_extractor(model, spec)
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return extractor(torch.from_numpy(batch)).numpy()
+        features = pytorch_features(model, spec)
+        run = lambda batch: features(torch.from_numpy(batch))  # noqa: E731
 
     return FeatureSet(name, _in_batches(run, pool), _in_batches(run, test))
 

@@ -22,7 +22,7 @@ from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource, open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.onnx_export import build_extractor
+from diffclass_cli.export.onnx_export import pytorch_features
 from diffclass_cli.export.spec import ExtractorSpec
 
 # The second view of each image: the next noise seed, and the image moved one pixel right.
@@ -35,17 +35,13 @@ CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 250, 500)
 CHOICE_IMAGES = 2000  # a sample of the unlabeled images
 
 
-def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, second_view: bool = False,
-            batch_size: int = 256) -> np.ndarray:
+def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, second_view: bool = False) -> np.ndarray:
     """Features of `images` `[N, C, H, W]` in [0, 1] (or of their `SECOND_VIEW`)."""
     offset = (0, 0)
     if second_view:
         seed_step, offset = SECOND_VIEW
         spec = replace(spec, noise_seed=spec.noise_seed + seed_step)
-    extractor, _ = build_extractor(checkpoint, spec)
-    with torch.inference_mode():
-        return np.concatenate([extractor(shifted(images[i:i + batch_size], offset)).numpy()
-                               for i in range(0, len(images), batch_size)])
+    return pytorch_features(checkpoint, spec)(shifted(images, offset))
 
 
 def angular_space(features: np.ndarray) -> np.ndarray:

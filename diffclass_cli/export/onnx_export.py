@@ -5,10 +5,12 @@ the weights came from.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -29,6 +31,20 @@ def build_extractor(checkpoint: Path, spec: ExtractorSpec, weights: Weights = We
     """The PyTorch extractor of a checkpoint, and the checkpoint it came from."""
     ckpt = load_checkpoint(checkpoint)
     return make_extractor(ckpt.build(weights), ckpt.config, spec), ckpt
+
+
+def pytorch_features(checkpoint: Path, spec: ExtractorSpec, weights: Weights = Weights.ema,
+                     batch_size: int = 256) -> Callable[[torch.Tensor], np.ndarray]:
+    """Images `[N, C, H, W]` in [0, 1] -> the features `[N, D]` the exported extractor gives,
+    computed by the PyTorch module that export writes out, `batch_size` images at a time."""
+    extractor, _ = build_extractor(checkpoint, spec, weights)
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([extractor(images[i:i + batch_size]).numpy()
+                                   for i in range(0, len(images), batch_size)])
+
+    return run
 
 
 def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weights = Weights.ema,
