@@ -1,14 +1,15 @@
-"""Issue 20, item 3: can the timestep be chosen from unlabeled images alone?
+"""Issue 20, item 3: can the timestep (or the taps) be chosen from unlabeled images alone?
 
-For each candidate timestep, the features of a backbone checkpoint are computed for unlabeled
-images and for a second view of them (another fixed noise tensor and the image moved by one
-pixel), and scored without labels (export/choose.py): how many of each image's nearest
-neighbours the two views agree on, how far apart 20 k-means clusters are (silhouette), and the
-product of the two, which `export --timestep auto` maximises. Next to them: the few-shot
+For each candidate timestep (with --taps: each candidate tap set at --timestep), the features
+of a backbone checkpoint are computed for unlabeled images and for a second view of them
+(another fixed noise tensor and the image moved by one pixel), and scored without labels
+(export/choose.py): how many of each image's nearest neighbours the two views agree on, how far
+apart 20 k-means clusters are (silhouette), and the product of the two, which `export
+--timestep auto` (`--taps auto`) maximises. Next to them: the few-shot
 accuracy of logreg on the validation part (stratified 80/20) of the train split, which the
 label-free choice should track. The test split is not loaded.
 
-    python benchmarks/choose_without_labels.py runs/bb.ckpt --source mnist-sample:train
+    python benchmarks/choose_without_labels.py runs/bb.ckpt --source mnist-sample:train [--taps]
 """
 
 import argparse
@@ -25,7 +26,16 @@ from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.benchmark.suite import load_split, validation_split
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.choose import CHOICE_IMAGES, cluster_separation, extract, neighbour_agreement
+from diffclass_cli.export.choose import (
+    CHOICE_IMAGES,
+    candidate_tap_sets,
+    cluster_separation,
+    extract,
+    neighbour_agreement,
+    tap_columns,
+)
+from diffclass_cli.export.extractor import resolve_taps
+from diffclass_cli.export.onnx_export import build_extractor
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
 
@@ -45,6 +55,8 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--source", default="mnist-sample:train")
     parser.add_argument("--timesteps", default="10,25,50,100,250,500")
+    parser.add_argument("--taps", action="store_true", help="compare tap sets at --timestep instead")
+    parser.add_argument("--timestep", type=int, default=100)
     parser.add_argument("--unlabeled", type=int, default=CHOICE_IMAGES, help="images the label-free scores use")
     parser.add_argument("--draws", type=int, default=20, help="draws at K = 1 (a third of them at K = 10)")
     options = parser.parse_args()
@@ -56,21 +68,29 @@ def main() -> None:
     pool_images, validation_images = (torch.from_numpy(to_unit_range(s.images)) for s in (fit, validation))
     print(f"{options.checkpoint} on {options.source}: {len(fit.images)} pool / {len(validation.images)} validation "
           f"images; label-free scores on {len(unlabeled)} pool images\n")
-    print("| timestep | agreement | separation | score (product) | logreg K=1 | K=10 |\n|---|---|---|---|---|---|")
-    for t in map(int, options.timesteps.split(",")):
-        spec = ExtractorSpec(timesteps=(t,))
-        pool = extract(options.checkpoint, spec, pool_images)
-        held = extract(options.checkpoint, spec, validation_images)
+    def row(name, pool, held, second) -> str:
         first = pool[unlabeled]
-        second = extract(options.checkpoint, spec, pool_images[unlabeled], second_view=True)
-        agreement = neighbour_agreement(first, second)
-        separation = cluster_separation(first)
-        scores = [agreement, separation, agreement * separation]
+        agreement, separation = neighbour_agreement(first, second), cluster_separation(first)
         accuracy = [logreg_accuracy(pool, fit.labels, held, validation.labels, k, options.draws // (1 + 2 * (k > 1)))
                     for k in (1, 10)]
-        print(f"| {t} | " + " | ".join(f"{s:.3f}" for s in scores) + " | "
-              + " | ".join(f"{a:.3f}" for a in accuracy) + " |", flush=True)
+        return " | ".join([name] + [f"{v:.3f}" for v in (agreement, separation, agreement * separation, *accuracy)])
 
+    print(f"| {'taps' if options.taps else 'timestep'} | agreement | separation | score (product) | logreg K=1 | K=10 |"
+          "\n|---|---|---|---|---|---|")
+    if options.taps:
+        every = ExtractorSpec(timesteps=(options.timestep,), taps=("all",))
+        pool, held = (extract(options.checkpoint, every, images) for images in (pool_images, validation_images))
+        second = extract(options.checkpoint, every, pool_images[unlabeled], second_view=True)
+        groups = build_extractor(options.checkpoint, every)[0].feature_groups()
+        for taps in candidate_tap_sets(config):
+            columns = tap_columns(groups, resolve_taps(config, taps))
+            print(f"| {row('+'.join(taps), pool[:, columns], held[:, columns], second[:, columns])} |", flush=True)
+        return
+    for t in map(int, options.timesteps.split(",")):
+        spec = ExtractorSpec(timesteps=(t,))
+        pool, held = (extract(options.checkpoint, spec, images) for images in (pool_images, validation_images))
+        second = extract(options.checkpoint, spec, pool_images[unlabeled], second_view=True)
+        print(f"| {row(str(t), pool, held, second)} |", flush=True)
 
 if __name__ == "__main__":
     main()

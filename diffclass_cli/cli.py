@@ -106,9 +106,9 @@ TimestepOpt = Annotated[int | None, typer.Option(
     help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}).", callback=at_least(0))]
 TimestepsOpt = Annotated[str | None, typer.Option(
     help="Several steps, comma-separated (e.g. 25,100): their features are concatenated.")]
-TapsOpt = Annotated[str | None, typer.Option(
-    help="Blocks to take features from, comma-separated (see export --list-taps), or the groups encoder, decoder, "
-    "all (default: ddpm: mid and every up block; vae: the encoder blocks and the latent mean).")]
+TAPS_HELP = ("Blocks to take features from, comma-separated (see export --list-taps), or the groups encoder, decoder, "
+             "all (default: ddpm: mid and every up block; vae: the encoder blocks and the latent mean).")
+TapsOpt = Annotated[str | None, typer.Option(help=TAPS_HELP)]
 PoolOpt = Annotated[str, typer.Option(help="'global' average per block, or an RxR grid of averages such as '2x2'.")]
 NoiseDrawsOpt = Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")]
 NoiseSeedOpt = Annotated[int, typer.Option(help="Seed of the fixed noise stored in the extractor.")]
@@ -273,10 +273,12 @@ def export(
         "neighbours under another noise draw and a one-pixel shift and form well-separated clusters (a minute or "
         "two). It matched the label-based choice on 4 of 5 checks and missed on one (model card).")] = None,
     choose_on: Annotated[str | None, typer.Option(
-        help="With --timestep auto: the unlabeled images to choose on, any SOURCE (default: the images the "
-        "backbone was trained on).")] = None,
+        help="With --timestep auto or --taps auto: the unlabeled images to choose on, any SOURCE (default: the "
+        "images the backbone was trained on).")] = None,
     timesteps: TimestepsOpt = None,
-    taps: TapsOpt = None,
+    taps: Annotated[str | None, typer.Option(
+        help=TAPS_HELP + " Or 'auto' (experimental): chosen from unlabeled images like --timestep auto (after it), "
+        "among each tap alone, the default set and all taps.")] = None,
     pool: PoolOpt = pool_name(DEFAULT_POOL),
     noise_draws: NoiseDrawsOpt = 1,
     noise_seed: NoiseSeedOpt = 0,
@@ -314,22 +316,22 @@ def export(
         for group, names in config.tap_groups.items():
             typer.echo(f"{group}\t{','.join(names)}")
         return
-    auto = timestep == "auto"
-    if choose_on and not auto:
-        raise DiffclassError("--choose-on is for --timestep auto")
-    if auto and timesteps:
+    auto_timestep, auto_taps = timestep == "auto", taps == "auto"
+    if choose_on and not (auto_timestep or auto_taps):
+        raise DiffclassError("--choose-on is for --timestep auto and --taps auto")
+    if auto_timestep and timesteps:
         raise DiffclassError("give --timestep or --timesteps, not both")
-    if timestep and not auto and not timestep.isdigit():
+    if timestep and not auto_timestep and not timestep.isdigit():
         raise DiffclassError(f"--timestep is a whole number of steps or 'auto', not {timestep!r}")
-    spec = _extractor_spec(int(timestep) if timestep and not auto else None, timesteps, taps, pool, noise_seed,
-                           noise_draws, shifts)
+    spec = _extractor_spec(int(timestep) if timestep and not auto_timestep else None, timesteps,
+                           None if auto_taps else taps, pool, noise_seed, noise_draws, shifts)
     notes = {}
-    if auto:
-        from diffclass_cli.export.choose import choose_timestep
+    if auto_timestep or auto_taps:
+        from diffclass_cli.export.choose import choose_unlabeled
         from diffclass_cli.files import refuse_overwrite
 
         refuse_overwrite(out, overwrite)  # before minutes of choosing, not after
-        spec, notes["timestep_choice"] = choose_timestep(checkpoint, spec, choose_on)
+        spec, notes = choose_unlabeled(checkpoint, spec, auto_timestep, auto_taps, choose_on)
     export_onnx(checkpoint, out, spec, weights, opset, overwrite, notes)
 
 

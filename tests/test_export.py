@@ -10,9 +10,15 @@ import torch
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.choose import CANDIDATE_TIMESTEPS, cluster_separation, neighbour_agreement
-from diffclass_cli.export.extractor import FeatureExtractor
-from diffclass_cli.export.onnx_export import build_extractor, export_onnx
+from diffclass_cli.export.choose import (
+    CANDIDATE_TIMESTEPS,
+    candidate_tap_sets,
+    cluster_separation,
+    neighbour_agreement,
+    tap_columns,
+)
+from diffclass_cli.export.extractor import FeatureExtractor, resolve_taps
+from diffclass_cli.export.onnx_export import build_extractor, export_onnx, pytorch_features
 from diffclass_cli.export.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
 from diffclass_cli.extractor_format import read_metadata
 from tests.conftest import assert_one_line_error
@@ -184,6 +190,17 @@ def test_cluster_separation_tells_clusters_from_noise():
     assert cluster_separation(clustered) > 0.9 and cluster_separation(rng.normal(size=(400, 16))) < 0.2
 
 
+def test_tap_columns_are_the_features_of_those_taps_alone(tiny_checkpoint):
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    every = ExtractorSpec(taps=("all",))
+    extractor, ckpt = build_extractor(tiny_checkpoint, every)
+    all_features = pytorch_features(tiny_checkpoint, every)(images)
+    for taps in (("mid",), ("up0",), ("default",)):
+        columns = tap_columns(extractor.feature_groups(), resolve_taps(ckpt.config, taps))
+        alone = pytorch_features(tiny_checkpoint, ExtractorSpec(taps=taps))(images)
+        np.testing.assert_allclose(all_features[:, columns], alone, rtol=1e-5, atol=1e-6)
+
+
 def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint, tmp_path):
     folder = tmp_path / "unlabeled"
     folder.mkdir()
@@ -191,13 +208,19 @@ def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint
     for i in range(60):
         source.load(i).save(folder / f"{i}.png")
     out = tmp_path / "auto.onnx"
-    result = cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto", "--choose-on", folder)
+    result = cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto", "--taps", "auto",
+                 "--choose-on", folder)
     assert result.exit_code == 0, result.output
     meta = read_metadata(out)
     choice = meta["timestep_choice"]
     assert choice["images"] == str(folder) and choice["sample"] == 60
     assert [int(t) for t in choice["scores"]] == list(CANDIDATE_TIMESTEPS)
     assert meta["timesteps"] == [int(max(choice["scores"], key=choice["scores"].get))]
+    config = load_checkpoint(tiny_checkpoint).config
+    tap_choice = meta["taps_choice"]
+    assert list(tap_choice["scores"]) == ["+".join(taps) for taps in candidate_tap_sets(config)]
+    best = max(tap_choice["scores"], key=tap_choice["scores"].get)
+    assert meta["taps"] == resolve_taps(config, tuple(best.split("+")))
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto"), "--overwrite")
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--timestep", "ten"),
                           "whole number of steps or 'auto'")

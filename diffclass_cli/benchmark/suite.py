@@ -158,11 +158,10 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
 
 
 def _tap_sets(model: Path) -> list[tuple[str, ...]]:
-    """Each tap alone, the default set and all taps."""
     from diffclass_cli.backbone.checkpoint import load_checkpoint
+    from diffclass_cli.export.choose import candidate_tap_sets
 
-    config = load_checkpoint(model).config
-    return [(name,) for name in config.tap_names] + [("default",), ("all",)]
+    return candidate_tap_sets(load_checkpoint(model).config)
 
 
 def _describe(spec: ExtractorSpec) -> str:

@@ -22,7 +22,8 @@ from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource, open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.onnx_export import pytorch_features
+from diffclass_cli.export.extractor import FeatureGroup, resolve_taps
+from diffclass_cli.export.onnx_export import build_extractor, pytorch_features
 from diffclass_cli.export.spec import ExtractorSpec
 
 # The second view of each image: the next noise seed, and the image moved one pixel right.
@@ -73,25 +74,48 @@ def label_free_score(first: np.ndarray, second: np.ndarray) -> float:
 
 
 
-def choose_timestep(checkpoint: Path, spec: ExtractorSpec, images: str | None = None,
-                    data_root: Path | None = None) -> tuple[ExtractorSpec, dict]:
-    """`spec` at the candidate timestep with the best `label_free_score` on a sample of the
-    unlabeled `images` (default: the source the backbone was trained on), and the record of the
-    choice for the extractor's metadata."""
+def choose_unlabeled(checkpoint: Path, spec: ExtractorSpec, timestep: bool, taps: bool, images: str | None = None,
+                     data_root: Path | None = None) -> tuple[ExtractorSpec, dict]:
+    """`spec` with the candidate timestep (then, at it, the tap set) that has the best
+    `label_free_score` on a sample of the unlabeled `images` (default: the source the backbone
+    was trained on), and the record of each choice for the extractor's metadata."""
     ckpt = load_checkpoint(checkpoint)
     images = images or ckpt.training.get("data", {}).get("source")
     if not images:
         raise DiffclassError(f"{checkpoint} does not say which images it was trained on: give --choose-on IMAGES")
     sample = unlabeled_sample(open_source(images, data_root), ckpt.config.image_size, ckpt.config.channels)
-    T = ckpt.config.diffusion.num_timesteps
-    scores = timestep_scores(checkpoint, spec, sample, tuple(t for t in CANDIDATE_TIMESTEPS if t < T))
+    by = (f"agreement of the {NEIGHBOURS} nearest neighbours with a second view (the next noise seed, moved one "
+          f"pixel) x silhouette of {CLUSTERS} k-means clusters")
+    notes = {}
+    if timestep:
+        if ckpt.config.kind != "ddpm":
+            raise DiffclassError(f"{checkpoint} is a {ckpt.config.kind} backbone: it has no timestep to choose")
+        T = ckpt.config.diffusion.num_timesteps
+        scores = timestep_scores(checkpoint, spec, sample, tuple(t for t in CANDIDATE_TIMESTEPS if t < T))
+        spec = replace(spec, timesteps=(_best("timestep", scores),))
+        notes["timestep_choice"] = _record(by, images, sample, scores)
+    if taps:
+        scores = tap_scores(checkpoint, spec, sample, candidate_tap_sets(ckpt.config))
+        spec = replace(spec, taps=tuple(_best("taps", scores).split("+")))
+        notes["taps_choice"] = _record(by, images, sample, scores)
+    return spec, notes
+
+
+def _best(what: str, scores: dict) -> int | str:
     best = max(scores, key=scores.get)
-    log.info("label-free score by timestep: " + ", ".join(f"t{t} {s:.3f}" for t, s in scores.items())
-             + f"; chose t = {best}")
-    record = {"by": f"agreement of the {NEIGHBOURS} nearest neighbours with a second view (the next noise seed, "
-                    f"moved one pixel) x silhouette of {CLUSTERS} k-means clusters", "images": images,
-              "sample": len(sample), "scores": {str(t): round(s, 4) for t, s in scores.items()}}
-    return replace(spec, timesteps=(best,)), record
+    log.info(f"label-free score by {what}: " + ", ".join(f"{k} {s:.3f}" for k, s in scores.items())
+             + f"; chose {best}")
+    return best
+
+
+def _record(by: str, images: str, sample: torch.Tensor, scores: dict) -> dict:
+    return {"by": by, "images": images, "sample": len(sample),
+            "scores": {str(k): round(s, 4) for k, s in scores.items()}}
+
+
+def candidate_tap_sets(config) -> list[tuple[str, ...]]:
+    """Each tap alone, the default set and all taps."""
+    return [(name,) for name in config.tap_names] + [("default",), ("all",)]
 
 
 def unlabeled_sample(source: ImageSource, image_size: int, channels: int, n: int = CHOICE_IMAGES,
@@ -111,3 +135,22 @@ def timestep_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
         first, second = (extract(checkpoint, at_t, images, second_view) for second_view in (False, True))
         scores[t] = label_free_score(first, second)
     return scores
+
+
+def tap_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
+               candidates: list[tuple[str, ...]]) -> dict[str, float]:
+    """The label-free score of each candidate tap set (named by its taps joined with '+'),
+    from one pass per view with every tap, each set its columns of it."""
+    every = replace(spec, taps=("all",))
+    first, second = (extract(checkpoint, every, images, second_view) for second_view in (False, True))
+    extractor, ckpt = build_extractor(checkpoint, every)
+    scores = {}
+    for taps in progress(candidates, desc="scoring tap sets", unit="set"):
+        columns = tap_columns(extractor.feature_groups(), resolve_taps(ckpt.config, taps))
+        scores["+".join(taps)] = label_free_score(first[:, columns], second[:, columns])
+    return scores
+
+
+def tap_columns(groups: list[FeatureGroup], taps: list[str]) -> np.ndarray:
+    """The feature columns that come from `taps` (group names are `[t<T>/]<tap>[/<pool>]`)."""
+    return np.concatenate([np.arange(g.start, g.stop) for g in groups if set(g.name.split("/")) & set(taps)])
