@@ -42,6 +42,21 @@ def test_semi_uses_the_unlabeled_rows(mnist_pixel_files, tmp_path):
     assert np.mean(scores[HeadKind.semi]) > np.mean(scores[HeadKind.logreg]) + 0.05, scores
 
 
+def test_self_training_corrects_pseudo_labels(digit_files):
+    # Raw 8x8 pixels cluster imperfectly; the classifier fitted on the pseudo-labels, in all the
+    # features, relabels some of what the clusters got wrong.
+    train, test = read_features(digit_files["train"]), read_features(digit_files["test"])
+    scores = {0: [], 3: []}
+    for seed in range(5):
+        rows, targets = fit_rows(train.labels, draw_per_class(train.labels, 3, seed), HeadKind.semi)
+        for rounds in scores:
+            head = Pipeline([("scale", StandardScaler()),
+                             ("semi", SpectralPseudoLabels(self_training_rounds=rounds))])
+            head.fit(train.features[rows], targets)
+            scores[rounds].append((head.predict(test.features) == test.labels).mean())
+    assert np.mean(scores[3]) > np.mean(scores[0]) + 0.005, scores
+
+
 def test_per_class_draws_exactly_k_reproducibly():
     labels = np.repeat(np.arange(3), 20)
     labels[::7] = -1
