@@ -292,7 +292,7 @@ def export(
     Examples:\n
       diffclass export --list-taps runs/bb.ckpt\n
       diffclass export runs/bb.ckpt --out exports/bb.onnx --timestep 100\n
-      diffclass export runs/bb.ckpt --out bb.onnx --timestep auto --choose-on photos/unlabeled\n
+      diffclass export runs/bb.ckpt --out bb.onnx --timestep auto --taps auto --choose-on photos/unlabeled\n
       diffclass export runs/bb.ckpt --out bb.onnx --timesteps 25,100 --noise-draws 4 --taps mid,up1 --pool global\n
       diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
