@@ -26,16 +26,7 @@ from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.benchmark.suite import load_split, validation_split
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.choose import (
-    CHOICE_IMAGES,
-    candidate_tap_sets,
-    cluster_separation,
-    extract,
-    neighbour_agreement,
-    tap_columns,
-)
-from diffclass_cli.export.extractor import resolve_taps
-from diffclass_cli.export.onnx_export import build_extractor
+from diffclass_cli.export.choose import CHOICE_IMAGES, cluster_separation, extract, neighbour_agreement, tap_set_columns
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
 
@@ -81,10 +72,8 @@ def main() -> None:
         every = ExtractorSpec(timesteps=(options.timestep,), taps=("all",))
         pool, held = (extract(options.checkpoint, every, images) for images in (pool_images, validation_images))
         second = extract(options.checkpoint, every, pool_images[unlabeled], second_view=True)
-        groups = build_extractor(options.checkpoint, every)[0].feature_groups()
-        for taps in candidate_tap_sets(config):
-            columns = tap_columns(groups, resolve_taps(config, taps))
-            print(f"| {row('+'.join(taps), pool[:, columns], held[:, columns], second[:, columns])} |", flush=True)
+        for name, columns in tap_set_columns(options.checkpoint, every).items():
+            print(f"| {row(name, pool[:, columns], held[:, columns], second[:, columns])} |", flush=True)
         return
     for t in map(int, options.timesteps.split(",")):
         spec = ExtractorSpec(timesteps=(t,))

@@ -95,7 +95,7 @@ def choose_unlabeled(checkpoint: Path, spec: ExtractorSpec, timestep: bool, taps
         spec = replace(spec, timesteps=(_best("timestep", scores),))
         notes["timestep_choice"] = _record(by, images, sample, scores)
     if taps:
-        scores = tap_scores(checkpoint, spec, sample, candidate_tap_sets(ckpt.config))
+        scores = tap_scores(checkpoint, spec, sample)
         spec = replace(spec, taps=tuple(_best("taps", scores).split("+")))
         notes["taps_choice"] = _record(by, images, sample, scores)
     return spec, notes
@@ -137,18 +137,22 @@ def timestep_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
     return scores
 
 
-def tap_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
-               candidates: list[tuple[str, ...]]) -> dict[str, float]:
-    """The label-free score of each candidate tap set (named by its taps joined with '+'),
-    from one pass per view with every tap, each set its columns of it."""
+def tap_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor) -> dict[str, float]:
+    """The label-free score of each of `candidate_tap_sets`, from one pass per view with every tap."""
     every = replace(spec, taps=("all",))
     first, second = (extract(checkpoint, every, images, second_view) for second_view in (False, True))
+    return {name: label_free_score(first[:, columns], second[:, columns])
+            for name, columns in progress(tap_set_columns(checkpoint, every).items(), desc="scoring tap sets",
+                                          unit="set")}
+
+
+def tap_set_columns(checkpoint: Path, every: ExtractorSpec) -> dict[str, np.ndarray]:
+    """The columns of each of `candidate_tap_sets` (named by its taps joined with '+') in the
+    features of `every`, a spec with every tap."""
     extractor, ckpt = build_extractor(checkpoint, every)
-    scores = {}
-    for taps in progress(candidates, desc="scoring tap sets", unit="set"):
-        columns = tap_columns(extractor.feature_groups(), resolve_taps(ckpt.config, taps))
-        scores["+".join(taps)] = label_free_score(first[:, columns], second[:, columns])
-    return scores
+    groups = extractor.feature_groups()
+    return {"+".join(taps): tap_columns(groups, resolve_taps(ckpt.config, taps))
+            for taps in candidate_tap_sets(ckpt.config)}
 
 
 def tap_columns(groups: list[FeatureGroup], taps: list[str]) -> np.ndarray:
