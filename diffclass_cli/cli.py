@@ -283,6 +283,7 @@ def export(
     noise_draws: NoiseDrawsOpt = 1,
     noise_seed: NoiseSeedOpt = 0,
     shifts: ShiftsOpt = 1,
+    data_root: DataRootOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 to 20).")] = 18,
     weights: WeightsOpt = Weights.ema,
     overwrite: OverwriteOpt = False,
@@ -317,8 +318,8 @@ def export(
             typer.echo(f"{group}\t{','.join(names)}")
         return
     auto_timestep, auto_taps = timestep == "auto", taps == "auto"
-    if choose_on and not (auto_timestep or auto_taps):
-        raise DiffclassError("--choose-on is for --timestep auto and --taps auto")
+    if (choose_on or data_root) and not (auto_timestep or auto_taps):
+        raise DiffclassError("--choose-on and --data-root are for --timestep auto and --taps auto")
     if auto_timestep and timesteps:
         raise DiffclassError("give --timestep or --timesteps, not both")
     if timestep and not auto_timestep and not timestep.isdigit():
@@ -331,7 +332,7 @@ def export(
         from diffclass_cli.files import refuse_overwrite
 
         refuse_overwrite(out, overwrite)  # before minutes of choosing, not after
-        spec, notes = choose_unlabeled(checkpoint, spec, auto_timestep, auto_taps, choose_on)
+        spec, notes = choose_unlabeled(checkpoint, spec, auto_timestep, auto_taps, choose_on, data_root)
     export_onnx(checkpoint, out, spec, weights, opset, overwrite, notes)
 
 

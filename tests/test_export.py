@@ -224,3 +224,8 @@ def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto"), "--overwrite")
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--timestep", "ten"),
                           "whole number of steps or 'auto'")
+    assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--taps", "auto",
+                              "--choose-on", "fashion-mnist:train", "--data-root", tmp_path),
+                          f"not found under {tmp_path}")
+    assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--data-root", tmp_path),
+                          "--data-root are for --timestep auto")
