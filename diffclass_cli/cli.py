@@ -170,6 +170,8 @@ def train_backbone_cmd(
         map(str, UNetConfig.channel_mults)),
     blocks_per_level: Annotated[int, typer.Option(
         help="ddpm: ResBlocks per UNet level.")] = UNetConfig.blocks_per_level,
+    mid_attention: Annotated[bool, typer.Option(
+        help="ddpm: self-attention in the middle block, at the lowest resolution.")] = UNetConfig.mid_attention,
     schedule: Annotated[Schedule, typer.Option(help="ddpm: noise schedule.")] = DiffusionConfig.schedule,
     latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.")] = VAEConfig.latent_dim,
     beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.")] = VAEConfig.beta,
@@ -206,7 +208,8 @@ def train_backbone_cmd(
     size, chans = _image_shape(images_source, image_size, channels)
     mults = _parse_ints(channel_mults, "--channel-mults")
     config = BACKBONES[kind].from_options(image_size=size, channels=chans, width=width, channel_mults=mults,
-                                          blocks_per_level=blocks_per_level, schedule=schedule,
+                                          blocks_per_level=blocks_per_level, mid_attention=mid_attention,
+                                          schedule=schedule,
                                           latent_dim=latent_dim, beta=beta)
     train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,

@@ -18,7 +18,8 @@ DATA = {"source": "mnist-sample:train", "images": 512}
 
 
 @pytest.mark.parametrize("config", [TINY_UNET, UNetConfig(image_size=32, channels=3, width=8),
-                                    UNetConfig(image_size=16, width=8, channel_mults=(1, 2))])
+                                    UNetConfig(image_size=16, width=8, channel_mults=(1, 2)),
+                                    UNetConfig(width=8, mid_attention=True)])
 def test_unet_shapes_and_taps(config):
     model = UNet(config).eval()
     x = torch.randn(2, config.channels, config.image_size, config.image_size)
@@ -38,6 +39,27 @@ def test_forward_is_the_intermediate_pass_plus_output_conv():
     torch.testing.assert_close(model(x, t), model.out(up0))
     early = model.forward_intermediates(x, t, ["down1", "mid"])
     torch.testing.assert_close(early["mid"], model.forward_intermediates(x, t, ["mid", "up0"])["mid"])
+
+
+def test_mid_attention_starts_as_identity_and_mixes_positions():
+    torch.manual_seed(0)
+    config = UNetConfig(width=8, mid_attention=True)
+    model = UNet(config).eval()
+    attention = model.mid.blocks[1]
+    x = torch.randn(2, 16, 7, 7)
+    torch.testing.assert_close(attention(x), x)  # zero output projection: a new block changes nothing
+    torch.nn.init.normal_(attention.proj.weight)
+    moved = x.clone()
+    moved[:, :, 0, 0] += 1.0
+    changed = (attention(moved) - attention(x)).abs().amax(dim=1)
+    assert (changed[:, 1:, 1:] > 1e-4).all()  # one position moved every other one: not a per-pixel layer
+    # a permutation of the positions permutes the output the same way (no positional bias)
+    order = torch.randperm(49)
+    flat = x.flatten(2)
+    permuted = attention(flat[:, :, order].reshape_as(x)).flatten(2)
+    torch.testing.assert_close(permuted, attention(x).flatten(2)[:, :, order])
+    plain = UNet(UNetConfig(width=8))
+    assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in plain.parameters())
 
 
 def test_unknown_tap_and_bad_sizes():

@@ -129,6 +129,27 @@ def test_shifts_average_the_features_of_the_moved_images(tiny_checkpoint, tmp_pa
         ExtractorSpec(shifts=10)
 
 
+def test_a_backbone_with_mid_attention_exports_and_matches_pytorch(tmp_path):
+    from diffclass_cli.backbone.checkpoint import Checkpoint, save_checkpoint
+    from diffclass_cli.backbone.config import DDPMConfig, UNetConfig
+    from diffclass_cli.backbone.unet import UNet
+
+    config = DDPMConfig(unet=UNetConfig(width=8, mid_attention=True))
+    torch.manual_seed(0)
+    network = UNet(config.unet)
+    torch.nn.init.normal_(network.mid.blocks[1].proj.weight)  # a trained block is not the identity
+    weights = network.state_dict()
+    save_checkpoint(Checkpoint(config, 0, weights, weights), tmp_path / "att.ckpt")
+    assert load_checkpoint(tmp_path / "att.ckpt").config == config
+    meta = export_onnx(tmp_path / "att.ckpt", tmp_path / "att.onnx", ExtractorSpec())
+    assert meta["backbone_config"]["unet"]["mid_attention"] is True
+    extractor, _ = build_extractor(tmp_path / "att.ckpt", ExtractorSpec())
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = extractor(images).numpy()
+    assert np.abs(run_onnx(tmp_path / "att.onnx", images.numpy()) - expected).max() < 1e-4
+
+
 def test_pool_parsing():
     assert parse_pool("global") == 1 and parse_pool("2x2") == 2 and parse_pool("3") == 3
     for bad in ("2x3", "x", "0x0", "avg"):

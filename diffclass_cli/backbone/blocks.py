@@ -61,3 +61,25 @@ class ResBlock(nn.Module):
         if self.emb is not None:
             h = h + self.emb(emb)[:, :, None, None]
         return self.skip(x) + self.out_layers(h)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the positions of a feature map, added to its input
+    (improved-diffusion's AttentionBlock). The output projection starts at zero, so a new
+    block begins as the identity."""
+
+    def __init__(self, channels: int, head_channels: int = 32):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, *spatial = x.shape
+        q, k, v = self.qkv(self.norm(x).reshape(n, c, -1)).reshape(n * self.heads, 3 * c // self.heads, -1).chunk(3, 1)
+        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * (c // self.heads) ** -0.5, dim=-1)
+        h = torch.einsum("bij,bcj->bci", weights, v).reshape(n, c, -1)
+        return x + self.proj(h).reshape(n, c, *spatial)

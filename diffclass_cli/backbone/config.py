@@ -86,6 +86,7 @@ class UNetConfig(LevelsConfig):
     tap_kinds = ("down", "mid", "up")
     blocks_per_level: int = 1
     dropout: float = 0.0
+    mid_attention: bool = False  # self-attention in the middle block (at the lowest resolution)
 
     def __post_init__(self):
         super().__post_init__()
@@ -149,9 +150,10 @@ class DDPMConfig:
 
     @classmethod
     def from_options(cls, image_size: int, channels: int, width: int, channel_mults: tuple[int, ...],
-                     blocks_per_level: int = 1, schedule: Schedule = Schedule.linear, **_) -> "DDPMConfig":
+                     blocks_per_level: int = 1, mid_attention: bool = False, schedule: Schedule = Schedule.linear,
+                     **_) -> "DDPMConfig":
         return cls(unet=UNetConfig(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
-                                   blocks_per_level=blocks_per_level),
+                                   blocks_per_level=blocks_per_level, mid_attention=mid_attention),
                    diffusion=DiffusionConfig(schedule=schedule))
 
     @classmethod

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.blocks import ResBlock, Tap, TapCollector, group_norm
+from diffclass_cli.backbone.blocks import ResBlock, SelfAttention, Tap, TapCollector, group_norm
 from diffclass_cli.backbone.config import UNetConfig
 
 
@@ -27,12 +27,15 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class Stage(nn.Module):
-    """`blocks` ResBlocks at one resolution; its output is one feature tap."""
+    """`blocks` ResBlocks at one resolution (self-attention after the first, if asked); its
+    output is one feature tap."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, dropout: float, attention: bool = False):
         super().__init__()
         chans = [in_ch] + [out_ch] * blocks
         self.blocks = nn.ModuleList(ResBlock(a, b, emb_dim, dropout) for a, b in zip(chans, chans[1:]))
+        if attention:  # after the first block, as improved-diffusion's middle block
+            self.blocks.insert(1, SelfAttention(out_ch))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -52,7 +55,7 @@ class UNet(nn.Module):
         self.stem = nn.Conv2d(config.channels, w, 3, padding=1)
         self.down = nn.ModuleList(Stage(a, b, **args) for a, b in zip([w] + chans, chans))
         self.downsample = nn.ModuleList(nn.Conv2d(c, c, 3, stride=2, padding=1) for c in chans[:-1])
-        self.mid = Stage(chans[-1], chans[-1], **args)
+        self.mid = Stage(chans[-1], chans[-1], **args, attention=config.mid_attention)
         self.upsample = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for c in chans[1:])
         self.up = nn.ModuleList(
             Stage(c_in + c_skip, c_skip, **args)
