@@ -209,8 +209,7 @@ def train_backbone_cmd(
     mults = _parse_ints(channel_mults, "--channel-mults")
     config = BACKBONES[kind].from_options(image_size=size, channels=chans, width=width, channel_mults=mults,
                                           blocks_per_level=blocks_per_level, mid_attention=mid_attention,
-                                          schedule=schedule,
-                                          latent_dim=latent_dim, beta=beta)
+                                          schedule=schedule, latent_dim=latent_dim, beta=beta)
     train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
                         augment_shift=augment_shift, seed=seed, save_every=save_every, snapshot_every=snapshot_every)

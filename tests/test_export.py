@@ -7,7 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from diffclass_cli.backbone.checkpoint import load_checkpoint
+from diffclass_cli.backbone.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from diffclass_cli.backbone.config import DDPMConfig, UNetConfig
+from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.choose import (
@@ -130,10 +132,6 @@ def test_shifts_average_the_features_of_the_moved_images(tiny_checkpoint, tmp_pa
 
 
 def test_a_backbone_with_mid_attention_exports_and_matches_pytorch(tmp_path):
-    from diffclass_cli.backbone.checkpoint import Checkpoint, save_checkpoint
-    from diffclass_cli.backbone.config import DDPMConfig, UNetConfig
-    from diffclass_cli.backbone.unet import UNet
-
     config = DDPMConfig(unet=UNetConfig(width=8, mid_attention=True))
     torch.manual_seed(0)
     network = UNet(config.unet)
