@@ -215,7 +215,8 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         space = semi.cluster_space(X, len(self.classes_))
         per_class = np.bincount(targets[labeled]).min()
         if per_class >= 2:
-            semi_score, logreg_score = self._cross_validate(X, targets, space, semi, min(self.folds, per_class))
+            semi_hits, logreg_hits = self.cross_validate(X, targets, space, semi, min(self.folds, per_class))
+            semi_score, logreg_score = semi_hits.mean(), logreg_hits.mean()
             choice = "semi" if semi_score >= logreg_score else "logreg"
             reason = (f"cross-validation over the labeled rows: semi {semi_score:.3f}, "
                       f"logreg {logreg_score:.3f}")
@@ -237,19 +238,20 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         """The labeled-only candidate, as the logreg head fits it."""
         return LogisticRegression(C=self.C, max_iter=2000)
 
-    def _cross_validate(self, X, targets, space, semi, n_folds: int) -> tuple[float, float]:
-        """Accuracy of the semi head and of logistic regression on held-out labeled rows."""
+    def cross_validate(self, X, targets, space, semi, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
+        """Whether the semi head and logistic regression get each labeled row right when it is
+        held out (in the order of the labeled rows)."""
         rows = np.flatnonzero(targets != UNLABELED)
         folds = StratifiedKFold(n_folds, shuffle=True, random_state=self.random_state)
-        semi_hits = logreg_hits = 0
+        semi_hits, logreg_hits = np.zeros(len(rows), bool), np.zeros(len(rows), bool)
         for train, held in folds.split(rows, targets[rows]):
             fold_targets = targets.copy()
             fold_targets[rows[held]] = UNLABELED
             fold_semi = clone(semi).fit_in_space(X, fold_targets, space)
-            semi_hits += (fold_semi.classifier_.predict(X[rows[held]]) == targets[rows[held]]).sum()
+            semi_hits[held] = fold_semi.classifier_.predict(X[rows[held]]) == targets[rows[held]]
             logreg = self._logreg().fit(X[rows[train]], targets[rows[train]])
-            logreg_hits += (logreg.predict(X[rows[held]]) == targets[rows[held]]).sum()
-        return semi_hits / len(rows), logreg_hits / len(rows)
+            logreg_hits[held] = logreg.predict(X[rows[held]]) == targets[rows[held]]
+        return semi_hits, logreg_hits
 
     def _stability(self, X: np.ndarray, semi: SpectralPseudoLabels) -> float:
         """Agreement (adjusted Rand index) of the clusterings of two random 80% subsets of the
