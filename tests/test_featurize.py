@@ -118,10 +118,8 @@ def test_errors_empty_folder_overwrite_strict(cli, tmp_path, tiny_onnx, class_tr
     assert result.exit_code == 1 and "does not exist" in result.stderr
 
 
-def test_interrupted_run_resumes_to_the_same_file(tiny_onnx, tmp_path, monkeypatch):
-    source = open_source("mnist-sample:test")
-    featurize(source, tmp_path / "clean.h5", tiny_onnx, batch_size=128)
-
+def _interrupt_at_third_batch(source, model, out, monkeypatch) -> Path:
+    """Featurize `source` into `out`, dying part-way through the third batch; the partial file."""
     real_append, calls = h5_module.FeatureWriter.append, []
 
     def dying_append(self, *args, **kwargs):
@@ -130,17 +128,53 @@ def test_interrupted_run_resumes_to_the_same_file(tiny_onnx, tmp_path, monkeypat
             raise KeyboardInterrupt  # as if killed part-way through the third batch
         return real_append(self, *args, **kwargs)
 
-    monkeypatch.setattr(h5_module.FeatureWriter, "append", dying_append)
-    with pytest.raises(KeyboardInterrupt):
-        featurize(source, tmp_path / "resumed.h5", tiny_onnx, batch_size=128)
-    monkeypatch.setattr(h5_module.FeatureWriter, "append", real_append)
-    partial = tmp_path / "resumed.h5.partial"
+    with monkeypatch.context() as patch:
+        patch.setattr(h5_module.FeatureWriter, "append", dying_append)
+        with pytest.raises(KeyboardInterrupt):
+            featurize(source, out, model, batch_size=128)
+    return out.with_name(out.name + ".partial")
+
+
+def _assert_same_rows(path: Path, reference: Path) -> None:
+    got, expected = read_features(path), read_features(reference)
+    assert got.paths == expected.paths and np.array_equal(got.labels, expected.labels)
+    assert np.array_equal(got.features, expected.features)
+
+
+def test_interrupted_run_resumes_to_the_same_file(tiny_onnx, tmp_path, monkeypatch):
+    source = open_source("mnist-sample:test")
+    featurize(source, tmp_path / "clean.h5", tiny_onnx, batch_size=128)
+    partial = _interrupt_at_third_batch(source, tiny_onnx, tmp_path / "resumed.h5", monkeypatch)
     with h5py.File(partial) as f:
         assert f.attrs["rows"] == 256 and not (tmp_path / "resumed.h5").exists()
     featurize(source, tmp_path / "resumed.h5", tiny_onnx, batch_size=128, resume=True)
-    clean, resumed = read_features(tmp_path / "clean.h5"), read_features(tmp_path / "resumed.h5")
-    assert resumed.paths == clean.paths and np.array_equal(resumed.labels, clean.labels)
-    assert np.array_equal(resumed.features, clean.features)
+    _assert_same_rows(tmp_path / "resumed.h5", tmp_path / "clean.h5")
+
+
+def test_a_resume_stopped_while_rewriting_the_partial_file_resumes_again(tiny_onnx, tmp_path, monkeypatch):
+    # Resume writes the committed rows back into a fresh partial file; stopped there, the
+    # partial file is half-written and the saved copy of the rows is what the next resume uses.
+    source = open_source("mnist-sample:test")
+    featurize(source, tmp_path / "clean.h5", tiny_onnx, batch_size=128)
+    out = tmp_path / "resumed.h5"
+    partial = _interrupt_at_third_batch(source, tiny_onnx, out, monkeypatch)
+    real_copy, calls = h5_module._copy_committed, []
+
+    def dying_copy(src, dst):
+        calls.append(1)
+        if len(calls) == 2:  # the first call saves the copy, the second writes it back
+            raise KeyboardInterrupt
+        return real_copy(src, dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(h5_module, "_copy_committed", dying_copy)
+        with pytest.raises(KeyboardInterrupt):
+            featurize(source, out, tiny_onnx, batch_size=128, resume=True)
+    saved = partial.with_name(partial.name + ".resume")
+    assert saved.exists() and partial.exists() and not out.exists()
+    featurize(source, out, tiny_onnx, batch_size=128, resume=True)
+    _assert_same_rows(out, tmp_path / "clean.h5")
+    assert not saved.exists() and not partial.exists()
 
 
 def test_provider_selection():

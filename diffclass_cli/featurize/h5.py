@@ -45,47 +45,39 @@ class FeatureWriter:
                  dtype: FeatureDtype = FeatureDtype.float32):
         dtype = FeatureDtype(dtype).value
         attrs = {**attrs, "dtype": dtype}
-        self.resumed = resume and self._reopen(path)
+        self.resumed = resume and self._reopen(path, attrs)
         if self.resumed:
-            self._check_resumable(path, attrs)
             return
         self.file = h5py.File(path, "w", locking=False)
-        f = self.file
-        f.create_dataset("features", (0, feature_dim), dtype, maxshape=(None, feature_dim),
-                         chunks=(CHUNK_ROWS, feature_dim))
-        f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(CHUNK_ROWS,))
-        f.create_dataset("paths", (0,), STR, maxshape=(None,), chunks=(CHUNK_ROWS,))
-        f.create_dataset("skipped", (0, 2), STR, maxshape=(None, 2), chunks=(256, 2))
-        f.create_dataset("class_names", data=np.array(class_names, dtype=object), dtype=STR)
-        f.attrs.update(attrs)
-        f.attrs[PROGRESS_ATTR] = 0
-        f.attrs["rows"] = 0
+        _create_layout(self.file, feature_dim, dtype, class_names, attrs)
 
-    def _reopen(self, path: Path) -> bool:
-        """Open the partial file of an earlier run; False when it holds nothing to resume."""
-        if path.stat().st_size == 0:
-            return False
+    def _reopen(self, path: Path, attrs: dict) -> bool:
+        """Continue the partial file of an earlier run; False when it holds nothing to resume.
+
+        A run killed mid-write can leave HDF5's string heap damaged past the last committed
+        batch, so the committed rows are copied out to `PATH.resume` and written back into a
+        fresh file of the same name (the same inode keeps the owner's lock) instead of appended
+        to. A `PATH.resume` left by a run stopped while writing back is complete: it is used."""
+        copy = path.with_name(path.name + ".resume")
         try:
-            self.file = h5py.File(path, "a", locking=False)
-            if all(name in self.file for name in ("features", "labels", "paths", "skipped")) \
-                    and PROGRESS_ATTR in self.file.attrs:
-                return True
-            self.file.close()
-        except (OSError, KeyError, RuntimeError) as err:
+            if not copy.exists():
+                if path.stat().st_size == 0:
+                    return False
+                _save_committed(path, copy, attrs)
+            committed = h5py.File(copy, "r", locking=False)
+        except (OSError, KeyError, RuntimeError, ValueError) as err:
             log.debug(f"cannot reopen {path}: {err}")
-        log.warning(f"{path} holds no finished batch (the run was stopped while creating it); starting over")
-        return False
-
-    def _check_resumable(self, path: Path, attrs: dict) -> None:
-        found = dict(self.file.attrs) | {"dtype": self.file["features"].dtype.name}  # as its rows are stored
-        for key in ("extractor_sha256", "source", "source_fingerprint", "shard", "dtype"):
-            if found.get(key) != attrs[key]:
-                self.file.close()
-                raise DiffclassError(f"cannot resume {path}: it was made with a different {key} "
-                                     "(run without --resume to start over)")
-        rows = int(self.file.attrs["rows"])  # a crash may have left rows past the last commit
-        for name in ("features", "labels", "paths"):
-            self.file[name].resize(rows, axis=0)
+            for leftover in (copy, copy.with_name(copy.name + ".partial")):
+                leftover.unlink(missing_ok=True)
+            log.warning(f"{path} holds no finished batch (the run was stopped while creating it); starting over")
+            return False
+        with committed:
+            _check_resumable(committed, path, attrs)
+            self.file = h5py.File(path, "w", locking=False)
+            _copy_committed(committed, self.file)
+        self.file.flush()
+        copy.unlink()
+        return True
 
     @property
     def feature_dim(self) -> int:
@@ -125,6 +117,57 @@ class FeatureWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _create_layout(f: h5py.File, feature_dim: int, dtype: str, class_names: list[str], attrs: dict) -> None:
+    """Empty datasets of the layout above, and the attributes of a run with no rows yet."""
+    f.create_dataset("features", (0, feature_dim), dtype, maxshape=(None, feature_dim),
+                     chunks=(CHUNK_ROWS, feature_dim))
+    f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(CHUNK_ROWS,))
+    f.create_dataset("paths", (0,), STR, maxshape=(None,), chunks=(CHUNK_ROWS,))
+    f.create_dataset("skipped", (0, 2), STR, maxshape=(None, 2), chunks=(256, 2))
+    f.create_dataset("class_names", data=np.array(class_names, dtype=object), dtype=STR)
+    f.attrs.update(attrs)
+    f.attrs[PROGRESS_ATTR] = 0
+    f.attrs["rows"] = 0
+
+
+def _save_committed(path: Path, copy: Path, attrs: dict) -> None:
+    """The committed rows of the partial file `path` into `copy`, which appears only when complete."""
+    unfinished = copy.with_name(copy.name + ".partial")
+    with h5py.File(path, "r", locking=False) as old:
+        if not (all(name in old for name in ("features", "labels", "paths", "skipped", "class_names"))
+                and PROGRESS_ATTR in old.attrs):
+            raise KeyError("no committed batch")
+        _check_resumable(old, path, attrs)
+        with h5py.File(unfinished, "w", locking=False) as new:
+            _copy_committed(old, new)
+    unfinished.replace(copy)
+
+
+def _check_resumable(f: h5py.File, path: Path, attrs: dict) -> None:
+    found = dict(f.attrs) | {"dtype": f["features"].dtype.name}  # as its rows are stored
+    for key in ("extractor_sha256", "source", "source_fingerprint", "shard", "dtype"):
+        if found.get(key) != attrs[key]:
+            raise DiffclassError(f"cannot resume {path}: it was made with a different {key} "
+                                 "(run without --resume to start over)")
+
+
+def _copy_committed(src: h5py.File, dst: h5py.File) -> None:
+    """The rows `src` committed (a crash may have left more past them), its skipped files and
+    attributes, into the empty file `dst`, chunk by chunk."""
+    rows = int(src.attrs["rows"])
+    class_names = [c.decode() for c in src["class_names"][:]]
+    _create_layout(dst, src["features"].shape[1], src["features"].dtype.name, class_names, dict(src.attrs))
+    for name in ("features", "labels", "paths"):
+        dataset = src[name].asstr() if name == "paths" else src[name]
+        dst[name].resize(rows, axis=0)
+        for start in range(0, rows, CHUNK_ROWS):
+            dst[name][start:min(rows, start + CHUNK_ROWS)] = dataset[start:min(rows, start + CHUNK_ROWS)]
+    skipped = src["skipped"].asstr()[:]
+    dst["skipped"].resize(len(skipped), axis=0)
+    dst["skipped"][:] = skipped
+    dst.attrs["rows"], dst.attrs[PROGRESS_ATTR] = rows, int(src.attrs[PROGRESS_ATTR])
 
 
 @dataclass
