@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--records", type=Path, help="JSON lines of the draws: appended to, or replayed if present")
+    parser.add_argument("--records", type=Path, help="JSON lines of the draws: written if absent, else replayed")
     args = parser.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
     if args.records and args.records.exists():

@@ -177,6 +177,18 @@ def test_a_resume_stopped_while_rewriting_the_partial_file_resumes_again(tiny_on
     assert not saved.exists() and not partial.exists()
 
 
+def test_a_run_started_over_drops_a_saved_copy_of_older_rows(tiny_onnx, tmp_path, monkeypatch):
+    # A copy left by a stopped resume belongs to that partial file; a run without --resume
+    # replaces the file, so a later --resume must resume the new rows, not restore the copy.
+    source = open_source("mnist-sample:test")
+    out = tmp_path / "resumed.h5"
+    partial = _interrupt_at_third_batch(source, tiny_onnx, out, monkeypatch)
+    saved = partial.with_name(partial.name + ".resume")
+    saved.write_bytes(b"rows of an earlier run")
+    featurize(source, out, tiny_onnx, batch_size=128)
+    assert not saved.exists() and out.exists()
+
+
 def test_provider_selection():
     assert choose_providers(Device.cpu, [CUDA, CPU]) == [CPU]
     assert choose_providers(Device.auto, [CUDA, CPU]) == [CUDA, CPU]

@@ -48,6 +48,7 @@ class FeatureWriter:
         self.resumed = resume and self._reopen(path, attrs)
         if self.resumed:
             return
+        _committed_copy(path).unlink(missing_ok=True)  # a stale one must not outlive the rows it saved
         self.file = h5py.File(path, "w", locking=False)
         _create_layout(self.file, feature_dim, dtype, class_names, attrs)
 
@@ -58,7 +59,7 @@ class FeatureWriter:
         batch, so the committed rows are copied out to `PATH.resume` and written back into a
         fresh file of the same name (the same inode keeps the owner's lock) instead of appended
         to. A `PATH.resume` left by a run stopped while writing back is complete: it is used."""
-        copy = path.with_name(path.name + ".resume")
+        copy = _committed_copy(path)
         try:
             if not copy.exists():
                 if path.stat().st_size == 0:
@@ -119,6 +120,11 @@ class FeatureWriter:
         self.file.close()
 
 
+def _committed_copy(path: Path) -> Path:
+    """Where resume saves the committed rows of the partial file `path` while it rewrites it."""
+    return path.with_name(path.name + ".resume")
+
+
 def _create_layout(f: h5py.File, feature_dim: int, dtype: str, class_names: list[str], attrs: dict) -> None:
     """Empty datasets of the layout above, and the attributes of a run with no rows yet."""
     f.create_dataset("features", (0, feature_dim), dtype, maxshape=(None, feature_dim),
@@ -163,7 +169,8 @@ def _copy_committed(src: h5py.File, dst: h5py.File) -> None:
         dataset = src[name].asstr() if name == "paths" else src[name]
         dst[name].resize(rows, axis=0)
         for start in range(0, rows, CHUNK_ROWS):
-            dst[name][start:min(rows, start + CHUNK_ROWS)] = dataset[start:min(rows, start + CHUNK_ROWS)]
+            stop = min(rows, start + CHUNK_ROWS)
+            dst[name][start:stop] = dataset[start:stop]
     skipped = src["skipped"].asstr()[:]
     dst["skipped"].resize(len(skipped), axis=0)
     dst["skipped"][:] = skipped
