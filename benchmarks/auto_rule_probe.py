@@ -7,9 +7,11 @@ scored by its regret, how far it falls short of the better of the two heads per 
     python benchmarks/auto_rule_probe.py [--model exports/mnist-sample-ddpm.onnx]
         [--scenarios standard,merged-2,...] [--repeats 1] [--records runs/auto-rule.jsonl]
 
-Rules: `tie` (shipped: logreg only if it gets more held-out rows right), `mcnemar-z` (logreg
-only if its wins minus losses over the rows where the two differ exceed z standard errors,
-z * sqrt(number of such rows)) and `margin-m` (logreg only if ahead by more than m in accuracy).
+Rules: `tie` (logreg only if it gets more held-out rows right; shipped until session 12),
+`mcnemar-z` (logreg only if its wins minus losses over the rows where the two differ exceed z
+standard errors, z * sqrt(number of such rows)), `margin-m` (logreg only if ahead by more than m
+in accuracy) and `alignment-low-high` (shipped at 0.4-0.7: the semi head if the labeled rows'
+classes and the clusters found without labels align at least `high`, logreg below `low`, else `tie`).
 """
 
 import argparse
@@ -51,20 +53,27 @@ def record_draw(pool, test, per_class: int, seed: int, repeats: int) -> dict:
                   "logreg": auto._logreg().fit(X[labeled], targets[labeled])}
     accuracy = {name: float((auto.classes_[model.predict(X_test)] == test.labels).mean())
                 for name, model in candidates.items()}
-    return {**accuracy, "cv_semi": np.asarray(semi_hits).tolist(), "cv_logreg": np.asarray(logreg_hits).tolist()}
+    return {**accuracy, "cv_semi": np.asarray(semi_hits).tolist(), "cv_logreg": np.asarray(logreg_hits).tolist(),
+            "alignment": auto.alignment(space, targets)}
 
 
 def rules() -> dict:
+    """Each rule: whether it picks logistic regression for a record (cross-validation hits as arrays)."""
     def mcnemar(z):
-        def rule(semi, logreg):
-            differ = (logreg != semi).sum()
-            return (logreg - semi).sum() > z * math.sqrt(differ)
+        def rule(r):
+            semi, logreg = r["cv_semi"], r["cv_logreg"]
+            return (logreg - semi).sum() > z * math.sqrt((logreg != semi).sum())
         return rule
 
     def margin(m):
-        return lambda semi, logreg: (logreg - semi).mean() > m
+        return lambda r: (r["cv_logreg"] - r["cv_semi"]).mean() > m
+
+    def aligned(low, high):  # the shipped rule at (0.4, 0.7): alignment first, cross-validation in between
+        return lambda r: r["alignment"] < low or (r["alignment"] < high and margin(0)(r))
     return {"tie": margin(0), **{f"mcnemar-{z}": mcnemar(z) for z in (0.5, 1, 1.5, 2)},
-            **{f"margin-{m}": margin(m) for m in (0.02, 0.05)}}
+            **{f"margin-{m}": margin(m) for m in (0.02, 0.05)},
+            **{f"alignment-{low}-{high}": aligned(low, high) for low, high in
+               ((0.4, 0.7), (0.3, 0.7), (0.5, 0.7), (0.4, 0.6), (0.4, 0.8), (0, 0.7), (0.4, 1.01))}}
 
 
 def replay(records: list[dict]) -> None:
@@ -76,8 +85,8 @@ def replay(records: list[dict]) -> None:
         regret = {}
         for cell, draws in cells.items():
             best = max(np.mean([d["semi"] for d in draws]), np.mean([d["logreg"] for d in draws]))
-            chosen = [d["logreg" if logreg_wins(np.array(d["cv_semi"]), np.array(d["cv_logreg"])) else "semi"]
-                      for d in draws]
+            chosen = [d["logreg" if logreg_wins({**d, "cv_semi": np.array(d["cv_semi"]),
+                                                  "cv_logreg": np.array(d["cv_logreg"])}) else "semi"] for d in draws]
             regret[cell] = best - np.mean(chosen)
         worst = max(regret, key=regret.get)
         values = np.array(list(regret.values()))

@@ -191,10 +191,24 @@ def test_auto_avoids_one_cluster_per_class_when_each_class_is_five_digits(digit_
     scores = {"auto": [], "semi": []}
     for seed in range(3):
         targets = _draw(truth, 10, seed)
-        for name, estimator in (("auto", AutoHead(random_state=seed)), ("semi", SpectralPseudoLabels())):
+        auto = AutoHead(random_state=seed)
+        for name, estimator in (("auto", auto), ("semi", SpectralPseudoLabels())):
             head = Pipeline([("scale", StandardScaler()), (name, estimator)]).fit(train.features, targets)
             scores[name].append((head.predict(test.features) == test_truth).mean())
+        assert auto.choice_ == "logreg" and "do not align" in auto.reason_, auto.reason_
     assert np.mean(scores["auto"]) > np.mean(scores["semi"]) + 0.1, scores
+
+
+@pytest.mark.parametrize(("aligned_from", "misaligned_below", "said"), [
+    (0.7, 0.4, "semi (classes and clusters found without labels align"),
+    (1.01, 0.0, "semi (classes and clusters partly align"),  # cross-validation decides in between
+    (1.01, 1.01, "logreg (classes and clusters found without labels do not align")])
+def test_auto_with_several_labels_first_asks_whether_the_classes_are_clusters(
+        digit_files, aligned_from, misaligned_below, said):
+    train = read_features(digit_files["train"])  # ten digits: each class is one cluster
+    auto = AutoHead(aligned_from=aligned_from, misaligned_below=misaligned_below)
+    Pipeline([("scale", StandardScaler()), ("auto", auto)]).fit(train.features, _draw(train.labels, 3))
+    assert f"{auto.choice_} ({auto.reason_}".startswith(said), auto.reason_
 
 
 def test_auto_falls_back_to_logreg_on_rows_without_clusters():
@@ -218,5 +232,5 @@ def test_fit_defaults_to_auto_and_says_what_it_chose(cli, digit_files, tmp_path)
     assert result.exit_code == 0, result.output
     head, info = load_head(tmp_path / "h.skops")
     assert info["head"] == "auto" and info["params"]["choice"] in ("semi", "logreg")
-    assert f"auto: {info['params']['choice']} (cross-validation over the labeled rows" in result.stderr
+    assert f"auto: {info['params']['choice']} (classes and clusters" in result.stderr
     assert head[-1].choice_ == info["params"]["choice"]

@@ -10,7 +10,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import spectral_embedding
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import kneighbors_graph
@@ -191,18 +191,29 @@ class AutoHead(ClassifierMixin, BaseEstimator):
     """The semi head where the unlabeled rows help, else logistic regression on the labeled
     rows, decided from the rows it is fitted on (targets -1 = unlabeled; never a test split).
 
-    With 2 or more labels per class: cross-validation over the labeled rows, each fold's
-    held-out labeled rows turned unlabeled for the semi head; ties go to the semi head. With
-    one label per class there is nothing to hold out: the semi head is kept if its clusters are stable,
-    i.e. the clusterings of two random subsets of the rows agree (adjusted Rand index at least
-    `min_stability`; measured 0.72-0.93 on the robustness scenarios, 0.1-0.4 on structureless
-    noise). `choice_` and `reason_` say what was decided and why.
+    With 2 or more labels per class it first asks whether the classes are clusters: k-means
+    finds one cluster per class without the labels, and the normalised mutual information of
+    the labeled rows' classes and clusters is their alignment. Aligned (at least
+    `aligned_from`): the semi head. Not aligned (below `misaligned_below`, e.g. classes made of
+    several clusters each): logistic regression. In between, cross-validation over the labeled
+    rows decides, each fold's held-out labeled rows turned unlabeled for the semi head; ties go
+    to the semi head. (Cross-validation alone judges by a few rows, and its semi score is
+    optimistic: the held-out rows stay in the clustered pool.) The thresholds were chosen on
+    validation parts of the robustness scenarios (`benchmarks/auto_rule_probe.py`).
+
+    With one label per class there is nothing to hold out: the semi head is kept if its clusters
+    are stable, i.e. the clusterings of two random subsets of the rows agree (adjusted Rand index
+    at least `min_stability`; measured 0.72-0.93 on the robustness scenarios, 0.1-0.4 on
+    structureless noise). `choice_` and `reason_` say what was decided and why.
     """
 
-    def __init__(self, C: float = 1.0, folds: int = 5, min_stability: float = 0.5, random_state: int = 0):
+    def __init__(self, C: float = 1.0, folds: int = 5, min_stability: float = 0.5, aligned_from: float = 0.7,
+                 misaligned_below: float = 0.4, random_state: int = 0):
         self.C = C
         self.folds = folds
         self.min_stability = min_stability
+        self.aligned_from = aligned_from
+        self.misaligned_below = misaligned_below
         self.random_state = random_state
 
     def fit(self, X, y):
@@ -215,17 +226,25 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         space = semi.cluster_space(X, len(self.classes_))
         per_class = np.bincount(targets[labeled]).min()
         if per_class >= 2:
-            semi_hits, logreg_hits = self.cross_validate(X, targets, space, semi, min(self.folds, per_class))
-            semi_score, logreg_score = semi_hits.mean(), logreg_hits.mean()
-            choice = "semi" if semi_score >= logreg_score else "logreg"
-            reason = (f"cross-validation over the labeled rows: semi {semi_score:.3f}, "
-                      f"logreg {logreg_score:.3f}")
+            choice, reason = self._decide_with_labels(X, targets, space, semi, min(self.folds, per_class))
         else:
             stability = self._stability(X, semi)
             choice = "semi" if stability >= self.min_stability else "logreg"
             reason = (f"one label per class; clusters {'stable' if choice == 'semi' else 'unstable'} "
                       f"across subsets of the rows (ARI {stability:.2f})")
         return self._choose(X, targets, space, semi, choice, reason)
+
+    def _decide_with_labels(self, X, targets, space, semi, n_folds: int) -> tuple[str, str]:
+        alignment = self.alignment(space, targets)
+        if alignment >= self.aligned_from:
+            return "semi", f"classes and clusters found without labels align (NMI {alignment:.2f})"
+        if alignment < self.misaligned_below:
+            return "logreg", f"classes and clusters found without labels do not align (NMI {alignment:.2f})"
+        semi_hits, logreg_hits = self.cross_validate(X, targets, space, semi, n_folds)
+        semi_score, logreg_score = semi_hits.mean(), logreg_hits.mean()
+        return ("semi" if semi_score >= logreg_score else "logreg",
+                f"classes and clusters partly align (NMI {alignment:.2f}); cross-validation over the labeled "
+                f"rows: semi {semi_score:.3f}, logreg {logreg_score:.3f}")
 
     def _choose(self, X, targets, space, semi, choice: str, reason: str) -> "AutoHead":
         self.choice_, self.reason_ = choice, reason
@@ -237,6 +256,14 @@ class AutoHead(ClassifierMixin, BaseEstimator):
     def _logreg(self) -> LogisticRegression:
         """The labeled-only candidate, as the logreg head fits it."""
         return LogisticRegression(C=self.C, max_iter=2000)
+
+    def alignment(self, space: np.ndarray, targets: np.ndarray) -> float:
+        """Normalised mutual information of the labeled rows' classes and the clusters that
+        k-means finds in the clustering space without labels, one per class: near 1 when the
+        classes are the clusters, near 0 when each class spans several."""
+        labeled = targets != UNLABELED
+        clusters = KMeans(len(self.classes_), n_init=10, random_state=self.random_state).fit_predict(space)
+        return float(normalized_mutual_info_score(targets[labeled], clusters[labeled]))
 
     def cross_validate(self, X, targets, space, semi, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
         """Whether the semi head and logistic regression get each labeled row right when it is
