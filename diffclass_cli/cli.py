@@ -22,6 +22,7 @@ from diffclass_cli.backbone.config import (
     BackboneKind,
     DiffusionConfig,
     LRSchedule,
+    Prediction,
     Schedule,
     TrainConfig,
     UNetConfig,
@@ -173,6 +174,12 @@ def train_backbone_cmd(
     mid_attention: Annotated[bool, typer.Option(
         help="ddpm: self-attention in the middle block, at the lowest resolution.")] = UNetConfig.mid_attention,
     schedule: Annotated[Schedule, typer.Option(help="ddpm: noise schedule.")] = DiffusionConfig.schedule,
+    prediction: Annotated[Prediction, typer.Option(
+        help="ddpm: train the UNet to predict the noise (eps) or v = sqrt(abar) noise - sqrt(1 - abar) image.")
+    ] = DiffusionConfig.prediction,
+    min_snr: Annotated[float, typer.Option(
+        help="ddpm: weigh each image's loss by min(SNR, GAMMA) / SNR (Min-SNR-gamma, e.g. 5); 0: off.",
+        metavar="GAMMA", min=0.0)] = DiffusionConfig.min_snr,
     latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.")] = VAEConfig.latent_dim,
     beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.")] = VAEConfig.beta,
     ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.")] = TrainConfig.ema_decay,
@@ -209,7 +216,8 @@ def train_backbone_cmd(
     mults = _parse_ints(channel_mults, "--channel-mults")
     config = BACKBONES[kind].from_options(image_size=size, channels=chans, width=width, channel_mults=mults,
                                           blocks_per_level=blocks_per_level, mid_attention=mid_attention,
-                                          schedule=schedule, latent_dim=latent_dim, beta=beta)
+                                          schedule=schedule, prediction=prediction, min_snr=min_snr,
+                                          latent_dim=latent_dim, beta=beta)
     train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
                         augment_shift=augment_shift, seed=seed, save_every=save_every, snapshot_every=snapshot_every)

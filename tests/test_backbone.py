@@ -1,12 +1,22 @@
+import json
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
-from diffclass_cli.backbone.config import DDPMConfig, DiffusionConfig, Schedule, TrainConfig, UNetConfig, Weights
-from diffclass_cli.backbone.diffusion import alphas_cumprod, q_sample
+from diffclass_cli.backbone.config import (
+    DDPMConfig,
+    DiffusionConfig,
+    Prediction,
+    Schedule,
+    TrainConfig,
+    UNetConfig,
+    Weights,
+)
+from diffclass_cli.backbone.diffusion import alphas_cumprod, predicted_noise, q_sample, training_loss, v_target
 from diffclass_cli.backbone.shifts import random_shifts
 from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
 from diffclass_cli.backbone.unet import UNet, timestep_embedding
@@ -86,6 +96,38 @@ def test_schedules_and_forward_noising():
     x0, noise = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
     xt = q_sample(x0, abar[torch.tensor([0, 999])], noise)
     assert torch.allclose(xt[0], abar[0].sqrt().float() * x0[0])
+
+
+@pytest.mark.parametrize("prediction", list(Prediction))
+def test_loss_targets_and_min_snr_weights(prediction):
+    abar = alphas_cumprod(DiffusionConfig()).float()
+    silent = lambda x, t: torch.zeros_like(x)  # noqa: E731  (its error is the target itself)
+    x0 = torch.rand(64, 1, 4, 4) * 2 - 1
+    plain, weighted = (training_loss(silent, x0, abar, torch.Generator().manual_seed(0), prediction, gamma)
+                       for gamma in (0, 5))
+    gen = torch.Generator().manual_seed(0)  # the same draws as the loss makes
+    t = torch.randint(0, 1000, (64,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    target = noise if prediction == Prediction.eps else v_target(x0, abar[t], noise)
+    errors = target.pow(2).flatten(1).mean(1)
+    snr = abar[t] / (1 - abar[t])
+    assert (snr > 5).any() and (snr < 5).any()
+    torch.testing.assert_close(plain, errors.mean())
+    denominator = snr if prediction == Prediction.eps else snr + 1
+    torch.testing.assert_close(weighted, (errors * snr.clamp(max=5) / denominator).mean())
+
+
+def test_v_prediction_converts_back_to_the_noise():
+    abar = alphas_cumprod(DiffusionConfig())[torch.tensor([0, 100, 999])].float()
+    x0, noise = torch.rand(3, 1, 4, 4) * 2 - 1, torch.randn(3, 1, 4, 4)
+    x_t = q_sample(x0, abar, noise)
+    torch.testing.assert_close(predicted_noise(v_target(x0, abar, noise), x_t, abar, Prediction.v), noise)
+    assert predicted_noise(noise, x_t, abar, Prediction.eps) is noise
+    config = DDPMConfig.from_options(28, 1, 8, (1, 2), prediction=Prediction.v, min_snr=5)
+    raw = json.loads(json.dumps(asdict(config)))
+    assert DDPMConfig.from_dict(raw) == config
+    del raw["diffusion"]["prediction"], raw["diffusion"]["min_snr"]  # a checkpoint from before these options
+    assert DDPMConfig.from_dict(raw).diffusion == DiffusionConfig()
 
 
 def _train(pixels, out, steps, **kw):

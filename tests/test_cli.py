@@ -25,11 +25,12 @@ def test_train_on_a_folder_then_sample_a_grid(cli, tmp_path):
     (tmp_path / "imgs" / "bad.png").write_bytes(b"garbage")
     ckpt = tmp_path / "bb.ckpt"
     result = cli("train-backbone", tmp_path / "imgs", "--out", ckpt, "--steps", 3, "--width", 8,
-                 "--channel-mults", "1,2", "--batch-size", 4, "--warmup", 1)
+                 "--channel-mults", "1,2", "--batch-size", 4, "--warmup", 1, "--prediction", "v", "--min-snr", 5)
     assert result.exit_code == 0, result.output
     assert "skipped bad.png" in result.stderr and result.stdout == ""
     loaded = load_checkpoint(ckpt)
     assert loaded.step == 3 and loaded.config.unet.image_size == 16 and loaded.config.unet.channels == 1
+    assert loaded.config.diffusion.prediction == "v" and loaded.config.diffusion.min_snr == 5
     assert loaded.training["data"]["images"] == 6
 
     grid = tmp_path / "grid.png"
@@ -76,4 +77,5 @@ def test_cuda_asked_but_absent(cli, tmp_path, monkeypatch):
 
 def test_bad_usage_exits_2(cli):
     assert cli("train-backbone", "digits", "--out", "x", "--device", "tpu").exit_code == 2
+    assert cli("train-backbone", "digits", "--out", "x", "--min-snr", "-1").exit_code == 2
     assert cli("no-such-command").exit_code == 2

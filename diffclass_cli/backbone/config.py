@@ -103,12 +103,22 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class Prediction(str, Enum):
+    """What the UNet is trained to output: the noise, or v = sqrt(abar) noise - sqrt(1 - abar) x0
+    (Salimans & Ho 2022)."""
+
+    eps = "eps"
+    v = "v"
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     num_timesteps: int = 1000
     schedule: Schedule = Schedule.linear
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    prediction: Prediction = Prediction.eps
+    min_snr: float = 0.0  # > 0: Min-SNR-gamma loss weighting (Hang et al. 2023) with this gamma; 0: plain MSE
 
 
 class Backbone(Protocol):
@@ -151,16 +161,18 @@ class DDPMConfig:
     @classmethod
     def from_options(cls, image_size: int, channels: int, width: int, channel_mults: tuple[int, ...],
                      blocks_per_level: int = 1, mid_attention: bool = False, schedule: Schedule = Schedule.linear,
-                     **_) -> "DDPMConfig":
+                     prediction: Prediction = Prediction.eps, min_snr: float = 0.0, **_) -> "DDPMConfig":
         return cls(unet=UNetConfig(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
                                    blocks_per_level=blocks_per_level, mid_attention=mid_attention),
-                   diffusion=DiffusionConfig(schedule=schedule))
+                   diffusion=DiffusionConfig(schedule=schedule, prediction=prediction, min_snr=min_snr))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "DDPMConfig":
         unet = UNetConfig(**{**raw["unet"], "channel_mults": tuple(raw["unet"]["channel_mults"])})
-        return cls(unet=unet, diffusion=DiffusionConfig(**{**raw["diffusion"],
-                                                          "schedule": Schedule(raw["diffusion"]["schedule"])}))
+        diffusion = raw["diffusion"]
+        return cls(unet=unet, diffusion=DiffusionConfig(**{
+            **diffusion, "schedule": Schedule(diffusion["schedule"]),
+            "prediction": Prediction(diffusion.get("prediction", Prediction.eps))}))
 
     @property
     def image_size(self) -> int:
@@ -187,7 +199,8 @@ class DDPMConfig:
         from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range, training_loss
 
         abar = alphas_cumprod(self.diffusion).float().to(device)
-        return lambda model, pixels, generator: training_loss(model, to_model_range(pixels), abar, generator)
+        return lambda model, pixels, generator: training_loss(model, to_model_range(pixels), abar, generator,
+                                                              self.diffusion.prediction, self.diffusion.min_snr)
 
     def sample(self, model, n: int, generator, ddim_steps: int | None):
         from diffclass_cli.backbone.diffusion import sample

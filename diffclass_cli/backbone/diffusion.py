@@ -7,10 +7,9 @@ Images live in [-1, 1] here (`to_model_range` maps [0, 1] pixels there).
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.config import DiffusionConfig, Schedule
+from diffclass_cli.backbone.config import DiffusionConfig, Prediction, Schedule
 from diffclass_cli.console import progress
 
 
@@ -37,16 +36,43 @@ def alphas_cumprod(config: DiffusionConfig) -> torch.Tensor:
 
 def q_sample(x0: torch.Tensor, abar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; `abar_t` is `[N]`."""
-    abar_t = abar_t.to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    abar_t = _per_image(abar_t, x0)
     return abar_t.sqrt() * x0 + (1 - abar_t).sqrt() * noise
 
 
-def training_loss(model: nn.Module, x0: torch.Tensor, abar: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn timesteps."""
+def _per_image(abar_t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return abar_t.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def v_target(x0: torch.Tensor, abar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0."""
+    abar_t = _per_image(abar_t, x0)
+    return abar_t.sqrt() * noise - (1 - abar_t).sqrt() * x0
+
+
+def predicted_noise(output: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor,
+                    prediction: Prediction) -> torch.Tensor:
+    """The UNet's output as a noise estimate (a v output: noise = sqrt(abar_t) v + sqrt(1 - abar_t) x_t)."""
+    if prediction == Prediction.eps:
+        return output
+    abar_t = _per_image(abar_t, x_t)
+    return abar_t.sqrt() * output + (1 - abar_t).sqrt() * x_t
+
+
+def training_loss(model: nn.Module, x0: torch.Tensor, abar: torch.Tensor, generator: torch.Generator,
+                  prediction: Prediction = Prediction.eps, min_snr: float = 0.0) -> torch.Tensor:
+    """MSE of the noise (or v) prediction at uniformly drawn timesteps. With `min_snr` = gamma > 0
+    each image's error is weighted by min(SNR_t, gamma) / SNR_t for noise targets and
+    min(SNR_t, gamma) / (SNR_t + 1) for v targets (Min-SNR-gamma), which takes weight off the
+    nearly noise-free steps, where the network has little to learn."""
     t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    return F.mse_loss(model(q_sample(x0, abar[t], noise), t).float(), noise)
+    target = noise if prediction == Prediction.eps else v_target(x0, abar[t], noise)
+    errors = (model(q_sample(x0, abar[t], noise), t).float() - target).pow(2).flatten(1).mean(1)
+    if min_snr > 0:
+        snr = abar[t] / (1 - abar[t])
+        errors = errors * snr.clamp(max=min_snr) / (snr if prediction == Prediction.eps else snr + 1)
+    return errors.mean()
 
 
 @torch.no_grad()
@@ -62,8 +88,9 @@ def sample(model: nn.Module, config: DiffusionConfig, shape: tuple[int, ...],
     x = torch.randn(shape, generator=generator, device=device)
     for i, t in enumerate(progress(steps, desc="sampling", unit="step")):
         prev = steps[i + 1] if i + 1 < len(steps) else -1
-        eps = model(x, torch.full((shape[0],), t, device=device)).double()
         a_t = abar[t]
+        eps = predicted_noise(model(x, torch.full((shape[0],), t, device=device)).double(), x.double(), a_t,
+                              config.prediction)
         a_prev = abar[prev] if prev >= 0 else torch.ones((), dtype=abar.dtype, device=device)
         x0 = ((x.double() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
         if ddim_steps:
