@@ -178,7 +178,8 @@ def train_backbone_cmd(
         help="ddpm: train the UNet to predict the noise (eps) or v = sqrt(abar) noise - sqrt(1 - abar) image.")
     ] = DiffusionConfig.prediction,
     min_snr: Annotated[float, typer.Option(
-        help="ddpm: weigh each image's loss by min(SNR, GAMMA) / SNR (Min-SNR-gamma, e.g. 5); 0: off.",
+        help="ddpm: weigh each image's loss by min(SNR, GAMMA) / SNR (/ (SNR + 1) with --prediction v): "
+        "Min-SNR-gamma, e.g. 5; 0: off.",
         metavar="GAMMA", min=0.0)] = DiffusionConfig.min_snr,
     latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.")] = VAEConfig.latent_dim,
     beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.")] = VAEConfig.beta,
