@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from diffclass_cli.benchmark.features import extractor_features, model_input_shape
 from diffclass_cli.benchmark.protocol import Protocol, draw_seed
 from diffclass_cli.benchmark.suite import load_split, validation_split
+from diffclass_cli.choices import HeadKind
 from diffclass_cli.export.spec import ExtractorSpec
-from diffclass_cli.heads.models import draw_per_class
+from diffclass_cli.heads.models import draw_per_class, make_head
 
 C_VALUES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
@@ -39,8 +37,7 @@ def main() -> None:
         for draw in range(draws):
             labeled = draw_per_class(pool.labels, k, draw_seed(0, k, draw))
             for j, C in enumerate(C_VALUES):
-                head = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-                head.fit(features.pool[labeled], pool.labels[labeled])
+                head = make_head(HeadKind.logreg, C=C).fit(features.pool[labeled], pool.labels[labeled])
                 accuracy[draw, j] = (head.predict(features.test) == val.labels).mean()
         cells = (f"C={C}: {mean:.3f} ({worst:.3f})" for C, mean, worst in
                  zip(C_VALUES, accuracy.mean(0), accuracy.min(0)))

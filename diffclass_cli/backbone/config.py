@@ -172,7 +172,7 @@ class DDPMConfig:
         diffusion = raw["diffusion"]
         return cls(unet=unet, diffusion=DiffusionConfig(**{
             **diffusion, "schedule": Schedule(diffusion["schedule"]),
-            "prediction": Prediction(diffusion.get("prediction", Prediction.eps))}))
+            "prediction": Prediction(diffusion.get("prediction", DiffusionConfig.prediction))}))
 
     @property
     def image_size(self) -> int:

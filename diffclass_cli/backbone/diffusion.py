@@ -67,10 +67,11 @@ def training_loss(model: nn.Module, x0: torch.Tensor, abar: torch.Tensor, genera
     nearly noise-free steps, where the network has little to learn."""
     t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    target = noise if prediction == Prediction.eps else v_target(x0, abar[t], noise)
-    errors = (model(q_sample(x0, abar[t], noise), t).float() - target).pow(2).flatten(1).mean(1)
+    abar_t = abar[t]
+    target = noise if prediction == Prediction.eps else v_target(x0, abar_t, noise)
+    errors = (model(q_sample(x0, abar_t, noise), t).float() - target).pow(2).flatten(1).mean(1)
     if min_snr > 0:
-        snr = abar[t] / (1 - abar[t])
+        snr = abar_t / (1 - abar_t)
         errors = errors * snr.clamp(max=min_snr) / (snr if prediction == Prediction.eps else snr + 1)
     return errors.mean()
 
@@ -88,16 +89,16 @@ def sample(model: nn.Module, config: DiffusionConfig, shape: tuple[int, ...],
     x = torch.randn(shape, generator=generator, device=device)
     for i, t in enumerate(progress(steps, desc="sampling", unit="step")):
         prev = steps[i + 1] if i + 1 < len(steps) else -1
-        a_t = abar[t]
-        eps = predicted_noise(model(x, torch.full((shape[0],), t, device=device)).double(), x.double(), a_t,
+        a_t, x_t = abar[t], x.double()
+        eps = predicted_noise(model(x, torch.full((shape[0],), t, device=device)).double(), x_t, a_t,
                               config.prediction)
         a_prev = abar[prev] if prev >= 0 else torch.ones((), dtype=abar.dtype, device=device)
-        x0 = ((x.double() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+        x0 = ((x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
         if ddim_steps:
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         else:
             beta_t = 1 - a_t / a_prev
-            mean = (a_prev.sqrt() * beta_t * x0 + (1 - beta_t).sqrt() * (1 - a_prev) * x.double()) / (1 - a_t)
+            mean = (a_prev.sqrt() * beta_t * x0 + (1 - beta_t).sqrt() * (1 - a_prev) * x_t) / (1 - a_t)
             var = beta_t * (1 - a_prev) / (1 - a_t)
             noise = torch.randn(shape, generator=generator, device=device).double()
             x = mean + (var.sqrt() * noise if prev >= 0 else 0)
