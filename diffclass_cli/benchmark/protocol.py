@@ -46,9 +46,9 @@ def draw_seed(seed: int, per_class: int, draw: int) -> int:
 
 
 def head_accuracy(features: FeatureSet, kind: HeadKind, labels: np.ndarray, labeled: np.ndarray,
-                  test_labels: np.ndarray, seed: int) -> float:
+                  test_labels: np.ndarray, seed: int, C: float = 1.0) -> float:
     rows, targets = fit_rows(labels, labeled, kind)
-    head = make_head(kind, seed=seed)
+    head = make_head(kind, C=C, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         head.fit(features.pool[rows], targets)
