@@ -190,6 +190,10 @@ def train_backbone_cmd(
     snapshot_every: Annotated[int, typer.Option(
         help="Also keep a copy CKPT-step{N} every N steps (0: none).")] = TrainConfig.snapshot_every,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out if it exists.")] = False,
+    compile_network: Annotated[bool, typer.Option(
+        "--compile", help="Run the network through torch.compile: about 14 % shorter steps on 2 CPU cores, "
+        "after a minute of compiling (needs a C++ compiler on CPU). Not part of the recipe: "
+        "a run may switch it on or off when it resumes.")] = False,
     device: DeviceOpt = Device.auto,
     seed: SeedOpt = TrainConfig.seed,
     workers: WorkersOpt = 0,
@@ -222,7 +226,8 @@ def train_backbone_cmd(
     train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
                         lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
                         augment_shift=augment_shift, seed=seed, save_every=save_every, snapshot_every=snapshot_every)
-    run_training(images_source, config, train, out, torch_dev, resume, overwrite, workers, epochs)
+    run_training(images_source, config, train, out, torch_dev, resume, overwrite, workers, epochs,
+                 compile_network)
 
 
 def _image_shape(source, image_size: int | None, channels: int | None) -> tuple[int, int]:

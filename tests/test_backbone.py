@@ -130,9 +130,9 @@ def test_v_prediction_converts_back_to_the_noise():
     assert DDPMConfig.from_dict(raw).diffusion == DiffusionConfig()
 
 
-def _train(pixels, out, steps, **kw):
+def _train(pixels, out, steps, compiled=False, **kw):
     train = TrainConfig(steps=steps, batch_size=32, warmup=5, save_every=10, **kw)
-    return train_backbone(pixels, DDPMConfig(unet=TINY_UNET), train, out, CPU, DATA)
+    return train_backbone(pixels, DDPMConfig(unet=TINY_UNET), train, out, CPU, DATA, compiled=compiled)
 
 
 def test_short_training_loss_falls_and_checkpoint_round_trips(mnist_train_pixels, tmp_path):
@@ -160,6 +160,21 @@ def test_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train_pix
     for name in full.model:
         assert torch.equal(full.model[name], again.model[name])
         torch.testing.assert_close(full.model[name], resumed.model[name], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_training_follows_the_eager_run(mnist_train_pixels, tmp_path):
+    eager = _train(mnist_train_pixels, tmp_path / "eager.ckpt", steps=4)
+    compiled = _train(mnist_train_pixels, tmp_path / "compiled.ckpt", steps=4, compiled=True)
+    assert compiled.model.keys() == eager.model.keys()  # the plain module's names, loadable without compiling
+    for name in eager.model:
+        torch.testing.assert_close(compiled.model[name], eager.model[name], rtol=1e-3, atol=1e-4)
+
+
+def test_compile_without_a_compiler_says_so(mnist_train_pixels, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(DiffclassError, match="C\\+\\+ compiler"):
+        _train(mnist_train_pixels, tmp_path / "bb.ckpt", steps=2, compiled=True)
+    assert not (tmp_path / "bb.ckpt").exists()
 
 
 def test_random_shifts_move_each_image_within_the_limit():

@@ -71,12 +71,13 @@ def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, resum
 
 def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out: Path,
                    device: torch.device, data: dict, state: Checkpoint | None = None,
-                   launch: Launch = Launch()) -> Checkpoint:
+                   launch: Launch = Launch(), compiled: bool = False) -> Checkpoint:
     """Train on uint8 `images` `[N, C, H, W]`, writing checkpoints to `out`; returns the last.
 
     `state` is the checkpoint to continue from (see `plan_run`). Under torchrun (`launch`),
     `images` are this rank's shard, gradients are averaged by DistributedDataParallel and
-    only rank 0 writes checkpoints."""
+    only rank 0 writes checkpoints. `compiled`: run the network's steps through torch.compile
+    (the same weights and checkpoints; a run can switch it on or off when it resumes)."""
     if len(images) == 0:
         raise DiffclassError("no readable images to train on")
     _check_images(images, config)
@@ -86,6 +87,9 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
     trainer = model
     if launch.is_distributed:  # same initial weights everywhere: DDP broadcasts rank 0's
         trainer = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compiled:
+        _check_compiler(device)
+        trainer = torch.compile(trainer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
     start, losses = 0, []
     if state is not None:
@@ -152,7 +156,7 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
 
 def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out: Path,
                  device: torch.device, resume: bool = False, overwrite: bool = False, workers: int = 0,
-                 epochs: float | None = None) -> Checkpoint:
+                 epochs: float | None = None, compiled: bool = False) -> Checkpoint:
     """Load the images of `source` and train on them; under torchrun each rank loads and trains
     on its own shard (see `train_backbone`)."""
     launch = detect_launch()
@@ -170,7 +174,7 @@ def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out:
             train = TrainConfig(**{**asdict(train), "steps": steps})
         data = {"source": source.spec, "images": n_images, "skipped": sum_over_ranks(len(skipped), launch, device),
                 "processes": launch.world_size}
-        return train_backbone(images, config, train, out, device, data, state, launch)
+        return train_backbone(images, config, train, out, device, data, state, launch, compiled)
     finally:
         stop(launch)
 
@@ -179,3 +183,10 @@ def _check_images(images: np.ndarray, config: Backbone) -> None:
     expected = (config.channels, config.image_size, config.image_size)
     if images.shape[1:] != expected:
         raise DiffclassError(f"images are {images.shape[1:]} but the backbone expects {expected}")
+
+
+def _check_compiler(device: torch.device) -> None:
+    """torch.compile builds C++ kernels for the CPU: without a compiler it would fail at the first step."""
+    if device.type == "cpu" and not any(map(shutil.which, ("c++", "g++", "clang++"))):
+        raise DiffclassError("--compile needs a C++ compiler (c++, g++ or clang++) on the PATH to build CPU kernels; "
+                             "install one or train without --compile")
