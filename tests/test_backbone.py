@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffclass_cli.backbone import train as train_module
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.backbone.config import (
     DDPMConfig,
@@ -18,8 +19,9 @@ from diffclass_cli.backbone.config import (
 )
 from diffclass_cli.backbone.diffusion import alphas_cumprod, predicted_noise, q_sample, training_loss, v_target
 from diffclass_cli.backbone.shifts import random_shifts
-from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
+from diffclass_cli.backbone.train import plan_run, run_training, snapshot_path, train_backbone
 from diffclass_cli.backbone.unet import UNet, timestep_embedding
+from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
 from tests.conftest import TINY_UNET
 
@@ -170,10 +172,12 @@ def test_compiled_training_follows_the_eager_run(mnist_train_pixels, tmp_path):
         torch.testing.assert_close(compiled.model[name], eager.model[name], rtol=1e-3, atol=1e-4)
 
 
-def test_compile_without_a_compiler_says_so(mnist_train_pixels, tmp_path, monkeypatch):
+def test_compile_without_a_compiler_says_so_before_loading_images(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(train_module, "load_all", lambda *args: pytest.fail("images loaded before the check"))
     with pytest.raises(DiffclassError, match="C\\+\\+ compiler"):
-        _train(mnist_train_pixels, tmp_path / "bb.ckpt", steps=2, compiled=True)
+        run_training(open_source("digits:train"), DDPMConfig(unet=TINY_UNET), TrainConfig(steps=2),
+                     tmp_path / "bb.ckpt", CPU, compiled=True)
     assert not (tmp_path / "bb.ckpt").exists()
 
 

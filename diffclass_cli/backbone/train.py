@@ -88,7 +88,6 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
     if launch.is_distributed:  # same initial weights everywhere: DDP broadcasts rank 0's
         trainer = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if compiled:
-        _check_compiler(device)
         trainer = torch.compile(trainer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=0.0)
     start, losses = 0, []
@@ -161,6 +160,8 @@ def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out:
     on its own shard (see `train_backbone`)."""
     launch = detect_launch()
     config, train, state = plan_run(out, config, train, source.spec, resume, overwrite)
+    if compiled:
+        _check_compiler(device)
     if launch.is_distributed:
         device = start(launch, device)
         if not launch.is_main:
@@ -186,7 +187,8 @@ def _check_images(images: np.ndarray, config: Backbone) -> None:
 
 
 def _check_compiler(device: torch.device) -> None:
-    """torch.compile builds C++ kernels for the CPU: without a compiler it would fail at the first step."""
+    """torch.compile builds C++ kernels for the CPU: without a compiler it would fail at the first
+    step, after every image was loaded."""
     if device.type == "cpu" and not any(map(shutil.which, ("c++", "g++", "clang++"))):
         raise DiffclassError("--compile needs a C++ compiler (c++, g++ or clang++) on the PATH to build CPU kernels; "
                              "install one or train without --compile")
