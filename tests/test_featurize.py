@@ -151,6 +151,25 @@ def test_interrupted_run_resumes_to_the_same_file(tiny_onnx, tmp_path, monkeypat
     _assert_same_rows(tmp_path / "resumed.h5", tmp_path / "clean.h5")
 
 
+def test_resume_keeps_only_what_was_committed(tiny_onnx, tmp_path, monkeypatch):
+    # A kill while HDF5 flushes its metadata can leave rows, skipped files and the plain counters
+    # past the last commit, the counters even disagreeing with each other (seen in CI: `rows` one
+    # batch ahead of `source_rows_done`); resume must go by the commit alone.
+    source = open_source("mnist-sample:test")
+    featurize(source, tmp_path / "clean.h5", tiny_onnx, batch_size=128)
+    partial = _interrupt_at_third_batch(source, tiny_onnx, tmp_path / "resumed.h5", monkeypatch)
+    with h5py.File(partial, "a") as f:
+        for name in ("features", "labels", "paths"):
+            f[name].resize(300, axis=0)
+        f["skipped"].resize(1, axis=0)
+        f["skipped"][0] = np.array(["ghost.png", "never committed"], dtype=object)
+        f.attrs["rows"] = 300
+    featurize(source, tmp_path / "resumed.h5", tiny_onnx, batch_size=128, resume=True)
+    _assert_same_rows(tmp_path / "resumed.h5", tmp_path / "clean.h5")
+    with h5py.File(tmp_path / "resumed.h5") as f:
+        assert f["skipped"].shape[0] == 0 and f.attrs["rows"] == f.attrs["source_rows_done"] == len(source)
+
+
 def test_a_resume_stopped_while_rewriting_the_partial_file_resumes_again(tiny_onnx, tmp_path, monkeypatch):
     # Resume writes the committed rows back into a fresh partial file; stopped there, the
     # partial file is half-written and the saved copy of the rows is what the next resume uses.

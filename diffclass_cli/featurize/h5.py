@@ -7,7 +7,7 @@
     skipped      UTF-8 [M, 2]: (path, reason) of files that could not be read
     attributes   extractor_sha256, extractor_name, feature_dim, timesteps, taps, pool,
                  source, source_images, source_fingerprint, shard ("I/N"), provider,
-                 dtype, rows, created, diffclass_version, ...
+                 dtype, rows, source_rows_done, committed, created, diffclass_version, ...
 """
 
 from collections.abc import Iterator
@@ -27,6 +27,9 @@ STR = h5py.string_dtype("utf-8")
 CHUNK_ROWS = 1024
 DTYPES = tuple(d.value for d in FeatureDtype)  # how features may be stored; readers always get float32
 PROGRESS_ATTR = "source_rows_done"  # rows of the source consumed so far (written or skipped)
+# What resume keeps: int64 [rows, skipped files, source rows done], in one attribute because two
+# attributes can reach the disk apart when a run is killed while HDF5 flushes its metadata.
+COMMIT_ATTR = "committed"
 
 
 def storable(text: str) -> str:
@@ -101,11 +104,8 @@ class FeatureWriter:
             done = f["skipped"].shape[0]
             f["skipped"].resize(done + len(skipped), axis=0)
             f["skipped"][done:] = np.array([(storable(p), storable(r)) for p, r in skipped], dtype=object)
-        f.flush()
-        # The commit point: a crash before it leaves rows that resume will cut away.
-        f.attrs["rows"] = start + n
-        f.attrs[PROGRESS_ATTR] = self.source_rows_done + source_rows
-        f.flush()
+        f.flush()  # the rows reach the file before the commit that counts them
+        _commit(f, start + n, f["skipped"].shape[0], self.source_rows_done + source_rows)
 
     def _stored(self, features: np.ndarray) -> np.ndarray:
         """`features` in the file's dtype; refuses values that float16 cannot hold."""
@@ -134,8 +134,21 @@ def _create_layout(f: h5py.File, feature_dim: int, dtype: str, class_names: list
     f.create_dataset("skipped", (0, 2), STR, maxshape=(None, 2), chunks=(256, 2))
     f.create_dataset("class_names", data=np.array(class_names, dtype=object), dtype=STR)
     f.attrs.update(attrs)
-    f.attrs[PROGRESS_ATTR] = 0
-    f.attrs["rows"] = 0
+    _commit(f, 0, 0, 0)
+
+
+def _commit(f: h5py.File, rows: int, skipped: int, source_rows_done: int) -> None:
+    """The commit point: a crash before it leaves rows and skipped files that resume cuts away."""
+    f.attrs[COMMIT_ATTR] = np.array([rows, skipped, source_rows_done], np.int64)
+    f.flush()
+    f.attrs["rows"], f.attrs[PROGRESS_ATTR] = rows, source_rows_done  # what readers use
+
+
+def _committed(f: h5py.File) -> tuple[int, int, int]:
+    if COMMIT_ATTR not in f.attrs:  # a partial file written before the commit attribute existed
+        return int(f.attrs["rows"]), f["skipped"].shape[0], int(f.attrs[PROGRESS_ATTR])
+    rows, skipped, source_rows_done = (int(v) for v in f.attrs[COMMIT_ATTR])
+    return rows, skipped, source_rows_done
 
 
 def _save_committed(path: Path, copy: Path, attrs: dict) -> None:
@@ -160,9 +173,9 @@ def _check_resumable(f: h5py.File, path: Path, attrs: dict) -> None:
 
 
 def _copy_committed(src: h5py.File, dst: h5py.File) -> None:
-    """The rows `src` committed (a crash may have left more past them), its skipped files and
+    """The rows and skipped files `src` committed (a crash may have left more past them) and its
     attributes, into the empty file `dst`, chunk by chunk."""
-    rows = int(src.attrs["rows"])
+    rows, skipped_rows, source_rows_done = _committed(src)
     class_names = [c.decode() for c in src["class_names"][:]]
     _create_layout(dst, src["features"].shape[1], src["features"].dtype.name, class_names, dict(src.attrs))
     for name in ("features", "labels", "paths"):
@@ -171,10 +184,10 @@ def _copy_committed(src: h5py.File, dst: h5py.File) -> None:
         for start in range(0, rows, CHUNK_ROWS):
             stop = min(rows, start + CHUNK_ROWS)
             dst[name][start:stop] = dataset[start:stop]
-    skipped = src["skipped"].asstr()[:]
+    skipped = src["skipped"].asstr()[:skipped_rows]
     dst["skipped"].resize(len(skipped), axis=0)
     dst["skipped"][:] = skipped
-    dst.attrs["rows"], dst.attrs[PROGRESS_ATTR] = rows, int(src.attrs[PROGRESS_ATTR])
+    _commit(dst, rows, skipped_rows, source_rows_done)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize.extract import NO_PROVIDER, Shard
-from diffclass_cli.featurize.h5 import PROGRESS_ATTR, FeatureWriter, copy_rows, open_feature_file
+from diffclass_cli.featurize.h5 import COMMIT_ATTR, PROGRESS_ATTR, FeatureWriter, copy_rows, open_feature_file
 from diffclass_cli.files import atomic_output, refuse_overwrite
 
 MUST_MATCH = ("extractor_sha256", "source", "source_fingerprint", "source_images", "feature_dim", "dtype")
@@ -43,7 +43,7 @@ def merge(out: Path, parts: list[Path], overwrite: bool = False) -> dict:
     if missing:
         raise DiffclassError(f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing")
 
-    kept = {key: value for key, value in first["attrs"].items() if key not in ("rows", PROGRESS_ATTR)}
+    kept = {key: value for key, value in first["attrs"].items() if key not in ("rows", PROGRESS_ATTR, COMMIT_ATTR)}
     attrs = {**kept, "shard": str(Shard()), "merged_from": count,
              "provider": ",".join(sorted({h["attrs"]["provider"] for _, h in headers} - {NO_PROVIDER}))
              or NO_PROVIDER,
