@@ -76,6 +76,25 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.002)
 
 
+def _wait_locked(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until `proc` holds its lock on `path`: the file appears a moment before it is locked."""
+    _wait_for(path, proc, timeout)
+    deadline, inode = time.monotonic() + timeout, path.stat().st_ino
+    while not _holds_flock(proc.pid, inode):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, f"{path} was never locked"
+        time.sleep(0.002)
+
+
+def _holds_flock(pid: int, inode: int) -> bool:
+    """Whether /proc/locks lists a granted flock of process `pid` on the file with `inode`."""
+    for fields in (line.split() for line in Path("/proc/locks").read_text().splitlines()):
+        # "1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; waiting requests read "1: -> FLOCK ..."
+        if fields[1] == "FLOCK" and fields[4] == str(pid) and fields[5].endswith(f":{inode}"):
+            return True
+    return False
+
+
 def _processes_writing(out: Path) -> list[int]:
     """Processes (the driver and its forked decoding workers) whose command line names `out`."""
     found = []
@@ -184,7 +203,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_is_intact(cli,
     out = tmp_path / "c.h5"
     partial = out.with_name(out.name + ".partial")
     first = _start(digit_folder, out, tiny_onnx)
-    _wait_for(partial, first)
+    _wait_locked(partial, first)
     os.kill(first.pid, signal.SIGSTOP)  # hold the first run mid-way, whatever the machine's speed
     try:
         for extra in ([], ["--resume"], ["--overwrite"]):
