@@ -68,22 +68,24 @@ def _start(folder: Path, out: Path, model: Path) -> subprocess.Popen:
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_until(done, proc: subprocess.Popen, never: str, timeout: float = 60) -> None:
+    """Poll `done()` while `proc` runs; fail with `never` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not done():
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, f"{path} never appeared"
+        assert time.monotonic() < deadline, never
         time.sleep(0.002)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    _wait_until(path.exists, proc, f"{path} never appeared", timeout)
 
 
 def _wait_locked(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
     """Until `proc` holds its lock on `path`: the file appears a moment before it is locked."""
     _wait_for(path, proc, timeout)
-    deadline, inode = time.monotonic() + timeout, path.stat().st_ino
-    while not _holds_flock(proc.pid, inode):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, f"{path} was never locked"
-        time.sleep(0.002)
+    inode = path.stat().st_ino
+    _wait_until(lambda: _holds_flock(proc.pid, inode), proc, f"{path} was never locked", timeout)
 
 
 def _holds_flock(pid: int, inode: int) -> bool:
