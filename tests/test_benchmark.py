@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,9 +9,10 @@ from PIL import Image
 from diffclass_cli.benchmark.features import FeatureSet
 from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import COLUMNS
-from diffclass_cli.benchmark.suite import refuse_shared_images
+from diffclass_cli.benchmark.suite import _describe, refuse_shared_images
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.heads.models import HeadKind
 from tests.conftest import write_image
 
@@ -33,6 +35,7 @@ def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
     assert {r["feature_set"] for r in rows if r["sweep"] == "timestep"} == {"t10", "t100", "t10+100"}
     summary = (out / "summary.md").read_text()
     assert "| diffusion:tiny | logreg |" in summary and "±" in summary and summary in result.stdout
+    assert "extractor options for checkpoints: timesteps 100 (diffusion), taps default, pool 3x3" in summary
 
     draws = json.loads((out / "labeled_draws.json").read_text())
     train_ids = set(open_source("mnist-sample:train").ids)
@@ -106,3 +109,9 @@ def test_benchmark_refuses_a_test_folder_that_repeats_a_train_image(cli, tiny_ch
     result = cli("benchmark", tiny_checkpoint, "--out", tmp_path / "bench", "--train", tmp_path / "train",
                  "--test", tmp_path / "test", "--baselines", "pixels")
     assert result.exit_code == 1 and "share 1 image(s) (b/001.png = b/002.png)" in result.stderr, result.output
+
+
+def test_the_summary_does_not_credit_an_onnx_model_with_the_checkpoint_options():
+    spec = ExtractorSpec(shifts=1)
+    assert "shifts 1" in _describe(spec, [Path("runs/bb.ckpt"), Path("x.onnx")])
+    assert "shifts" not in _describe(spec, [Path("x.onnx")]) and "diffclass info" in _describe(spec, [Path("x.onnx")])

@@ -137,8 +137,8 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     minutes = (time.perf_counter() - began) / 60
     preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
                 f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
-                f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); extractor "
-                f"options {_describe(spec)}; "
+                f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); "
+                f"{_describe(spec, models)}; "
                 f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from {len(sweep_pool_split.labels)} "
                 f"pool images and are scored on the other {len(validation.labels)} pool images (a validation split), "
                 "never on the test split.\n")
@@ -164,8 +164,11 @@ def _tap_sets(model: Path) -> list[tuple[str, ...]]:
     return candidate_tap_sets(load_checkpoint(model).config)
 
 
-def _describe(spec: ExtractorSpec) -> str:
+def _describe(spec: ExtractorSpec, models: list[Path]) -> str:
+    """The extractor options, which only checkpoints are exported with: an ONNX model carries its own."""
+    if all(m.suffix == ".onnx" for m in models):
+        return "each ONNX model's own extractor options (`diffclass info MODEL`)"
     taps = ",".join(spec.taps) if spec.taps else "default"
     timesteps = ",".join(map(str, spec.diffusion_timesteps))
-    return (f"timesteps {timesteps} (diffusion), taps {taps}, pool {pool_name(spec.pool)}, "
-            f"noise draws {spec.noise_draws}, shifts {spec.shifts}")
+    return (f"extractor options for checkpoints: timesteps {timesteps} (diffusion), taps {taps}, "
+            f"pool {pool_name(spec.pool)}, noise draws {spec.noise_draws}, shifts {spec.shifts}")
