@@ -7,7 +7,7 @@ scored by its regret, how far it falls short of the better of the two heads per 
     python benchmarks/auto_rule_probe.py [--model exports/mnist-sample-ddpm.onnx]
         [--scenarios standard,merged-2,...] [--repeats 1] [--records runs/auto-rule.jsonl]
 
-Rules: `tie` (logreg only if it gets more held-out rows right; shipped until session 12),
+Rules: `tie` (logreg only if it gets more held-out rows right; shipped until d04f2e7),
 `mcnemar-z` (logreg only if its wins minus losses over the rows where the two differ exceed z
 standard errors, z * sqrt(number of such rows)), `margin-m` (logreg only if ahead by more than m
 in accuracy) and `alignment-low-high` (shipped at 0.4-0.7: the semi head if the labeled rows'

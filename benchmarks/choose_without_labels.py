@@ -1,4 +1,4 @@
-"""Issue 20, item 3: can the timestep (or the taps) be chosen from unlabeled images alone?
+"""Can the timestep (or the taps) be chosen from unlabeled images alone?
 
 For each candidate timestep (with --taps: each candidate tap set at --timestep), the features
 of a backbone checkpoint are computed for unlabeled images and for a second view of them

@@ -1,4 +1,4 @@
-"""Issue 20, item 4: a one-shot head (nearest class mean) next to logistic regression at 1 and
+"""A one-shot head (nearest class mean) next to logistic regression at 1 and
 2 labels per class. Measured on the validation part (stratified 80/20) of each train split;
 the test splits are not loaded. Features: the shipped extractor on mnist-sample and digits,
 and both datasets' raw pixels.

@@ -191,8 +191,8 @@ def train_backbone_cmd(
         help="Also keep a copy CKPT-step{N} every N steps (0: none).")] = TrainConfig.snapshot_every,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out if it exists.")] = False,
     compile_network: Annotated[bool, typer.Option(
-        "--compile", help="Run the network through torch.compile: about 14 % shorter steps on 2 CPU cores, "
-        "after a minute of compiling (needs a C++ compiler on CPU). Not part of the recipe: "
+        "--compile", help="Run the network through torch.compile: shorter steps after a minute of compiling "
+        "(needs a C++ compiler on CPU; docs/guide.md). Not part of the recipe: "
         "a run may switch it on or off when it resumes.")] = False,
     device: DeviceOpt = Device.auto,
     seed: SeedOpt = TrainConfig.seed,
@@ -388,7 +388,7 @@ def featurize_cmd(
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).",
                                                 callback=at_least(1))] = None,
     workers: Annotated[int, typer.Option(
-        help="local: processes that decode images in parallel; ray: actors, each with its own session.",
+        help="local: processes that decode images in parallel; ray: actors, each with its own onnxruntime session.",
         callback=at_least(0))] = 1,
     shard: Annotated[str | None, typer.Option(
         help="Only shard I of N (0-based, e.g. 3/8): a fixed block of the source, for job arrays; "
@@ -399,7 +399,7 @@ def featurize_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT.partial from an interrupted run.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image.")] = False,
     dtype: Annotated[FeatureDtype, typer.Option(
-        help="How features are stored: float16 halves the file (readers get float32 back; README \"Scale\" "
+        help="How features are stored: float16 halves the file (readers get float32 back; docs/scale.md "
         "measures the accuracy change).")] = FeatureDtype.float32,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
@@ -587,7 +587,8 @@ def benchmark(
 ) -> None:
     """Few-shot accuracy curves of diffusion features against raw pixels, PCA and a supervised CNN.
 
-    Accuracy is always measured on the held-out test split, as mean and std over seeded draws.
+    Accuracy is measured on the held-out test split (or, with --on-validation, on a validation part of the
+    train split), as mean and std over seeded draws of the labeled set.
 
     Examples:\n
       diffclass benchmark runs/bb.ckpt --out bench/\n

@@ -14,8 +14,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from diffclass_cli.featurize.h5 import read_features
 from diffclass_cli.heads.apply import evaluate, fit_head, predict
 from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class, fit_rows
-from diffclass_cli.heads.store import load_head
-from tests.conftest import write_feature_file
+from diffclass_cli.heads.store import FORMAT, load_head, sio
+from tests.conftest import assert_one_line_error, write_feature_file
 
 
 @parametrize_with_checks([SpectralPseudoLabels(), AutoHead()], expected_failed_checks=lambda est: {
@@ -122,6 +122,20 @@ def test_refuses_features_of_another_extractor_or_width(cli, digit_files, tmp_pa
     narrow = write_feature_file(tmp_path / "narrow.h5", ff.features[:, :10], ff.labels, ff.paths, ff.class_names)
     result = cli("evaluate", narrow, "--head", tmp_path / "h.skops")
     assert result.exit_code == 1 and "10 features per row" in result.stderr and "64" in result.stderr
+
+
+class Planted:
+    """A type no head contains: loading it would run its module's code."""
+
+    def __init__(self):
+        self.payload = "anything"
+
+
+def test_a_head_file_with_a_type_we_do_not_trust_is_refused_unloaded(cli, digit_files, tmp_path):
+    planted = tmp_path / "planted.skops"
+    sio.dump({"format": FORMAT, "head": Planted(), "info": {}}, planted)
+    result = cli("predict", digit_files["test"], "--head", planted)
+    assert_one_line_error(result, "holds types diffclass does not load: tests.test_heads.Planted")
 
 
 def test_fit_errors(cli, digit_files, tmp_path):
