@@ -42,3 +42,10 @@ class FeatureDtype(str, Enum):
 
     float32 = "float32"
     float16 = "float16"
+
+
+class OutputFormat(str, Enum):
+    """See heads/apply.py (predict's output)."""
+
+    csv = "csv"
+    jsonl = "jsonl"

@@ -7,9 +7,10 @@ argument, a value that is not a choice) exit with 2. A number option's range is 
 where the option is, with `callback=at_least(...)`; the configs check their own fields.
 """
 
+import itertools
 import os
 import sys
-from contextlib import closing
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ from diffclass_cli.backbone.config import (
     VAEConfig,
     Weights,
 )
-from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, Projection
+from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, OutputFormat, Projection
 from diffclass_cli.console import configure, log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
@@ -38,15 +39,25 @@ from diffclass_cli.heads import MAX_UNLABELED
 TRAINING_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "safetensors"}  # the [train] extra
 
 
+GLOBAL_FLAGS = ("-q", "--quiet", "--progress")  # accepted after the command too
+
+
 class _UserErrorsAsExitCodes(TyperGroup):
     """Turns the errors a user can cause into one line and an exit code."""
+
+    def parse_args(self, ctx, args):
+        """`diffclass fit ... -q` means `diffclass -q fit ...`: the global flags may follow the command."""
+        end = args.index("--") if "--" in args else len(args)
+        lifted = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+        return super().parse_args(ctx, lifted + rest)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): stop quietly
+        except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): all it wanted, so exit 0
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(1) from None
+            raise typer.Exit(0) from None
         except DiffclassError as err:
             _fail(str(err))
         except ModuleNotFoundError as err:
@@ -75,12 +86,24 @@ def at_least(low: float, above: bool = False):
     return check
 
 
+def in_range(low: float, high: float):
+    """An option callback that refuses values outside [low, high] (and NaN)."""
+
+    def check(param: typer.CallbackParam, value):
+        if value is not None and not low <= value <= high:
+            raise DiffclassError(f"{param.opts[0]} must be between {low:g} and {high:g}, not {value:g}")
+        return value
+
+    return check
+
+
 app = typer.Typer(
     cls=_UserErrorsAsExitCodes,
     help="Few-shot image classification with features of a diffusion model trained on "
     "unlabeled images.\n\nPipeline: train-backbone -> export -> featurize -> fit -> predict.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # help text is plain: "diffclass[ray]" stays as written
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -100,6 +123,9 @@ WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in p
 ModelOpt = Annotated[Path | None, typer.Option(
     help="Exported extractor (.onnx) (default: the shipped mnist-sample-ddpm.onnx).")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Images per onnxruntime call.", callback=at_least(1))]
+LabelsOpt = Annotated[Path | None, typer.Option(
+    help="A CSV table of 'path,label' rows (a header is optional) that labels the images instead of their class "
+    "folders; images it does not name are unlabeled.")]
 
 
 # The extractor's options, shared by `export` and `benchmark` (see export/spec.py).
@@ -132,11 +158,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Only warnings and errors on stderr (also accepted after the command).")] = False,
+    show_progress: Annotated[bool, typer.Option(
+        "--progress", help="Show progress bars even when stderr is not a terminal (by default they are shown only "
+        "on a terminal).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    configure(quiet)
+    configure(quiet, show_progress)
 
 
 def _parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -287,7 +317,7 @@ def export(
         help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}), or 'auto' (experimental): "
         "chosen from unlabeled images (--choose-on), no labels: the step whose features keep their nearest "
         "neighbours under another noise draw and a one-pixel shift and form well-separated clusters (a minute or "
-        "two). It matched the label-based choice on 4 of 5 checks and missed on one (model card).")] = None,
+        "two). Check its choice with labels where you can (docs/guide.md).")] = None,
     choose_on: Annotated[str | None, typer.Option(
         help="With --timestep auto or --taps auto: the unlabeled images to choose on, any SOURCE (default: the "
         "images the backbone was trained on).")] = None,
@@ -354,28 +384,24 @@ def export(
 
 @app.command()
 def info(
-    model: Annotated[Path, typer.Argument(help="An exported extractor (.onnx).", show_default=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+    path: Annotated[Path, typer.Argument(
+        help="A file diffclass wrote: a checkpoint, an extractor (.onnx), a head (.skops) or a feature file (.h5).",
+        show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
 ) -> None:
-    """Print what an exported extractor computes and where it came from.
+    """Print what a checkpoint, extractor, head or feature file holds and how it was made.
 
     Examples:\n
-      diffclass info exports/mnist-sample-ddpm.onnx
+      diffclass info exports/mnist-sample-ddpm.onnx\n
+      diffclass info head.skops      (classes, kind, what auto chose and why, the extractor, fitted rows)\n
+      diffclass info train.h5 --json (rows, labeled and unlabeled per class, extractor, skipped files)
     """
     import json
 
-    from diffclass_cli.extractor_format import read_metadata
+    from diffclass_cli.describe import describe, format_description
 
-    metadata = read_metadata(model)
-    if as_json:
-        typer.echo(json.dumps(metadata, indent=2))
-        return
-    for key, value in metadata.items():
-        if key == "feature_groups":
-            value = ", ".join(f"{g['name']} [{g['start']}:{g['stop']}]" for g in value)
-        elif not isinstance(value, str):
-            value = json.dumps(value)
-        typer.echo(f"{key}: {value}")
+    description = describe(path)
+    typer.echo(json.dumps(description, indent=2, ensure_ascii=False) if as_json else format_description(description))
 
 
 @app.command("featurize")
@@ -401,6 +427,7 @@ def featurize_cmd(
     dtype: Annotated[FeatureDtype, typer.Option(
         help="How features are stored: float16 halves the file (readers get float32 back; docs/scale.md "
         "measures the accuracy change).")] = FeatureDtype.float32,
+    labels: LabelsOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     overwrite: OverwriteOpt = False,
@@ -417,7 +444,10 @@ def featurize_cmd(
     from diffclass_cli.data.sources import open_source
     from diffclass_cli.featurize.extract import Shard, featurize, resolve_model
 
-    featurize(open_source(source, data_root, download), out, resolve_model(model), device, batch_size,
+    images = open_source(source, data_root, download)
+    if labels is not None:
+        images = images.relabeled(labels)
+    featurize(images, out, resolve_model(model), device, batch_size,
               threads, workers, overwrite, resume, strict, Shard.parse(shard) if shard else Shard(), engine, dtype)
 
 
@@ -466,81 +496,142 @@ def fit(
     max_unlabeled: Annotated[int, typer.Option(
         help="semi / auto: cluster at most this many unlabeled rows, a sample spread evenly over the file "
         "(drawn with --seed); bounds time and memory on large files.", callback=at_least(1))] = MAX_UNLABELED,
+    unlabeled: Annotated[list[Path] | None, typer.Option(
+        help="semi / auto: another feature file of the same extractor whose rows are all used as unlabeled, "
+        "whatever their folders (repeat the option for several).")] = None,
+    labels: LabelsOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a small classifier on the labeled rows of a feature file (only the rows it uses are read).
 
     Examples:\n
       diffclass fit train.h5 --out head.skops\n
+      diffclass fit labeled.h5 --unlabeled pool.h5 --out head.skops\n
+      diffclass fit pool.h5 --labels labels.csv --out head.skops\n
       diffclass fit train.h5 --out head.skops --per-class 10 --seed 1 --head logreg
     """
     from diffclass_cli.heads.apply import fit_head
 
-    fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, max_unlabeled, overwrite)
+    fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, max_unlabeled, overwrite,
+             unlabeled=unlabeled or (), labels=labels)
+
+
+InputsArg = Annotated[list[str], typer.Argument(
+    help="Feature files made by `diffclass featurize`, or images: image files, folders (class subfolders = the "
+    "true classes), '-' for paths on standard input, or one built-in source.", show_default=False)]
+HeadModelOpt = Annotated[Path | None, typer.Option(
+    help="With images: the extractor (.onnx) to featurize them with (default: the one the head was fitted on, "
+    "found where featurize ran it, or the shipped one).")]
+
+
+def _feature_files(inputs: list[str]) -> list[Path] | None:
+    """The inputs as feature files when they all are, None when none is; a mix is refused."""
+    from diffclass_cli.describe import kind_of
+
+    kinds = [Path(i).is_file() and kind_of(Path(i)) == "features" for i in inputs]
+    if all(kinds):
+        return [Path(i) for i in inputs]
+    if any(kinds):
+        raise DiffclassError("give feature files or images, not both")
+    return None
 
 
 @app.command()
 def predict(
-    features: Annotated[str, typer.Argument(
-        help="A feature file made by `diffclass featurize`, or an image SOURCE (as in featurize) to featurize on "
-        "the fly with --model.", show_default=False)],
+    inputs: InputsArg,
     head: HeadOpt,
-    model: ModelOpt = None,
+    model: HeadModelOpt = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="csv: path,label,confidence[,...]; jsonl: one JSON object per line.")] = OutputFormat.csv,
+    top_k: Annotated[int, typer.Option(help="Also give the next K-1 most likely classes of each row.",
+                                       callback=at_least(1))] = 1,
+    min_confidence: Annotated[float | None, typer.Option(
+        help="Below this probability a row gets no label, and its status says so.",
+        callback=in_range(0, 1))] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Add one probability column per class.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Write the CSV here instead of standard output.")] = None,
+    no_header: Annotated[bool, typer.Option("--no-header", help="CSV without its header line.")] = False,
+    absolute_paths: Annotated[bool, typer.Option(
+        "--absolute-paths", help="Images' paths as absolute paths (default: as given on the command line).")] = False,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", help="Write the predictions here instead of standard output ('-': standard output).")] = None,
     batch_size: BatchSizeOpt = 256,
     workers: WorkersOpt = 1,
     device: DeviceOpt = Device.auto,
     data_root: DataRootOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Label every row of a feature file, or every image of a source: CSV `path,label,confidence`
-    on standard output, written as it goes.
+    """Label every row of feature files, or every image given: one row each (CSV `path,label,confidence`
+    or JSON lines) on standard output, written as it goes.
+
+    Images are featurized in memory with the extractor the head was fitted on.
 
     Examples:\n
       diffclass predict new.h5 --head head.skops > predictions.csv\n
-      diffclass predict new.h5 --head head.skops --proba --out predictions.csv\n
-      diffclass predict photos/new/ --head head.skops --model exports/bb.onnx > predictions.csv
+      diffclass predict photos/new --head head.skops > predictions.csv\n
+      diffclass predict photos/new/img1009.png --head head.skops --top-k 3\n
+      find photos/new -name '*.jpg' | diffclass predict - --head head.skops --format jsonl --min-confidence 0.8\n
+      diffclass predict new.h5 --head head.skops --proba --out predictions.csv
     """
-    from diffclass_cli.files import atomic_output
+    from diffclass_cli.files import STDOUT, atomic_output
     from diffclass_cli.heads import apply as heads
 
-    if Path(features).is_file():
+    style = heads.PredictionFormat(output_format, top_k, proba, min_confidence, header=not no_header)
+    features = _feature_files(inputs)
+    if features is not None:
         if model is not None:
-            raise DiffclassError(f"{features} is a feature file; --model is for image sources")
-        names, chunks = heads.predict(Path(features), head)
+            raise DiffclassError(f"{inputs[0]} is a feature file; --model is for images")
+        predicted = [heads.predict(f, head) for f in features]
+        names, chunks = predicted[0][0], itertools.chain.from_iterable(c for _, c in predicted)
     else:
-        from diffclass_cli.data.sources import open_source
-        from diffclass_cli.featurize.extract import resolve_model
+        from diffclass_cli.data.sources import open_inputs
 
-        source = open_source(features, data_root)
-        names, chunks = heads.predict_images(source, resolve_model(model), head, batch_size, workers, device)
-    with closing(chunks):  # on an error, the progress bar ends before the message, not at exit
-        if out is None:
-            heads.write_csv(chunks, sys.stdout, names, proba)
+        source = open_inputs(inputs, data_root, absolute_paths)
+        names, chunks = heads.predict_images(source, head, model, batch_size, workers, device)
+    with closing(chunks) if hasattr(chunks, "close") else nullcontext():  # a bar ends before an error message
+        if out in (None, STDOUT):
+            heads.write_predictions(chunks, sys.stdout, names, style)
             return
-        with atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as stream:
-            rows = heads.write_csv(chunks, stream, names, proba)
+        with atomic_output(Path(out), overwrite, inputs=features or ()) as tmp, \
+                open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as stream:
+            rows = heads.write_predictions(chunks, stream, names, style)
     log.info(f"wrote {rows} predictions to {out}")
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    features: FeaturesArg,
+    inputs: InputsArg,
     head: HeadOpt,
+    model: HeadModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    batch_size: BatchSizeOpt = 256,
+    workers: WorkersOpt = 1,
+    device: DeviceOpt = Device.auto,
+    data_root: DataRootOpt = None,
 ) -> None:
-    """Score a head on the labeled rows of a feature file (accuracy, per class, confusion matrix).
+    """Score a head on labeled rows or images: accuracy, balanced accuracy, per-class precision, recall
+    and F1, and the confusion matrix.
+
+    Classes the head never saw are counted as errors (with a warning); data none of whose classes the
+    head knows is refused.
 
     Examples:\n
       diffclass evaluate test.h5 --head head.skops\n
+      diffclass evaluate photos/heldout --head head.skops\n
       diffclass evaluate test.h5 --head head.skops --json | jq .accuracy
     """
     import json
 
-    from diffclass_cli.heads.apply import evaluate, format_report
+    from diffclass_cli.heads.apply import evaluate, evaluate_images, format_report
 
-    report = evaluate(features, head)
+    features = _feature_files(inputs)
+    if features is not None:
+        if len(features) > 1 or model is not None:
+            raise DiffclassError("evaluate takes one feature file (and --model only with images)")
+        report = evaluate(features[0], head)
+    else:
+        from diffclass_cli.data.sources import open_inputs
+
+        report = evaluate_images(open_inputs(inputs, data_root), head, model, batch_size, workers, device)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
@@ -551,7 +642,9 @@ def benchmark(
     out: Annotated[Path, typer.Option(help="Folder for results.csv, summary.md and the plots.")],
     train: Annotated[str, typer.Option(help="Labeled pool the few labels are drawn from.")] = "mnist-sample:train",
     test: Annotated[str, typer.Option(help="Held-out labeled split accuracy is measured on.")] = "mnist-sample:test",
-    per_class: Annotated[str, typer.Option(help="Labels per class, comma-separated.")] = "1,2,5,10,32,100",
+    per_class: Annotated[str | None, typer.Option(
+        help="Labels per class, comma-separated (default: those of 1,2,5,10,32,100 that every class of the train "
+        "split can give).", show_default=False)] = None,
     draws: Annotated[int, typer.Option(help="Seeded draws of the labeled set per K.", callback=at_least(1))] = 5,
     draws_few: Annotated[int, typer.Option(
         help="Draws per K at 1 and 2 labels per class, where results are bimodal (the worst draw is reported).",
@@ -584,6 +677,8 @@ def benchmark(
         "use this to choose checkpoints or options.")] = False,
     seed: SeedOpt = 0,
     data_root: DataRootOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the files of an existing --out folder.")]
+    = False,
 ) -> None:
     """Few-shot accuracy curves of diffusion features against raw pixels, PCA and a supervised CNN.
 
@@ -608,12 +703,13 @@ def benchmark(
     except ValueError:
         raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {heads!r}") from None
     spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws, shifts)
-    protocol = Protocol(per_class=_parse_ints(per_class, "--per-class"), draws=draws, heads=head_kinds,
+    protocol = Protocol(per_class=_parse_ints(per_class, "--per-class") if per_class else (), draws=draws,
+                        heads=head_kinds,
                         seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few)
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,
                             tuple(_parse_ints(group.replace("+", ","), "--sweep-timestep")
                                   for group in sweep_timestep.split(",")) if sweep_timestep else (),
-                            sweep_taps, sweep_pool, quick, data_root, on_validation)
+                            sweep_taps, sweep_pool, quick, data_root, on_validation, overwrite)
     typer.echo(summary)
 
 

@@ -20,8 +20,14 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure(quiet: bool) -> None:
-    """Send diffclass logs to stderr; `quiet` keeps only warnings and errors."""
+_forced_progress = False
+
+
+def configure(quiet: bool, show_progress: bool = False) -> None:
+    """Send diffclass logs to stderr; `quiet` keeps only warnings and errors; progress bars are
+    drawn only on a terminal unless `show_progress`."""
+    global _forced_progress
+    _forced_progress = show_progress
     if not log.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -31,6 +37,7 @@ def configure(quiet: bool) -> None:
 
 
 def progress(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar on stderr, hidden when --quiet."""
-    return tqdm(iterable, file=sys.stderr, disable=not log.isEnabledFor(logging.INFO),
-                dynamic_ncols=True, **kwargs)
+    """A tqdm bar on stderr: hidden when --quiet, and when stderr is not a terminal (a log file
+    would fill with bars) unless --progress."""
+    shown = log.isEnabledFor(logging.INFO) and (_forced_progress or sys.stderr.isatty())
+    return tqdm(iterable, file=sys.stderr, disable=not shown, dynamic_ncols=True, **kwargs)

@@ -7,6 +7,8 @@ partial file, so it can never empty or corrupt a running job's work.
 
 import hashlib
 import os
+import shutil
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,16 +28,29 @@ def existing_file(path: Path, what: str) -> Path:
     return path
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the process's umask, which written files follow
+STDOUT = "-"
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def refuse_overwrite(path: Path, overwrite: bool) -> None:
+def refuse_overwrite(path: Path, overwrite: bool, inputs: Sequence[Path | None] = ()) -> None:
+    """Refuse to write `path` over an existing file without `overwrite`, ever over a folder, to
+    standard output (binary files) or over one of the command's own `inputs`."""
+    if str(path) == STDOUT:
+        raise DiffclassError(f"this output is a binary file, not text: give a file name, not {STDOUT!r} "
+                             "(standard output is for CSV, JSON and text outputs)")
     path = Path(path)
     if path.is_dir():
         raise DiffclassError(f"{path} is a folder; give a file name to write")
     if path.exists() and not overwrite:
         raise DiffclassError(f"{path} already exists; pass --overwrite to replace it")
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise DiffclassError(f"{path} is also an input of this command ({source}); write to another file")
 
 
 def _make_parent(path: Path) -> None:
@@ -66,20 +81,22 @@ def _lock(tmp: Path, path: Path) -> int | None:
 
 
 @contextmanager
-def atomic_output(path: Path, overwrite: bool = False, keep_partial: bool = False):
+def atomic_output(path: Path, overwrite: bool = False, keep_partial: bool = False,
+                  inputs: Sequence[Path | None] = ()):
     """Lock and yield `PATH.partial` to write to (it may hold an earlier run's bytes: a
     writer truncates it or resumes it); rename it to `path` when the block succeeds.
 
     On failure the partial file is removed, unless `keep_partial` (a resumable run).
     """
+    refuse_overwrite(path, overwrite, inputs)
     path = Path(path)
-    refuse_overwrite(path, overwrite)
     _make_parent(path)
     tmp = partial_path(path)
     fd = _lock(tmp, path)
     try:
-        refuse_overwrite(path, overwrite)  # another run may have finished it while we started
+        refuse_overwrite(path, overwrite, inputs)  # another run may have finished it while we started
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as the umask says, whatever mode the writer's library chose
         os.replace(tmp, path)
     except BaseException:
         if not keep_partial:
@@ -88,6 +105,36 @@ def atomic_output(path: Path, overwrite: bool = False, keep_partial: bool = Fals
     finally:
         if fd is not None:
             os.close(fd)
+
+
+@contextmanager
+def atomic_folder(path: Path, overwrite: bool = False):
+    """Yield an empty `PATH.partial/` to write a folder of outputs into; it becomes `PATH` when the
+    block succeeds. A `PATH` that holds files is replaced only with `overwrite`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DiffclassError(f"{path} is a file; give a folder to write the results into")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise DiffclassError(f"{path} already holds files; pass --overwrite to replace them")
+    _make_parent(path)
+    tmp = partial_path(path)
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            replaced = path.with_name(path.name + ".replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(path, replaced)
+            os.replace(tmp, path)
+            shutil.rmtree(replaced)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def sha256_file(path: Path) -> str:

@@ -19,7 +19,7 @@ from diffclass_cli.console import log  # noqa: E402
 from diffclass_cli.data.sources import UNLABELED, open_source  # noqa: E402
 from diffclass_cli.errors import DiffclassError  # noqa: E402
 from diffclass_cli.featurize.h5 import Rows, open_feature_file  # noqa: E402
-from diffclass_cli.files import atomic_output  # noqa: E402
+from diffclass_cli.files import atomic_output, refuse_overwrite  # noqa: E402
 
 MIN_ROWS = 3
 THUMBNAILS = 60
@@ -107,6 +107,7 @@ def plot_feature_map(features: Path, out: Path, method: Projection = Projection.
                      compare: Path | None = None, overwrite: bool = False) -> dict[str, float | None]:
     """Draw the map (two side by side with `compare`); returns the separation of each."""
     files = [features] + ([compare] if compare else [])
+    refuse_overwrite(out, overwrite, inputs=files)  # before minutes of projecting, not after
     loaded = [_load(path, max_points, seed) for path in files]
     fig, axes = plt.subplots(1, len(files), figsize=(7 * len(files), 6.5), dpi=110, squeeze=False)
     scores = {}

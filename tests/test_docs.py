@@ -39,7 +39,8 @@ def command_lines(text: str) -> list[str]:
         for line in block.replace("\\\n", " ").splitlines():
             found += _invocations(line)
     for span in re.findall(r"(?<!`)`(diffclass [^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S)):
-        found += _invocations(span)
+        if len(span.split()) > 2:  # `diffclass predict` alone names a command, it is no command line
+            found += _invocations(span)
     return found
 
 

@@ -179,7 +179,7 @@ def test_export_cli_list_taps_info_and_refusals(cli, tiny_checkpoint, exported, 
     (tmp_path / "foreign.ckpt").write_bytes(b"junk")
     result = cli("export", tmp_path / "foreign.ckpt", "--out", tmp_path / "x.onnx")
     assert result.exit_code == 1 and "not a diffclass checkpoint" in result.stderr
-    result = cli("info", tiny_checkpoint)
+    result = cli("info", tmp_path / "foreign.ckpt")
     assert result.exit_code == 1 and "not an ONNX file" in result.stderr
 
 

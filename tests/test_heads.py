@@ -143,7 +143,8 @@ def test_fit_errors(cli, digit_files, tmp_path):
     unlabeled = write_feature_file(tmp_path / "u.h5", ff.features[:20], -np.ones(20, int), ff.paths[:20], [])
     cases = [
         ((unlabeled, "--out", tmp_path / "a.skops"), "no labeled rows"),
-        ((digit_files["train"], "--out", tmp_path / "b.skops", "--per-class", 1000), "fewer than --per-class 1000"),
+        ((digit_files["train"], "--out", tmp_path / "b.skops", "--per-class", 1000),
+         "class '0' has 142 labeled images, fewer than the 1000 per class"),
         ((digit_files["train"], "--out", tmp_path / "c.skops", "--per-class", 2, "--cv", 3, "--head", "logreg"),
          "--cv 3 needs"),
         ((digit_files["train"], "--out", tmp_path / "e.skops", "--cv", 3), "pass --head logreg or --head mlp"),

@@ -128,7 +128,7 @@ def test_predict_from_images_streams_and_checks_the_extractor(cli, digits_head, 
     loads = []
     real_load = source.load
     source.load = lambda i: loads.append(i) or real_load(i)
-    names, chunks = heads.predict_images(source, DEFAULT_MODEL, digits_head / "head.skops", batch_size=32,
+    names, chunks = heads.predict_images(source, digits_head / "head.skops", DEFAULT_MODEL, batch_size=32,
                                          workers=0)
     assert names == [str(d) for d in range(10)]
     first = next(chunks)
@@ -140,4 +140,4 @@ def test_predict_from_images_streams_and_checks_the_extractor(cli, digits_head, 
     assert_one_line_error(cli("predict", "digits:test", "--head", digits_head / "head.skops", "--model", other),
                           "pass that extractor as --model")
     assert_one_line_error(cli("predict", digits_head / "test.h5", "--head", digits_head / "head.skops",
-                              "--model", DEFAULT_MODEL), "--model is for image sources")
+                              "--model", DEFAULT_MODEL), "--model is for images")

@@ -20,6 +20,9 @@ def sample_to_png(checkpoint: Path, out: Path, n: int, ddim_steps: int | None, o
     """Sample `n` images (DDPM/DDIM steps, or VAE prior draws) and save them as one grid PNG
     (and one PNG each in `out_dir`)."""
     refuse_overwrite(out, overwrite)
+    each = [out_dir / f"sample_{i:04d}.png" for i in range(n)] if out_dir is not None else []
+    for path in each:
+        refuse_overwrite(path, overwrite)  # before minutes of sampling, not after
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build(weights).to(device)
     config = ckpt.config
@@ -28,8 +31,7 @@ def sample_to_png(checkpoint: Path, out: Path, n: int, ddim_steps: int | None, o
     pixels = ((images.cpu() + 1) / 2).clamp(0, 1)
     with atomic_output(out, overwrite) as tmp:
         save_image(make_grid(pixels, nrow=grid_columns(n)), tmp, format="png")
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(pixels):
-            save_image(image, out_dir / f"sample_{i:04d}.png")
+    for path, image in zip(each, pixels):
+        with atomic_output(path, overwrite) as tmp:
+            save_image(image, tmp, format="png")
     log.info(f"wrote {n} samples to {out}" + (f" and {out_dir}/" if out_dir else ""))

@@ -38,6 +38,7 @@ class Split:
     images: np.ndarray
     labels: np.ndarray
     ids: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
 
 
 def draw_seed(seed: int, per_class: int, draw: int) -> int:
@@ -67,7 +68,7 @@ def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, proto
         for k in protocol.per_class:
             for draw in range(protocol.draws_at(k)):
                 seed = draw_seed(protocol.seed, k, draw)
-                labeled = draw_per_class(pool.labels, k, seed)
+                labeled = draw_per_class(pool.labels, k, seed, pool.class_names or None)
                 labeled_ids[f"{k}/{draw}"] = [pool.ids[i] for i in labeled] if pool.ids else labeled.tolist()
                 common = {"sweep": sweep, "per_class": k, "draw": draw, "seed": seed}
                 for features in feature_sets:

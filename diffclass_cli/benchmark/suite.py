@@ -29,6 +29,7 @@ from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
 from diffclass_cli.extractor_format import read_metadata
+from diffclass_cli.files import atomic_folder
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
 DEFAULT_HEADS = (HeadKind.auto, HeadKind.logreg, HeadKind.semi)
@@ -43,11 +44,41 @@ def load_split(spec: str, size: int, channels: int, data_root: Path | None) -> S
     if not source.is_labeled:
         raise DiffclassError(f"{spec} has no labels: the benchmark needs a labeled train and test split")
     images, kept, _ = load_all(source, size, channels)
-    return Split(images, source.labels[kept], [source.ids[i] for i in kept])
+    return Split(images, source.labels[kept], [source.ids[i] for i in kept], source.class_names)
 
 
 def _rows(split: Split, rows: np.ndarray) -> Split:
-    return Split(split.images[rows], split.labels[rows], [split.ids[i] for i in rows])
+    return Split(split.images[rows], split.labels[rows], [split.ids[i] for i in rows], split.class_names)
+
+
+def aligned_classes(held_out: Split, pool: Split, test: str, train: str) -> Split:
+    """The held-out split with its labels numbered as the pool's classes (matched by name)."""
+    if held_out.class_names == pool.class_names:
+        return held_out
+    unknown = sorted(set(held_out.class_names) - set(pool.class_names))
+    if unknown:
+        raise DiffclassError(f"{test} has classes that {train} has no labeled images of: {', '.join(unknown)}")
+    codes = np.array([pool.class_names.index(name) for name in held_out.class_names])
+    return replace(held_out, labels=codes[held_out.labels], class_names=pool.class_names)
+
+
+def labels_per_class(pool: Split, asked: tuple[int, ...], train: str) -> tuple[int, ...]:
+    """The K values to draw: as asked, each checked against the smallest class of the pool, or by
+    default those of the standard grid that every class can give."""
+    counts = np.bincount(pool.labels, minlength=len(pool.class_names))
+    smallest = int(np.argmin(counts))
+    name = repr(pool.class_names[smallest]) if pool.class_names else str(smallest)
+    if asked:
+        if max(asked) > counts[smallest]:
+            raise DiffclassError(f"class {name} has {counts[smallest]} labeled images in {train}, fewer than the "
+                                 f"{max(asked)} per class asked for (--per-class)")
+        return asked
+    possible = tuple(k for k in Protocol.per_class if k <= counts[smallest])
+    if not possible:
+        raise DiffclassError(f"class {name} has no labeled images in {train}")
+    log.info(f"labels per class: {','.join(map(str, possible))} (the smallest class, {name}, has "
+             f"{counts[smallest]} labeled images)")
+    return possible
 
 
 def _subset(split: Split, per_class: int) -> Split:
@@ -88,73 +119,75 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
                   train: str = "mnist-sample:train", test: str = "mnist-sample:test",
                   baselines: tuple[str, ...] = ("pixels", "pca"), sweep_timesteps: tuple[tuple[int, ...], ...] = (),
                   sweep_taps: bool = False, sweep_pool: bool = False, quick: bool = False,
-                  data_root: Path | None = None, on_validation: bool = False) -> str:
-    """Run everything and write the outputs into `out`; returns the summary markdown."""
-    began = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    size, channels = model_input_shape(models[0])
-    train_split = load_split(train, size, channels, data_root)
-    if on_validation:  # for choosing checkpoints and options: the test split is not even loaded
-        train_split, held_out = validation_split(train_split)
-        test = f"the validation part of {train}"
-    else:
-        held_out = load_split(test, size, channels, data_root)
-    if quick:
-        protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws,
-                           draws_few_labels=QUICK.draws_few_labels,
-                           cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
-        train_split = _subset(train_split, QUICK_POOL_PER_CLASS)
-        held_out = _subset(held_out, QUICK_TEST_PER_CLASS)
-    refuse_shared_images(train_split, held_out, train, test)
+                  data_root: Path | None = None, on_validation: bool = False, overwrite: bool = False) -> str:
+    """Run everything and write the outputs into the folder `out` (atomically); returns the summary
+    markdown."""
+    with atomic_folder(out, overwrite) as folder:
+        began = time.perf_counter()
+        size, channels = model_input_shape(models[0])
+        train_split = load_split(train, size, channels, data_root)
+        if on_validation:  # for choosing checkpoints and options: the test split is not even loaded
+            train_split, held_out = validation_split(train_split)
+            test = f"the validation part of {train}"
+        else:
+            held_out = aligned_classes(load_split(test, size, channels, data_root), train_split, test, train)
+        if quick:
+            protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws,
+                               draws_few_labels=QUICK.draws_few_labels,
+                               cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
+            train_split = _subset(train_split, QUICK_POOL_PER_CLASS)
+            held_out = _subset(held_out, QUICK_TEST_PER_CLASS)
+        protocol = replace(protocol, per_class=labels_per_class(train_split, protocol.per_class, train))
+        refuse_shared_images(train_split, held_out, train, test)
 
-    feature_sets = [extractor_features(feature_set_name(m), m, spec, train_split.images, held_out.images)
-                    for m in models]
-    if "pixels" in baselines:
-        feature_sets.append(pixel_features(train_split.images, held_out.images))
-    if "pca" in baselines:
-        feature_sets.append(pca_features(train_split.images, held_out.images, protocol.seed))
-    rows, draws = run_protocol(feature_sets, train_split, held_out, protocol, cnn="cnn" in baselines)
+        feature_sets = [extractor_features(feature_set_name(m), m, spec, train_split.images, held_out.images)
+                        for m in models]
+        if "pixels" in baselines:
+            feature_sets.append(pixel_features(train_split.images, held_out.images))
+        if "pca" in baselines:
+            feature_sets.append(pca_features(train_split.images, held_out.images, protocol.seed))
+        rows, draws = run_protocol(feature_sets, train_split, held_out, protocol, cnn="cnn" in baselines)
 
-    # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
-    if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
-        raise DiffclassError("the sweeps re-export the backbone: give a checkpoint, not an .onnx file")
-    sweeps = {
-        "timestep": [(timesteps_name(group), replace(spec, timesteps=group))
-                     for group in sweep_timesteps],
-        "taps": [(f"taps={'+'.join(taps)}", replace(spec, taps=taps)) for taps in _tap_sets(models[0])]
-        if sweep_taps else [],
-        "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
-    }
-    sweep_pool_split, validation = validation_split(train_split)
-    for sweep, variants in sweeps.items():
-        if variants:
-            sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
-                    for name, variant in variants]
-            sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol, sweep=sweep,
-                                         heads=(HeadKind.logreg,), cnn=False)
-            rows += sweep_rows
+        # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
+        if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
+            raise DiffclassError("the sweeps re-export the backbone: give a checkpoint, not an .onnx file")
+        sweeps = {
+            "timestep": [(timesteps_name(group), replace(spec, timesteps=group))
+                         for group in sweep_timesteps],
+            "taps": [(f"taps={'+'.join(taps)}", replace(spec, taps=taps)) for taps in _tap_sets(models[0])]
+            if sweep_taps else [],
+            "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
+        }
+        sweep_pool_split, validation = validation_split(train_split)
+        for sweep, variants in sweeps.items():
+            if variants:
+                sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
+                        for name, variant in variants]
+                sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol, sweep=sweep,
+                                             heads=(HeadKind.logreg,), cnn=False)
+                rows += sweep_rows
 
-    minutes = (time.perf_counter() - began) / 60
-    preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
-                f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
-                f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); "
-                f"{_describe(spec, models)}; "
-                f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from {len(sweep_pool_split.labels)} "
-                f"pool images and are scored on the other {len(validation.labels)} pool images (a validation split), "
-                "never on the test split.\n")
-    summary = summary_markdown(rows, preamble)
-    write_results(rows, out / "results.csv")
-    (out / "summary.md").write_text(summary)
-    (out / "labeled_draws.json").write_text(json.dumps(draws))
-    plot_curves(rows, "main", out / "accuracy_vs_labels.png", f"Few-shot accuracy on {test}")
-    on_validation = f"validation part of {train}"
-    if sweep_timesteps:
-        plot_timesteps(rows, out / "accuracy_vs_timestep.png", f"Accuracy vs diffusion timestep ({on_validation})")
-    for sweep in ("taps", "pool"):
-        if sweeps[sweep]:
-            plot_curves(rows, sweep, out / f"sweep_{sweep}.png", f"Feature design: {sweep} ({on_validation})")
-    log.info(f"benchmark finished in {minutes:.1f} min; wrote {out}/")
-    return summary
+        minutes = (time.perf_counter() - began) / 60
+        preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
+                    f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
+                    f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); "
+                    f"{_describe(spec, models)}; "
+                    f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from "
+                    f"{len(sweep_pool_split.labels)} pool images and are scored on the other {len(validation.labels)} "
+                    "pool images (a validation split), never on the test split.\n")
+        summary = summary_markdown(rows, preamble)
+        write_results(rows, folder / "results.csv")
+        (folder / "summary.md").write_text(summary)
+        (folder / "labeled_draws.json").write_text(json.dumps(draws))
+        plot_curves(rows, "main", folder / "accuracy_vs_labels.png", f"Few-shot accuracy on {test}")
+        scored = f"validation part of {train}"
+        if sweep_timesteps:
+            plot_timesteps(rows, folder / "accuracy_vs_timestep.png", f"Accuracy vs diffusion timestep ({scored})")
+        for sweep in ("taps", "pool"):
+            if sweeps[sweep]:
+                plot_curves(rows, sweep, folder / f"sweep_{sweep}.png", f"Feature design: {sweep} ({scored})")
+        log.info(f"benchmark finished in {minutes:.1f} min; wrote {out}/")
+        return summary
 
 
 def _tap_sets(model: Path) -> list[tuple[str, ...]]:

@@ -6,7 +6,7 @@ Every command that reads images opens them here, so a SOURCE means the same thin
 import errno
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,13 @@ class ImageSource:
     def is_labeled(self) -> bool:
         return bool((self.labels >= 0).any())
 
+    def relabeled(self, table_path: Path) -> "ImageSource":
+        """The same images, labeled by a `path,label` table instead of their folders."""
+        from diffclass_cli.data.labels_table import labels_for, read_labels_table
+
+        labels, class_names = labels_for(self.ids, read_labels_table(table_path), table_path)
+        return replace(self, labels=labels, class_names=class_names)
+
     def subset(self, rows: np.ndarray, keep_skipped: bool = False) -> "ImageSource":
         """The images at `rows`, in that order (a shard); the folder scan's skipped files
         stay with it only if `keep_skipped`."""
@@ -117,6 +124,35 @@ def open_source(spec: str, data_root: Path | None = None, download: bool = False
         class_names=class_names,
         load=ArrayLoader(images[indices]),
     )
+
+
+def open_inputs(specs: list[str], data_root: Path | None = None, absolute: bool = False) -> ImageSource:
+    """The images named on a command line, as one source whose ids are the paths as the user gave
+    them (folder/relative path; absolute with `absolute`): image files, folders (class subfolders
+    give labels), `-` for paths on stdin, or one built-in source."""
+    if len(specs) == 1 and not Path(specs[0]).is_file() and not Path(specs[0]).is_dir() and specs[0] != "-":
+        return open_source(specs[0], data_root)  # a built-in source: its ids are name:index
+    parts = []
+    for spec in specs:
+        if spec != "-" and not Path(spec).exists() and ":" not in spec:
+            raise DiffclassError(f"{spec} does not exist")
+        if Path(spec).is_file():
+            part = ImageSource(spec, [spec], np.array([UNLABELED], np.int64), [], FolderLoader(Path("."), [spec]))
+        elif Path(spec).is_dir() or spec == "-":
+            part = open_source(spec)
+            if spec != "-":
+                part.ids = [Path(spec, rel).as_posix() for rel in part.ids]
+        else:
+            raise DiffclassError(f"{spec}: a built-in source must be the only input")
+        parts.append(part)
+    ids = [os.path.abspath(i) if absolute else i for part in parts for i in part.ids]
+    class_names = sorted({name for part in parts for name in part.class_names})
+    labels = np.concatenate([[class_names.index(part.class_names[x]) if x != UNLABELED else UNLABELED
+                              for x in part.labels.tolist()] for part in parts]).astype(np.int64)
+    relpaths = [i for part in parts for i in part.ids]  # loadable from here, as given
+    skipped = [(Path(part.spec, name).as_posix() if Path(part.spec).is_dir() else name, reason)
+               for part in parts for name, reason in part.skipped]
+    return ImageSource(" ".join(specs), ids, labels, class_names, FolderLoader(Path("."), relpaths), skipped)
 
 
 def stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +213,7 @@ def _folder_source(root: Path, spec: str) -> ImageSource:
     paths, skipped = _scan(root)
     for path in paths:
         rel = path.relative_to(root)
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append((rel.as_posix(), f"not an image file ({path.suffix or 'no extension'})"))
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:  # notes.txt, Thumbs.db: not images, not skipped ones
             continue
         relpaths.append(rel.as_posix())
         labels.append(class_dirs.index(rel.parts[0]) if len(rel.parts) > 1 else UNLABELED)

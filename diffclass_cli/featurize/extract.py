@@ -113,6 +113,7 @@ def _file_attrs(source: ImageSource, model: Path, meta: dict, shard: Shard) -> d
     return {
         "extractor_sha256": sha256_file(model),
         "extractor_name": model.stem,
+        "extractor_path": str(Path(model).resolve()),  # where predict finds it again from a head
         "feature_dim": meta["feature_dim"],
         "timesteps": meta["timesteps"],
         "taps": meta["taps"],

@@ -239,6 +239,11 @@ class FeatureReader:
     def chunk_rows(self) -> int:
         return (self.file["features"].chunks or (CHUNK_ROWS,))[0]
 
+    def paths(self) -> list[str]:
+        """Every row's path, read a chunk at a time."""
+        return [p.decode() for start in range(0, self.rows, self.chunk_rows)
+                for p in self.file["paths"][start:start + self.chunk_rows]]
+
     def chunks(self) -> Iterator[Rows]:
         """Every row, one chunk of the file at a time."""
         for start in range(0, self.rows, self.chunk_rows):

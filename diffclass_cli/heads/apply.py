@@ -1,7 +1,10 @@
 """fit / predict / evaluate: heads applied to feature files."""
 
 import csv
-from collections.abc import Iterable, Iterator
+import json
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,16 +15,17 @@ from sklearn import metrics
 from sklearn.pipeline import Pipeline
 
 from diffclass_cli import __version__
-from diffclass_cli.choices import Device
+from diffclass_cli.choices import Device, OutputFormat
 from diffclass_cli.console import log, progress
+from diffclass_cli.data.labels_table import labels_for, read_labels_table
 from diffclass_cli.data.loading import DecodePool, report_skipped
 from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
-from diffclass_cli.featurize.extract import feature_batches
+from diffclass_cli.featurize.extract import DEFAULT_MODEL, feature_batches
 from diffclass_cli.featurize.h5 import FeatureReader, Rows, check_finite, open_feature_file
 from diffclass_cli.featurize.runtime import ExtractorSession
-from diffclass_cli.files import refuse_overwrite, sha256_file
+from diffclass_cli.files import existing_file, refuse_overwrite, sha256_file
 from diffclass_cli.heads import MAX_UNLABELED
 from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, training_labels
 from diffclass_cli.heads.store import load_head, save_head
@@ -29,14 +33,27 @@ from diffclass_cli.heads.store import load_head, save_head
 
 def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_class: int | None = None,
              seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
-             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False) -> dict:
+             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False, *, unlabeled: Sequence[Path] = (),
+             labels: Path | None = None) -> dict:
     """Fit a head on the labeled rows of a feature file (and, for semi / auto, a sample of at
-    most `max_unlabeled` of its other rows) and save it; returns its info. Only those rows are read."""
-    refuse_overwrite(out, overwrite)
-    with open_feature_file(features) as reader:
-        rows, targets = training_labels(reader.labels, kind, per_class, seed, cv, max_unlabeled)
-        table = reader.take(rows)
-        class_names, attrs = reader.class_names, reader.attrs
+    most `max_unlabeled` of its other rows and of every row of the `unlabeled` files) and save it;
+    returns its info. Only those rows are read. `labels`: a `path,label` table that labels the
+    rows instead of their class folders."""
+    refuse_overwrite(out, overwrite, inputs=(features, *unlabeled))
+    if unlabeled and kind not in SEMI_SUPERVISED:
+        log.warning(f"the {kind.value} head fits on labeled rows only: --unlabeled is used by auto and semi")
+    with ExitStack() as stack:
+        readers = [stack.enter_context(open_feature_file(path)) for path in (features, *unlabeled)]
+        main = readers[0]
+        for path, reader in zip(unlabeled, readers[1:]):
+            _check_same_extractor(reader, path, main.attrs, main.feature_dim, features)
+        own_labels, class_names = main.labels, main.class_names
+        if labels is not None:
+            own_labels, class_names = labels_for(main.paths(), read_labels_table(labels), labels)
+        every_label = np.concatenate([own_labels, *(np.full(r.rows, UNLABELED, np.int64) for r in readers[1:])])
+        rows, targets = training_labels(every_label, kind, per_class, seed, cv, max_unlabeled, class_names)
+        table = _take_across(readers, rows)
+        attrs = main.attrs
     check_finite(table, features)
     head = make_head(kind, C, alpha, hidden, cv, seed)
     head.fit(table.features, targets)
@@ -58,8 +75,10 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
         "feature_dim": int(table.features.shape[1]),
         "extractor_sha256": attrs.get("extractor_sha256", ""),
         "extractor_name": attrs.get("extractor_name", ""),
-        "fitted_on": {"file": str(features), "source": attrs.get("source", ""), "labeled_rows": labeled,
-                      "unlabeled_rows": len(rows) - labeled, "max_unlabeled": max_unlabeled,
+        "extractor_path": attrs.get("extractor_path", ""),
+        "fitted_on": {"file": str(features), "unlabeled_files": [str(p) for p in unlabeled],
+                      "labels_table": str(labels) if labels else None, "source": attrs.get("source", ""),
+                      "labeled_rows": labeled, "unlabeled_rows": len(rows) - labeled, "max_unlabeled": max_unlabeled,
                       "per_class": per_class, "seed": seed},
         "diffclass_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -70,6 +89,25 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
     return info
 
 
+def _take_across(readers: list[FeatureReader], rows: np.ndarray) -> Rows:
+    """Rows numbered across several files, as if they were one file after another."""
+    parts, offset = [], 0
+    for reader in readers:
+        mine = rows[(rows >= offset) & (rows < offset + reader.rows)] - offset
+        parts.append(reader.take(mine))
+        offset += reader.rows
+    return Rows(np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]),
+                [path for p in parts for path in p.paths])
+
+
+def _check_same_extractor(reader: FeatureReader, path: Path, attrs: dict, feature_dim: int, other: Path) -> None:
+    sha = reader.attrs.get("extractor_sha256", "")
+    if sha != attrs.get("extractor_sha256", "") or reader.feature_dim != feature_dim:
+        raise DiffclassError(f"{path} was made by extractor {reader.attrs.get('extractor_name', '?')} ({sha[:12]}), "
+                             f"{other} by {attrs.get('extractor_name', '?')} "
+                             f"({attrs.get('extractor_sha256', '')[:12]}): featurize both with the same --model")
+
+
 @dataclass
 class Predictions:
     paths: list[str]
@@ -77,6 +115,7 @@ class Predictions:
     confidence: np.ndarray  # [N]
     proba: np.ndarray  # [N, K], columns in `class_names` order
     class_names: list[str]
+    truth: list[str | None]  # the true class of each row, where the input knows it
 
 
 def predict(features: Path, head_path: Path) -> tuple[list[str], Iterator[Predictions]]:
@@ -85,28 +124,49 @@ def predict(features: Path, head_path: Path) -> tuple[list[str], Iterator[Predic
     head, info = load_head(head_path)
     with open_feature_file(features) as reader:
         _check_compatible(reader, info, features, head_path)
-    return class_names(head, info), (predictions for _, predictions in _predicted_chunks(features, head, info))
+    return class_names(head, info), _predicted_chunks(features, head, info)
 
 
-def _predicted_chunks(features: Path, head: Pipeline, info: dict) -> Iterator[tuple[Rows, Predictions]]:
+def _predicted_chunks(features: Path, head: Pipeline, info: dict) -> Iterator[Predictions]:
     with open_feature_file(features) as reader, \
             progress(total=reader.rows, desc="predicting", unit="row", delay=2) as bar:  # long files only
+        names = reader.class_names
         for rows in reader.chunks():
             check_finite(rows, features)
-            yield rows, _predictions(head, info, rows.features, rows.paths)
+            yield _predictions(head, info, rows.features, rows.paths, _names_of(rows.labels, names))
             bar.update(len(rows.paths))
 
 
-def predict_images(source: ImageSource, model: Path, head_path: Path, batch_size: int = 256, workers: int = 1,
-                   device: Device = Device.auto, threads: int | None = None
+def _names_of(labels: np.ndarray, class_names: list[str]) -> list[str | None]:
+    return [class_names[label] if label != UNLABELED else None for label in labels.tolist()]
+
+
+def head_extractor(info: dict, head_path: Path, model: Path | None = None) -> Path:
+    """The extractor a head was fitted on: `model` when given (checked by sha256), else the file
+    the head names, else the shipped one when it is that file."""
+    need, name = info["extractor_sha256"], info.get("extractor_name", "?")
+    if model is not None:
+        if sha256_file(existing_file(model, "extractor")) != need:
+            raise DiffclassError(f"{head_path} was fitted on features of {name} ({need[:12]}), not of {model}: "
+                                 "pass that extractor as --model")
+        return model
+    recorded = Path(info["extractor_path"]) if info.get("extractor_path") else None
+    for candidate in (recorded, DEFAULT_MODEL):
+        if candidate is not None and candidate.is_file() and sha256_file(candidate) == need:
+            return candidate
+    where = f", which is no longer at {recorded}" if recorded else ""
+    raise DiffclassError(f"{head_path} needs the extractor it was fitted on ({name}, sha256 {need[:16]}...{where}): "
+                         "pass it with --model")
+
+
+def predict_images(source: ImageSource, head_path: Path, model: Path | None = None, batch_size: int = 256,
+                   workers: int = 1, device: Device = Device.auto, threads: int | None = None
                    ) -> tuple[list[str], Iterator[Predictions]]:
     """The head's class names, and the predictions of the images of `source`, batch by batch,
-    featurized in memory with `model` (which must be the extractor the head was fitted on);
-    unreadable images are skipped."""
+    featurized in memory with the extractor the head was fitted on (`model`, or found by
+    head_extractor); unreadable images are skipped."""
     head, info = load_head(head_path)
-    if sha256_file(model) != info["extractor_sha256"]:
-        raise DiffclassError(f"{head_path} was fitted on features of {info['extractor_name']} "
-                             f"({info['extractor_sha256'][:12]}), not of {model}: pass that extractor as --model")
+    model = head_extractor(info, head_path, model)
     return class_names(head, info), _predict_batches(source, model, head, info, batch_size, workers, device, threads)
 
 
@@ -120,7 +180,8 @@ def _predict_batches(source: ImageSource, model: Path, head: Pipeline, info: dic
             skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
             bar.update(len(batch.rows) + len(batch.skipped))
             if len(batch.rows):
-                yield _predictions(head, info, batch.features, [source.ids[row] for row in batch.rows])
+                yield _predictions(head, info, batch.features, [source.ids[row] for row in batch.rows],
+                                   _names_of(source.labels[batch.rows], source.class_names))
     report_skipped(skipped)
 
 
@@ -129,11 +190,12 @@ def class_names(head: Pipeline, info: dict) -> list[str]:
     return [info["class_names"][c] for c in head.classes_]
 
 
-def _predictions(head: Pipeline, info: dict, features: np.ndarray, paths: list[str]) -> Predictions:
+def _predictions(head: Pipeline, info: dict, features: np.ndarray, paths: list[str],
+                 truth: list[str | None]) -> Predictions:
     names = class_names(head, info)
     proba = head.predict_proba(features) if len(features) else np.empty((0, len(names)))
     best = proba.argmax(axis=1)
-    return Predictions(paths, [names[i] for i in best], proba.max(axis=1), proba, names)
+    return Predictions(paths, [names[i] for i in best], proba.max(axis=1), proba, names, truth)
 
 
 def _check_compatible(reader: FeatureReader, info: dict, features: Path, head_path: Path) -> None:
@@ -147,53 +209,131 @@ def _check_compatible(reader: FeatureReader, info: dict, features: Path, head_pa
             f"{head_path} was fitted on features of {info['extractor_name']} ({info['extractor_sha256'][:12]})")
 
 
-def write_csv(chunks: Iterable[Predictions], stream: TextIO, names: list[str], proba: bool = False) -> int:
-    """`path,label,confidence` (+ one `p_<class>` column per class of `names` with `proba`), chunk
-    by chunk, flushed after each; returns the number of rows."""
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(["path", "label", "confidence"] + ([f"p_{c}" for c in names] if proba else []))
+def _rounded(value):
+    """Probabilities to 6 decimals, as in the CSV."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return [_rounded(v) for v in value] if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class PredictionFormat:
+    """How predictions are written: `top_k` classes per row, `proba` adds every class's
+    probability, rows below `min_confidence` get no label and say so."""
+
+    format: OutputFormat = OutputFormat.csv
+    top_k: int = 1
+    proba: bool = False
+    min_confidence: float | None = None
+    header: bool = True
+
+    def record(self, p: Predictions, i: int) -> dict:
+        order = np.argsort(-p.proba[i], kind="stable")[:self.top_k]
+        sure = self.min_confidence is None or p.confidence[i] >= self.min_confidence
+        record = {"path": p.paths[i], "label": p.labels[i] if sure else "", "confidence": float(p.confidence[i])}
+        if self.min_confidence is not None:
+            record["status"] = "ok" if sure else "below-min-confidence"
+        if self.top_k > 1:
+            record["top"] = [{"label": p.class_names[j], "confidence": float(p.proba[i, j])} for j in order]
+        if self.proba:
+            record["proba"] = {name: float(v) for name, v in zip(p.class_names, p.proba[i])}
+        return record
+
+    def csv_header(self, names: list[str]) -> list[str]:
+        header = ["path", "label", "confidence"] + (["status"] if self.min_confidence is not None else [])
+        for rank in range(2, self.top_k + 1):
+            header += [f"label_{rank}", f"confidence_{rank}"]
+        return header + ([f"p_{c}" for c in names] if self.proba else [])
+
+    def csv_row(self, record: dict) -> list[str]:
+        row = [record["path"], record["label"], f"{record['confidence']:.6f}"]
+        if "status" in record:
+            row.append(record["status"])
+        for top in record.get("top", [])[1:]:
+            row += [top["label"], f"{top['confidence']:.6f}"]
+        return row + [f"{v:.6f}" for v in record.get("proba", {}).values()]
+
+
+def write_predictions(chunks: Iterable[Predictions], stream: TextIO, names: list[str],
+                      output: PredictionFormat = PredictionFormat()) -> int:
+    """One row per prediction (CSV `path,label,confidence,...` or JSON lines), chunk by chunk,
+    flushed after each; returns the number of rows."""
+    csv_writer = csv.writer(stream, lineterminator="\n") if output.format == OutputFormat.csv else None
+    if csv_writer and output.header:
+        csv_writer.writerow(output.csv_header(names))
     rows = 0
     for predictions in chunks:
-        for i, path in enumerate(predictions.paths):
-            row = [path, predictions.labels[i], f"{predictions.confidence[i]:.6f}"]
-            if proba:
-                row += [f"{p:.6f}" for p in predictions.proba[i]]
-            writer.writerow(row)
+        for i in range(len(predictions.paths)):
+            record = output.record(predictions, i)
+            if csv_writer:
+                csv_writer.writerow(output.csv_row(record))
+            else:
+                stream.write(json.dumps(_rounded(record), ensure_ascii=False) + "\n")
         stream.flush()
         rows += len(predictions.paths)
     return rows
 
 
 def evaluate(features: Path, head_path: Path) -> dict:
-    """Accuracy, balanced accuracy, per-class precision/recall and the confusion matrix over
+    """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix over
     the labeled rows of a feature file, read a chunk at a time."""
     head, info = load_head(head_path)
-    names = class_names(head, info)
     with open_feature_file(features) as reader:
         _check_compatible(reader, info, features, head_path)
-        file_names = reader.class_names
-        present = np.unique(reader.labels[reader.labels != UNLABELED])
-    if len(present) == 0:
-        raise DiffclassError(f"{features} has no labeled rows to evaluate on")
-    # Every class as a number: the head's classes first (its probability columns), then the file's others.
-    classes = names + sorted({file_names[label] for label in present} - set(names))
-    code_of_label = np.array([classes.index(name) if name in classes else -1 for name in file_names])
+        present = [reader.class_names[label] for label in np.unique(reader.labels[reader.labels != UNLABELED])]
+    names = class_names(head, info)
+    check_overlap(names, present, features, head_path)
+    return score(names, present, _predicted_chunks(features, head, info))
+
+
+def evaluate_images(source: ImageSource, head_path: Path, model: Path | None = None, batch_size: int = 256,
+                    workers: int = 1, device: Device = Device.auto) -> dict:
+    """evaluate() for labeled images, featurized in memory."""
+    present = [source.class_names[label] for label in np.unique(source.labels[source.labels != UNLABELED])]
+    names, chunks = predict_images(source, head_path, model, batch_size, workers, device)
+    check_overlap(names, present, source.spec, head_path)
+    return score(names, present, chunks)
+
+
+def check_overlap(head_classes: list[str], data_classes: list[str], data: object, head_path: Path) -> None:
+    """Refuse data none of whose classes the head knows; warn when the two sets differ."""
+    if not data_classes:
+        raise DiffclassError(f"{data} has no labeled rows to evaluate on")
+    if not set(data_classes) & set(head_classes):
+        raise DiffclassError(f"none of the classes of {data} ({', '.join(data_classes[:5])}) is one {head_path} "
+                             f"knows ({', '.join(head_classes[:5])}): is it the right head?")
+    unknown, unseen = sorted(set(data_classes) - set(head_classes)), sorted(set(head_classes) - set(data_classes))
+    if unknown:
+        log.warning(f"{data} has classes {head_path} never saw, so it gets them all wrong: {', '.join(unknown)}")
+    if unseen:
+        log.warning(f"{data} has no labeled rows of: {', '.join(unseen)}")
+
+
+def score(names: list[str], present: list[str], chunks: Iterable[Predictions]) -> dict:
+    """The metrics of every labeled row's prediction."""
+    classes = names + sorted(set(present) - set(names))  # the head's classes first, then the data's others
+    code = {name: i for i, name in enumerate(classes)}
     truth, guess = [], []
-    for rows, predictions in _predicted_chunks(features, head, info):
-        labeled = rows.labels != UNLABELED
-        truth.append(code_of_label[rows.labels[labeled]])
-        guess.append(predictions.proba[labeled].argmax(axis=1))
-    truth, guess = np.concatenate(truth), np.concatenate(guess)
-    codes = np.arange(len(classes))
-    precision, recall, _, support = metrics.precision_recall_fscore_support(truth, guess, labels=codes,
-                                                                            zero_division=0)
+    for predictions in chunks:
+        for true, predicted in zip(predictions.truth, predictions.labels):
+            if true is not None:
+                truth.append(code[true])
+                guess.append(code[predicted])
+    truth, guess, codes = np.asarray(truth), np.asarray(guess), np.arange(len(classes))
+    with warnings.catch_warnings():  # classes of one side only: their scores are 0 by definition
+        warnings.simplefilter("ignore")
+        precision, recall, f1, support = metrics.precision_recall_fscore_support(truth, guess, labels=codes,
+                                                                                 zero_division=0)
+        balanced = metrics.balanced_accuracy_score(truth, guess)
     return {
         "rows": len(truth),
         "accuracy": metrics.accuracy_score(truth, guess),
-        "balanced_accuracy": metrics.balanced_accuracy_score(truth, guess),
+        "balanced_accuracy": balanced,
         "classes": classes,
-        "per_class": {c: {"precision": float(p), "recall": float(r), "support": int(n)}
-                      for c, p, r, n in zip(classes, precision, recall, support)},
+        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+                      for c, p, r, f, n in zip(classes, precision, recall, f1, support)},
         "confusion_matrix": metrics.confusion_matrix(truth, guess, labels=codes).tolist(),
     }
 
@@ -202,9 +342,10 @@ def format_report(report: dict) -> str:
     """The evaluation as text for people."""
     lines = [f"rows: {report['rows']}", f"accuracy: {report['accuracy']:.4f}",
              f"balanced_accuracy: {report['balanced_accuracy']:.4f}", "",
-             f"{'class':<16}{'precision':>10}{'recall':>10}{'support':>10}"]
+             f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for name, row in report["per_class"].items():
-        lines.append(f"{name:<16}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['support']:>10d}")
+        lines.append(f"{name:<16}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}"
+                     f"{row['support']:>10d}")
     width = max(6, *(len(c) + 1 for c in report["classes"]))
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
               " " * 16 + "".join(f"{c:>{width}}" for c in report["classes"])]

@@ -1,6 +1,7 @@
 """The classifier heads: plain scikit-learn Pipelines, so users can reuse them directly."""
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -332,27 +333,30 @@ def _folds(cv: int, seed: int) -> StratifiedKFold:
     return StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
 
 
-def draw_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+def draw_per_class(labels: np.ndarray, per_class: int, seed: int,
+                   class_names: Sequence[str] | None = None) -> np.ndarray:
     """Indices of `per_class` labeled rows of each class, drawn reproducibly from `seed`."""
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(labels[labels != UNLABELED]):
         members = np.flatnonzero(labels == label)
         if len(members) < per_class:
-            raise DiffclassError(f"class {label} has only {len(members)} labeled rows, fewer than "
-                                 f"--per-class {per_class}")
+            name = repr(class_names[label]) if class_names is not None else str(label)
+            raise DiffclassError(f"class {name} has {len(members)} labeled images, fewer than the {per_class} per "
+                                 "class asked for (--per-class)")
         chosen.append(rng.choice(members, per_class, replace=False))
     return np.sort(np.concatenate(chosen))
 
 
 def training_labels(labels: np.ndarray, kind: HeadKind, per_class: int | None, seed: int,
-                    cv: int | None, max_unlabeled: int = MAX_UNLABELED) -> tuple[np.ndarray, np.ndarray]:
+                    cv: int | None, max_unlabeled: int = MAX_UNLABELED,
+                    class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The rows a head is fitted on and their targets (-1 = unlabeled, used by `semi` only)."""
     labeled = np.flatnonzero(labels != UNLABELED)
     if len(labeled) == 0:
         raise DiffclassError("the feature file has no labeled rows to fit on")
     if per_class is not None:
-        labeled = draw_per_class(labels, per_class, seed)
+        labeled = draw_per_class(labels, per_class, seed, class_names)
     counts = np.bincount(labels[labeled])
     if (counts > 0).sum() < 2:
         raise DiffclassError("fitting a classifier needs labeled rows of at least 2 classes")

@@ -1,0 +1,108 @@
+"""`diffclass info`: what a file the tool wrote holds, for any of its four kinds (checkpoint,
+extractor, head, feature file), recognised by content, not by name. Nothing here imports torch."""
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.files import existing_file
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+CHECKPOINT_FORMAT = "diffclass-backbone"  # backbone/checkpoint.py writes it
+
+
+def kind_of(path: Path) -> str:
+    """'features', 'head', 'checkpoint' or 'extractor', from the file's first bytes."""
+    with open(existing_file(path, "file"), "rb") as f:
+        start = f.read(16)
+    if start.startswith(HDF5_SIGNATURE):
+        return "features"
+    if start.startswith(ZIP_SIGNATURE):
+        return "head"
+    if len(start) >= 9 and start[8:9] == b"{":  # safetensors: an 8-byte header length, then JSON
+        return "checkpoint"
+    return "extractor"
+
+
+def describe(path: Path) -> dict:
+    """What `path` holds, as plain JSON-able data, with its `kind` first."""
+    kind = kind_of(path)
+    return {"kind": kind, **{"features": _features, "head": _head, "checkpoint": _checkpoint,
+                             "extractor": _extractor}[kind](Path(path))}
+
+
+def _extractor(path: Path) -> dict:
+    from diffclass_cli.extractor_format import read_metadata
+
+    return read_metadata(path)
+
+
+def _features(path: Path) -> dict:
+    from diffclass_cli.featurize.h5 import open_feature_file
+
+    with open_feature_file(path) as reader:
+        counts = np.bincount(reader.labels[reader.labels >= 0], minlength=len(reader.class_names))
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in reader.attrs.items()
+                 if k not in ("extractor_metadata", "committed")}
+        skipped = reader.file["skipped"]
+        return {
+            "rows": reader.rows,
+            "feature_dim": reader.feature_dim,
+            "dtype": reader.dtype,
+            "labeled_rows": int(counts.sum()),
+            "unlabeled_rows": int((reader.labels < 0).sum()),
+            "rows_per_class": {name: int(n) for name, n in zip(reader.class_names, counts)},
+            "skipped_files": int(skipped.shape[0]),
+            "skipped_examples": [[p.decode(errors="replace"), r.decode(errors="replace")]
+                                 for p, r in skipped[:5]],
+            "attributes": {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in attrs.items()},
+        }
+
+
+def _head(path: Path) -> dict:
+    from diffclass_cli.heads.store import load_head
+
+    head, info = load_head(path)
+    return {"classes": [info["class_names"][c] for c in head.classes_], **info}
+
+
+def _checkpoint(path: Path) -> dict:
+    """The checkpoint's metadata, read from the safetensors header alone (no torch, no tensors)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise DiffclassError(f"{path} is damaged: its header claims {length} bytes")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DiffclassError(f"{path} is not a diffclass file ({err})") from err
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
+        raise DiffclassError(f"{path} is a safetensors file but not a diffclass checkpoint")
+    decoded = {}
+    for key, value in metadata.items():
+        try:
+            decoded[key] = json.loads(value) if key in ("config", "training", "step") else value
+        except json.JSONDecodeError:
+            decoded[key] = value
+    decoded.pop("optimizer_groups", None)
+    decoded["tensors"] = len(header) - 1
+    return decoded
+
+
+def format_description(description: dict) -> str:
+    """`key: value` lines for people; nested values as JSON on one line."""
+    lines = []
+    for key, value in description.items():
+        if key == "feature_groups":
+            value = ", ".join(f"{g['name']} [{g['start']}:{g['stop']}]" for g in value)
+        elif not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False)
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
