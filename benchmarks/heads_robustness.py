@@ -34,6 +34,7 @@ from diffclass_cli.benchmark.features import FeatureSet, extractor_features, mod
 from diffclass_cli.benchmark.protocol import Protocol, Split, run_protocol
 from diffclass_cli.benchmark.report import summary_markdown, write_results
 from diffclass_cli.benchmark.suite import load_split
+from diffclass_cli.choices import LabelChoice
 from diffclass_cli.data.sources import UNLABELED, stratified_split
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.featurize.extract import DEFAULT_MODEL
@@ -124,9 +125,9 @@ def load_data(name: str, model: Path, on_validation: bool) -> tuple[Labeled, Lab
     return Labeled(features.pool, train.labels), Labeled(features.test, held_out.labels)
 
 
-def run_scenario(name: str, pool: Labeled, test: Labeled, protocol: Protocol) -> list[dict]:
-    """Result rows at every K of PER_CLASS that the pool's smallest class allows."""
-    smallest = np.bincount(pool.labels[pool.labels != UNLABELED]).min()
+def run_scenario(name: str, pool: Labeled, test: Labeled, protocol: Protocol, largest: int = 100) -> list[dict]:
+    """Result rows at every K of PER_CLASS (up to `largest`) that the pool's smallest class allows."""
+    smallest = min(np.bincount(pool.labels[pool.labels != UNLABELED]).min(), largest)
     protocol = replace(protocol, per_class=tuple(k for k in PER_CLASS if k <= smallest))
     return run_protocol([FeatureSet(name, pool.features, test.features)], Split(None, pool.labels),
                         Split(None, test.labels), protocol, sweep=name)[0]
@@ -142,9 +143,12 @@ def main() -> None:
     parser.add_argument("--draws-few", type=int, default=20, help="draws per K at 1 and 2 labels per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--on-validation", action="store_true")
+    parser.add_argument("--labels", type=LabelChoice, default=LabelChoice.random,
+                        help="random: K per class at random; suggest: K x classes as `diffclass suggest` picks them")
+    parser.add_argument("--max-per-class", type=int, default=max(PER_CLASS), help="the largest K to run")
     args = parser.parse_args()
     protocol = Protocol(heads=tuple(HeadKind(h) for h in args.heads.split(",")), draws=args.draws,
-                        draws_few_labels=args.draws_few, seed=args.seed, cnn_steps=0)
+                        draws_few_labels=args.draws_few, seed=args.seed, cnn_steps=0, labels=args.labels)
     held_out = "a validation part of each train split" if args.on_validation else "the test split"
     began, rows, data = time.perf_counter(), [], {}
     for name in args.scenarios.split(","):
@@ -152,11 +156,12 @@ def main() -> None:
         if dataset not in data:
             data[dataset] = load_data(dataset, args.model, args.on_validation)
         pool, test = build(*data[dataset])
-        rows += run_scenario(name, pool, test, protocol)
+        rows += run_scenario(name, pool, test, protocol, args.max_per_class)
         print(summary_markdown([r for r in rows if r["sweep"] == name], scored_on=held_out), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(rows, args.out / "results.csv")
-    preamble = (f"# Heads robustness\n\nExtractor {args.model}; accuracy on {held_out}; {args.draws_few} draws at "
+    preamble = (f"# Heads robustness\n\nExtractor {args.model}; labeled images chosen by {args.labels.value}; "
+                f"accuracy on {held_out}; {args.draws_few} draws at "
                 f"K <= 2, {args.draws} above; {(time.perf_counter() - began) / 60:.1f} min.\n")
     (args.out / "summary.md").write_text(summary_markdown(rows, preamble, held_out))
     print(f"wrote {args.out}/summary.md and results.csv")

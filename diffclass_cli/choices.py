@@ -49,3 +49,10 @@ class OutputFormat(str, Enum):
 
     csv = "csv"
     jsonl = "jsonl"
+
+
+class LabelChoice(str, Enum):
+    """See benchmark/protocol.py: how the labeled images of a draw are chosen."""
+
+    random = "random"  # K per class, drawn at random
+    suggest = "suggest"  # K x classes, as `diffclass suggest` picks them from the pool

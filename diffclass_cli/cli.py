@@ -30,7 +30,7 @@ from diffclass_cli.backbone.config import (
     VAEConfig,
     Weights,
 )
-from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, OutputFormat, Projection
+from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, LabelChoice, OutputFormat, Projection
 from diffclass_cli.console import configure, log
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
@@ -500,9 +500,14 @@ def fit(
         help="semi / auto: another feature file of the same extractor whose rows are all used as unlabeled, "
         "whatever their folders (repeat the option for several).")] = None,
     labels: LabelsOpt = None,
+    strict_labels: Annotated[bool, typer.Option(
+        "--strict-labels", help="Fail, instead of warning, when labeled images sit with another class.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a small classifier on the labeled rows of a feature file (only the rows it uses are read).
+
+    Labeled images whose features sit with another class's labeled images are listed on stderr
+    (path, given class, the class they look like, a score) and in `diffclass info HEAD`.
 
     Examples:\n
       diffclass fit train.h5 --out head.skops\n
@@ -513,7 +518,54 @@ def fit(
     from diffclass_cli.heads.apply import fit_head
 
     fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, max_unlabeled, overwrite,
-             unlabeled=unlabeled or (), labels=labels)
+             unlabeled=unlabeled or (), labels=labels, strict_labels=strict_labels)
+
+
+@app.command("suggest")
+def suggest_cmd(
+    pool: Annotated[Path, typer.Argument(help="A feature file of unlabeled (and maybe some labeled) images.",
+                                         show_default=False)],
+    budget: Annotated[int, typer.Option(help="How many images to suggest.", callback=at_least(1))] = 10,
+    labeled: Annotated[Path | None, typer.Option(
+        help="A feature file of images labeled already (same extractor): their clusters count as covered.")] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="csv or jsonl.")] = OutputFormat.csv,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", help="Write the list here instead of standard output ('-': standard output).")] = None,
+    copy_to: Annotated[Path | None, typer.Option(
+        help="Also copy the suggested images into this folder, to sort into class subfolders.")] = None,
+    seed: SeedOpt = 0,
+    max_rows: Annotated[int, typer.Option(
+        help="Cluster at most this many unlabeled rows, spread evenly over the file.", callback=at_least(2))]
+    = MAX_UNLABELED,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Suggest which images to label first: the most typical image of each of the largest clusters of
+    the pool that no labeled image covers yet (TypiClust), chosen without any label.
+
+    The list (path, rank, cluster, cluster size, typicality, an empty label column, why) is best first.
+    Fill in its label column and pass it to `fit --labels`, or sort the --copy-to folder into class
+    subfolders and featurize it.
+
+    Examples:\n
+      diffclass suggest pool.h5 --budget 10 > to-label.csv\n
+      diffclass fit pool.h5 --labels to-label.csv --out head.skops     (after filling in the labels)\n
+      diffclass suggest pool.h5 --budget 20 --labeled labeled.h5 --copy-to to-label/
+    """
+    from diffclass_cli.files import STDOUT, atomic_output
+    from diffclass_cli.heads import apply as heads
+
+    if out not in (None, STDOUT):
+        from diffclass_cli.files import refuse_overwrite
+
+        refuse_overwrite(Path(out), overwrite, inputs=(pool, labeled))
+    paths, chosen = heads.suggest(pool, budget, labeled=labeled, seed=seed, max_rows=max_rows)
+    if out in (None, STDOUT):
+        heads.write_suggestions(paths, chosen, sys.stdout, output_format)
+    else:
+        with atomic_output(Path(out), overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
+            heads.write_suggestions(paths, chosen, stream, output_format)
+    if copy_to is not None:
+        log.info(f"copied {heads.copy_suggested(pool, paths, chosen, copy_to)} images to {copy_to}")
 
 
 InputsArg = Annotated[list[str], typer.Argument(
@@ -672,6 +724,10 @@ def benchmark(
     = False,
     quick: Annotated[bool, typer.Option("--quick", help="A small grid for smoke tests (a couple of minutes).")]
     = False,
+    labels: Annotated[LabelChoice, typer.Option(
+        help="How the labeled images of each draw are chosen: random (K per class) or suggest (K x classes, as "
+        "`diffclass suggest` picks them from the pool's features, their true labels then revealed; one draw per "
+        "seed of its clustering).")] = LabelChoice.random,
     on_validation: Annotated[bool, typer.Option(
         "--on-validation", help="Score on a validation part of the train split instead of the test split: "
         "use this to choose checkpoints or options.")] = False,
@@ -704,8 +760,7 @@ def benchmark(
         raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {heads!r}") from None
     spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws, shifts)
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class") if per_class else (), draws=draws,
-                        heads=head_kinds,
-                        seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few)
+                        heads=head_kinds, seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few, labels=labels)
     summary = run_benchmark(models, out, spec, protocol, train, test, chosen,
                             tuple(_parse_ints(group.replace("+", ","), "--sweep-timestep")
                                   for group in sweep_timestep.split(",")) if sweep_timestep else (),

@@ -11,8 +11,11 @@ from sklearn.exceptions import ConvergenceWarning
 
 from diffclass_cli.benchmark.cnn import cnn_accuracy
 from diffclass_cli.benchmark.features import FeatureSet
+from diffclass_cli.choices import LabelChoice
 from diffclass_cli.console import progress
+from diffclass_cli.data.sources import UNLABELED
 from diffclass_cli.heads.models import HeadKind, draw_per_class, fit_rows, make_head
+from diffclass_cli.heads.suggest import suggest_rows
 
 CNN_NAME = "cnn"
 FEW_LABELS = 2  # at this many labels per class or fewer, results are bimodal: more draws
@@ -26,6 +29,7 @@ class Protocol:
     seed: int = 0
     cnn_steps: int = 300  # 0: no supervised CNN baseline
     draws_few_labels: int = 20  # draws per K at K <= FEW_LABELS
+    labels: LabelChoice = LabelChoice.random
 
     def draws_at(self, per_class: int) -> int:
         return self.draws_few_labels if per_class <= FEW_LABELS else self.draws
@@ -48,6 +52,10 @@ def draw_seed(seed: int, per_class: int, draw: int) -> int:
 
 def head_accuracy(features: FeatureSet, kind: HeadKind, labels: np.ndarray, labeled: np.ndarray,
                   test_labels: np.ndarray, seed: int, C: float = 1.0) -> float:
+    labeled = labeled[labels[labeled] != UNLABELED]  # a chosen image of no known class adds no label
+    present = np.unique(labels[labeled])
+    if len(present) < 2:  # a choice that found one class only: a head can only answer that class
+        return float((test_labels == present[0]).mean()) if len(present) else 0.0
     rows, targets = fit_rows(labels, labeled, kind)
     head = make_head(kind, C=C, seed=seed)
     with warnings.catch_warnings():
@@ -69,9 +77,15 @@ def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, proto
             for draw in range(protocol.draws_at(k)):
                 seed = draw_seed(protocol.seed, k, draw)
                 labeled = draw_per_class(pool.labels, k, seed, pool.class_names or None)
-                labeled_ids[f"{k}/{draw}"] = [pool.ids[i] for i in labeled] if pool.ids else labeled.tolist()
                 common = {"sweep": sweep, "per_class": k, "draw": draw, "seed": seed}
                 for features in feature_sets:
+                    if protocol.labels == LabelChoice.suggest:  # chosen from each feature set's own clusters
+                        budget = k * len(np.unique(pool.labels[pool.labels != UNLABELED]))
+                        labeled = np.sort([s.row for s in suggest_rows(features.pool, budget, seed=draw)])
+                        key = f"{features.name}/{k}/{draw}"
+                    else:
+                        key = f"{k}/{draw}"  # every feature set and head sees the same labeled rows
+                    labeled_ids[key] = [pool.ids[i] for i in labeled] if pool.ids else labeled.tolist()
                     for kind in heads:
                         accuracy = head_accuracy(features, kind, pool.labels, labeled, test.labels, seed)
                         rows.append({"feature_set": features.name, "head": kind.value, **common,

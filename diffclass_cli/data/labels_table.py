@@ -15,18 +15,25 @@ MAX_TABLE_BYTES = 256 * 1024 * 1024
 
 
 def read_labels_table(path: Path) -> dict[str, str]:
-    """{path: label} from a CSV of `path,label` rows (a `path,label` header is optional)."""
+    """{path: label} from a CSV of `path,label` rows. A header is optional; with one, the `path`
+    and `label` columns may be anywhere (as in `diffclass suggest`'s list) and rows whose label is
+    empty are left unlabeled."""
     path = existing_file(path, "labels table")
     if path.stat().st_size > MAX_TABLE_BYTES:
         raise DiffclassError(f"{path} is larger than {MAX_TABLE_BYTES >> 20} MB; is it a labels table?")
     table: dict[str, str] = {}
+    columns, header = (0, 1), False
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         for number, row in enumerate(csv.reader(f), 1):
-            if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+            names = [c.strip().lower() for c in row]
+            if number == 1 and "path" in names and "label" in names:
+                columns, header = (names.index("path"), names.index("label")), True
                 continue
-            if len(row) < 2 or not row[0] or not row[1].strip():
+            if not row or (header and len(row) > max(columns) and not row[columns[1]].strip()):
+                continue  # a list to fill in: rows not filled in yet stay unlabeled
+            if len(row) <= max(columns) or not row[columns[0]] or not row[columns[1]].strip():
                 raise DiffclassError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
-            name, label = _normalised(row[0]), row[1].strip()
+            name, label = _normalised(row[columns[0]]), row[columns[1]].strip()
             if table.setdefault(name, label) != label:
                 raise DiffclassError(f"{path}, line {number}: {row[0]} is labeled both {table[name]!r} and {label!r}")
     if not table:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -25,20 +26,22 @@ from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.extract import DEFAULT_MODEL, feature_batches
 from diffclass_cli.featurize.h5 import FeatureReader, Rows, check_finite, open_feature_file
 from diffclass_cli.featurize.runtime import ExtractorSession
-from diffclass_cli.files import existing_file, refuse_overwrite, sha256_file
+from diffclass_cli.files import atomic_output, existing_file, refuse_overwrite, sha256_file
 from diffclass_cli.heads import MAX_UNLABELED
-from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, training_labels
+from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, spread_sample, training_labels
 from diffclass_cli.heads.store import load_head, save_head
+from diffclass_cli.heads.suggest import Suggestion, suggest_rows, suspicious_labels
 
 
 def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_class: int | None = None,
              seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
              max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False, *, unlabeled: Sequence[Path] = (),
-             labels: Path | None = None) -> dict:
+             labels: Path | None = None, strict_labels: bool = False) -> dict:
     """Fit a head on the labeled rows of a feature file (and, for semi / auto, a sample of at
     most `max_unlabeled` of its other rows and of every row of the `unlabeled` files) and save it;
     returns its info. Only those rows are read. `labels`: a `path,label` table that labels the
-    rows instead of their class folders."""
+    rows instead of their class folders. Labeled rows that sit with another class are reported
+    (an error with `strict_labels`)."""
     refuse_overwrite(out, overwrite, inputs=(features, *unlabeled))
     if unlabeled and kind not in SEMI_SUPERVISED:
         log.warning(f"the {kind.value} head fits on labeled rows only: --unlabeled is used by auto and semi")
@@ -55,6 +58,7 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
         table = _take_across(readers, rows)
         attrs = main.attrs
     check_finite(table, features)
+    suspicious = _check_labels(table, targets, class_names, strict_labels)
     head = make_head(kind, C, alpha, hidden, cv, seed)
     head.fit(table.features, targets)
     params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
@@ -76,6 +80,7 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
         "extractor_sha256": attrs.get("extractor_sha256", ""),
         "extractor_name": attrs.get("extractor_name", ""),
         "extractor_path": attrs.get("extractor_path", ""),
+        "suspicious_labels": suspicious,
         "fitted_on": {"file": str(features), "unlabeled_files": [str(p) for p in unlabeled],
                       "labels_table": str(labels) if labels else None, "source": attrs.get("source", ""),
                       "labeled_rows": labeled, "unlabeled_rows": len(rows) - labeled, "max_unlabeled": max_unlabeled,
@@ -87,6 +92,90 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
     log.info(f"wrote {out}: {kind.value} head on {labeled} labeled rows"
              + (f" and {len(rows) - labeled} unlabeled ones" if kind in SEMI_SUPERVISED else ""))
     return info
+
+
+def _check_labels(table: Rows, targets: np.ndarray, class_names: list[str], strict: bool) -> list[dict]:
+    """The labeled rows that look like another class, each said on stderr; an error if `strict`."""
+    labeled_counts = np.bincount(targets[targets != UNLABELED])
+    if labeled_counts.max(initial=0) < 2:
+        return []  # one labeled row per class: nothing to compare a label with
+    found = [{"path": table.paths[f["row"]], "given": class_names[f["given"]],
+              "looks_like": class_names[f["looks_like"]], "score": round(f["score"], 3)}
+             for f in suspicious_labels(table.features, targets)]
+    for f in found:
+        log.warning(f"label check: {f['path']} is labeled {f['given']!r} but sits with {f['looks_like']!r} "
+                    f"(score {f['score']})")
+    if found and strict:
+        raise DiffclassError(f"{len(found)} labeled image(s) look like another class (--strict-labels); the first: "
+                             f"{found[0]['path']} ({found[0]['given']!r}, looks like {found[0]['looks_like']!r})")
+    return found
+
+
+def suggest(pool: Path, budget: int, *, labeled: Path | None = None, seed: int = 0,
+            max_rows: int = MAX_UNLABELED) -> tuple[list[str], list[Suggestion]]:
+    """The paths of the pool's rows and the `budget` of them to label next (suggest_rows), chosen
+    among at most `max_rows` of its unlabeled rows (spread evenly over the file); the rows labeled
+    already (in the pool or in the feature file `labeled`) count as covered."""
+    with ExitStack() as stack:
+        readers = [stack.enter_context(open_feature_file(path)) for path in (pool, *([labeled] if labeled else []))]
+        if labeled:
+            _check_same_extractor(readers[1], labeled, readers[0].attrs, readers[0].feature_dim, pool)
+        own = readers[0].labels
+        free = spread_sample(np.flatnonzero(own == UNLABELED), max_rows, seed)
+        if len(free) == 0:
+            raise DiffclassError(f"{pool} has no unlabeled rows to choose from")
+        known = np.flatnonzero(own != UNLABELED)
+        if labeled:
+            known = np.concatenate([known, readers[0].rows + np.arange(readers[1].rows)])
+        table = _take_across(readers, np.sort(np.concatenate([free, known])))
+        was_labeled = ~np.isin(np.sort(np.concatenate([free, known])), free)
+    check_finite(table, pool)
+    chosen = suggest_rows(table.features, budget, was_labeled, seed)
+    log.info(f"suggest: {len(chosen)} of {len(free)} unlabeled rows, from {len(chosen) + int(was_labeled.sum())} "
+             f"clusters ({int(was_labeled.sum())} rows labeled already)")
+    return table.paths, chosen
+
+
+SUGGESTION_COLUMNS = ["path", "rank", "cluster", "cluster_size", "typicality", "label", "why"]
+
+
+def write_suggestions(paths: list[str], chosen: list[Suggestion], stream: TextIO,
+                      output: OutputFormat = OutputFormat.csv) -> None:
+    """One row per suggestion, best first, with an empty `label` column to fill in: the filled
+    table is what `fit --labels` reads."""
+    records = [{"path": paths[s.row], "rank": s.rank, "cluster": s.cluster, "cluster_size": s.cluster_size,
+                "typicality": round(s.typicality, 4), "label": "", "why": s.why} for s in chosen]
+    if output == OutputFormat.jsonl:
+        stream.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return
+    writer = csv.DictWriter(stream, SUGGESTION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+
+
+def copy_suggested(pool: Path, paths: list[str], chosen: list[Suggestion], folder: Path) -> int:
+    """Lay the suggested images out in `folder` (named as in the pool, to sort into class
+    subfolders), read from the source the pool was featurized from; returns how many."""
+    from diffclass_cli.data.sources import open_source
+
+    with open_feature_file(pool) as reader:
+        spec = str(reader.attrs.get("source", ""))
+    try:
+        source = open_source(spec)
+    except DiffclassError as err:
+        raise DiffclassError(f"--copy-to needs the images {pool} was made from ({spec}): {err}") from None
+    where = {name: i for i, name in enumerate(source.ids)}
+    for s in chosen:
+        name = paths[s.row]
+        if name not in where:
+            raise DiffclassError(f"--copy-to: {name} is no longer in {spec}")
+        if Path(spec).is_dir():  # the file itself, byte for byte, under its own name
+            with atomic_output(folder / Path(name).name) as tmp:
+                shutil.copyfile(Path(spec, name), tmp)
+        else:  # a built-in data set: the decoded image as PNG
+            with atomic_output(folder / f"{name.replace(':', '-')}.png") as tmp:
+                source.load(where[name]).save(tmp, format="PNG")
+    return len(chosen)
 
 
 def _take_across(readers: list[FeatureReader], rows: np.ndarray) -> Rows:
