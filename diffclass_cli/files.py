@@ -5,6 +5,7 @@ OUT only when complete. A second run aimed at the same OUT is refused before it 
 partial file, so it can never empty or corrupt a running job's work.
 """
 
+import errno
 import hashlib
 import os
 import shutil
@@ -48,6 +49,8 @@ def refuse_overwrite(path: Path, overwrite: bool, inputs: Sequence[Path | None] 
         raise DiffclassError(f"{path} is a folder; give a file name to write")
     if path.exists() and not overwrite:
         raise DiffclassError(f"{path} already exists; pass --overwrite to replace it")
+    if path.exists() and not path.is_file():
+        raise DiffclassError(f"{path} is not a regular file (a device, a pipe?): --overwrite replaces files only")
     for source in inputs:
         if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
             raise DiffclassError(f"{path} is also an input of this command ({source}); write to another file")
@@ -62,10 +65,18 @@ def _make_parent(path: Path) -> None:
 
 def _lock(tmp: Path, path: Path) -> int | None:
     """Open and lock `tmp` (created empty when absent, never truncated); the descriptor holds the lock."""
+    if tmp.is_symlink():  # in a shared folder, a planted link would make this run write where it points
+        raise DiffclassError(f"{tmp} is a symbolic link, not a file this run made; remove it and run again")
     if fcntl is None:
         return None
     while True:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # planted between the check above and here
+                raise DiffclassError(f"{tmp} is a symbolic link, not a file this run made; remove it and run again"
+                                     ) from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

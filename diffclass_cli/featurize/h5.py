@@ -281,7 +281,28 @@ def open_feature_file(path: Path) -> Iterator[FeatureReader]:
     except OSError as err:
         raise DiffclassError(f"{path} is not an HDF5 file ({err})") from err
     with f:
+        _refuse_outside_storage(f, path)
         yield FeatureReader(f, path)
+
+
+DATASETS = ("features", "labels", "paths", "class_names", "skipped")
+
+
+def _refuse_outside_storage(f: h5py.File, path: Path) -> None:
+    """Only datasets stored inside the file itself are read: a link to another object or file, a
+    virtual dataset or external raw storage would make us read files nobody named."""
+    for name in DATASETS:
+        link = f.get(name, getlink=True)
+        if link is None:
+            continue
+        if not isinstance(link, h5py.HardLink):
+            raise DiffclassError(f"{path} is not a plain feature file: {name} is a link ({type(link).__name__}); "
+                                 "diffclass reads only data stored in the file itself")
+        dataset = f[name]
+        if not isinstance(dataset, h5py.Dataset) or dataset.is_virtual or \
+                dataset.id.get_create_plist().get_external_count() > 0:
+            raise DiffclassError(f"{path} is not a plain feature file: {name} is stored outside it (virtual or "
+                                 "external storage); diffclass reads only data stored in the file itself")
 
 
 def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
