@@ -551,21 +551,19 @@ def suggest_cmd(
       diffclass fit pool.h5 --labels to-label.csv --out head.skops     (after filling in the labels)\n
       diffclass suggest pool.h5 --budget 20 --labeled labeled.h5 --copy-to to-label/
     """
-    from diffclass_cli.files import STDOUT, atomic_output
-    from diffclass_cli.heads import apply as heads
+    from diffclass_cli.files import STDOUT, atomic_output, refuse_overwrite
+    from diffclass_cli.heads import suggest
 
     if out not in (None, STDOUT):
-        from diffclass_cli.files import refuse_overwrite
-
         refuse_overwrite(Path(out), overwrite, inputs=(pool, labeled))
-    paths, chosen = heads.suggest(pool, budget, labeled=labeled, seed=seed, max_rows=max_rows)
+    paths, chosen = suggest.suggest(pool, budget, labeled=labeled, seed=seed, max_rows=max_rows)
     if out in (None, STDOUT):
-        heads.write_suggestions(paths, chosen, sys.stdout, output_format)
+        suggest.write_suggestions(paths, chosen, sys.stdout, output_format)
     else:
         with atomic_output(Path(out), overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
-            heads.write_suggestions(paths, chosen, stream, output_format)
+            suggest.write_suggestions(paths, chosen, stream, output_format)
     if copy_to is not None:
-        log.info(f"copied {heads.copy_suggested(pool, paths, chosen, copy_to)} images to {copy_to}")
+        log.info(f"copied {suggest.copy_suggested(pool, paths, chosen, copy_to)} images to {copy_to}")
 
 
 InputsArg = Annotated[list[str], typer.Argument(

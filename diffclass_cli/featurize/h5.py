@@ -352,3 +352,22 @@ def copy_rows(reader: FeatureReader, writer: FeatureWriter) -> None:
                   source_rows=unreadable)
     for rows in reader.chunks():
         writer.append(rows.features, rows.labels, rows.paths, [], source_rows=len(rows.paths))
+
+
+def take_across(readers: list[FeatureReader], rows: np.ndarray) -> Rows:
+    """Rows numbered across several files, as if they were one file after another."""
+    parts, offset = [], 0
+    for reader in readers:
+        mine = rows[(rows >= offset) & (rows < offset + reader.rows)] - offset
+        parts.append(reader.take(mine))
+        offset += reader.rows
+    return Rows(np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]),
+                [path for p in parts for path in p.paths])
+
+
+def check_same_extractor(reader: FeatureReader, path: Path, attrs: dict, feature_dim: int, other: Path) -> None:
+    sha = reader.attrs.get("extractor_sha256", "")
+    if sha != attrs.get("extractor_sha256", "") or reader.feature_dim != feature_dim:
+        raise DiffclassError(f"{path} was made by extractor {reader.attrs.get('extractor_name', '?')} ({sha[:12]}), "
+                             f"{other} by {attrs.get('extractor_name', '?')} "
+                             f"({attrs.get('extractor_sha256', '')[:12]}): featurize both with the same --model")

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -24,13 +23,20 @@ from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.extract import DEFAULT_MODEL, feature_batches
-from diffclass_cli.featurize.h5 import FeatureReader, Rows, check_finite, open_feature_file
+from diffclass_cli.featurize.h5 import (
+    FeatureReader,
+    Rows,
+    check_finite,
+    check_same_extractor,
+    open_feature_file,
+    take_across,
+)
 from diffclass_cli.featurize.runtime import ExtractorSession
-from diffclass_cli.files import atomic_output, existing_file, refuse_overwrite, sha256_file
+from diffclass_cli.files import existing_file, refuse_overwrite, sha256_file
 from diffclass_cli.heads import MAX_UNLABELED
-from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, spread_sample, training_labels
+from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, training_labels
 from diffclass_cli.heads.store import load_head, save_head
-from diffclass_cli.heads.suggest import Suggestion, suggest_rows, suspicious_labels
+from diffclass_cli.heads.suggest import suspicious_labels
 
 
 def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_class: int | None = None,
@@ -49,13 +55,13 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
         readers = [stack.enter_context(open_feature_file(path)) for path in (features, *unlabeled)]
         main = readers[0]
         for path, reader in zip(unlabeled, readers[1:]):
-            _check_same_extractor(reader, path, main.attrs, main.feature_dim, features)
+            check_same_extractor(reader, path, main.attrs, main.feature_dim, features)
         own_labels, class_names = main.labels, main.class_names
         if labels is not None:
             own_labels, class_names = labels_for(main.paths(), read_labels_table(labels), labels)
         every_label = np.concatenate([own_labels, *(np.full(r.rows, UNLABELED, np.int64) for r in readers[1:])])
         rows, targets = training_labels(every_label, kind, per_class, seed, cv, max_unlabeled, class_names)
-        table = _take_across(readers, rows)
+        table = take_across(readers, rows)
         attrs = main.attrs
     check_finite(table, features)
     suspicious = _check_labels(table, targets, class_names, strict_labels)
@@ -109,92 +115,6 @@ def _check_labels(table: Rows, targets: np.ndarray, class_names: list[str], stri
         raise DiffclassError(f"{len(found)} labeled image(s) look like another class (--strict-labels); the first: "
                              f"{found[0]['path']} ({found[0]['given']!r}, looks like {found[0]['looks_like']!r})")
     return found
-
-
-def suggest(pool: Path, budget: int, *, labeled: Path | None = None, seed: int = 0,
-            max_rows: int = MAX_UNLABELED) -> tuple[list[str], list[Suggestion]]:
-    """The paths of the pool's rows and the `budget` of them to label next (suggest_rows), chosen
-    among at most `max_rows` of its unlabeled rows (spread evenly over the file); the rows labeled
-    already (in the pool or in the feature file `labeled`) count as covered."""
-    with ExitStack() as stack:
-        readers = [stack.enter_context(open_feature_file(path)) for path in (pool, *([labeled] if labeled else []))]
-        if labeled:
-            _check_same_extractor(readers[1], labeled, readers[0].attrs, readers[0].feature_dim, pool)
-        own = readers[0].labels
-        free = spread_sample(np.flatnonzero(own == UNLABELED), max_rows, seed)
-        if len(free) == 0:
-            raise DiffclassError(f"{pool} has no unlabeled rows to choose from")
-        known = np.flatnonzero(own != UNLABELED)
-        if labeled:
-            known = np.concatenate([known, readers[0].rows + np.arange(readers[1].rows)])
-        table = _take_across(readers, np.sort(np.concatenate([free, known])))
-        was_labeled = ~np.isin(np.sort(np.concatenate([free, known])), free)
-    check_finite(table, pool)
-    chosen = suggest_rows(table.features, budget, was_labeled, seed)
-    log.info(f"suggest: {len(chosen)} of {len(free)} unlabeled rows, from {len(chosen) + int(was_labeled.sum())} "
-             f"clusters ({int(was_labeled.sum())} rows labeled already)")
-    return table.paths, chosen
-
-
-SUGGESTION_COLUMNS = ["path", "rank", "cluster", "cluster_size", "typicality", "label", "why"]
-
-
-def write_suggestions(paths: list[str], chosen: list[Suggestion], stream: TextIO,
-                      output: OutputFormat = OutputFormat.csv) -> None:
-    """One row per suggestion, best first, with an empty `label` column to fill in: the filled
-    table is what `fit --labels` reads."""
-    records = [{"path": paths[s.row], "rank": s.rank, "cluster": s.cluster, "cluster_size": s.cluster_size,
-                "typicality": round(s.typicality, 4), "label": "", "why": s.why} for s in chosen]
-    if output == OutputFormat.jsonl:
-        stream.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        return
-    writer = csv.DictWriter(stream, SUGGESTION_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-
-
-def copy_suggested(pool: Path, paths: list[str], chosen: list[Suggestion], folder: Path) -> int:
-    """Lay the suggested images out in `folder` (named as in the pool, to sort into class
-    subfolders), read from the source the pool was featurized from; returns how many."""
-    from diffclass_cli.data.sources import open_source
-
-    with open_feature_file(pool) as reader:
-        spec = str(reader.attrs.get("source", ""))
-    try:
-        source = open_source(spec)
-    except DiffclassError as err:
-        raise DiffclassError(f"--copy-to needs the images {pool} was made from ({spec}): {err}") from None
-    where = {name: i for i, name in enumerate(source.ids)}
-    for s in chosen:
-        name = paths[s.row]
-        if name not in where:
-            raise DiffclassError(f"--copy-to: {name} is no longer in {spec}")
-        if Path(spec).is_dir():  # the file itself, byte for byte, under its own name
-            with atomic_output(folder / Path(name).name) as tmp:
-                shutil.copyfile(Path(spec, name), tmp)
-        else:  # a built-in data set: the decoded image as PNG
-            with atomic_output(folder / f"{name.replace(':', '-')}.png") as tmp:
-                source.load(where[name]).save(tmp, format="PNG")
-    return len(chosen)
-
-
-def _take_across(readers: list[FeatureReader], rows: np.ndarray) -> Rows:
-    """Rows numbered across several files, as if they were one file after another."""
-    parts, offset = [], 0
-    for reader in readers:
-        mine = rows[(rows >= offset) & (rows < offset + reader.rows)] - offset
-        parts.append(reader.take(mine))
-        offset += reader.rows
-    return Rows(np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]),
-                [path for p in parts for path in p.paths])
-
-
-def _check_same_extractor(reader: FeatureReader, path: Path, attrs: dict, feature_dim: int, other: Path) -> None:
-    sha = reader.attrs.get("extractor_sha256", "")
-    if sha != attrs.get("extractor_sha256", "") or reader.feature_dim != feature_dim:
-        raise DiffclassError(f"{path} was made by extractor {reader.attrs.get('extractor_name', '?')} ({sha[:12]}), "
-                             f"{other} by {attrs.get('extractor_name', '?')} "
-                             f"({attrs.get('extractor_sha256', '')[:12]}): featurize both with the same --model")
 
 
 @dataclass

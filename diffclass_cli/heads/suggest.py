@@ -8,7 +8,13 @@ labeled image covers yet. With a small budget that is one clean example per larg
 similar images, which is what the semi head needs to name its clusters.
 """
 
+import csv
+import json
+import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -16,8 +22,14 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
+from diffclass_cli.choices import OutputFormat
+from diffclass_cli.console import log
 from diffclass_cli.data.sources import UNLABELED
-from diffclass_cli.heads.models import SpectralPseudoLabels
+from diffclass_cli.errors import DiffclassError
+from diffclass_cli.featurize.h5 import check_finite, check_same_extractor, open_feature_file, take_across
+from diffclass_cli.files import atomic_output
+from diffclass_cli.heads import MAX_UNLABELED
+from diffclass_cli.heads.models import SpectralPseudoLabels, spread_sample
 
 MAX_SPACE_DIMS = 50  # the spectral embedding's dimensions: one per cluster, up to this many
 TYPICALITY_NEIGHBOURS = 20  # TypiClust's K
@@ -121,3 +133,70 @@ def suspicious_labels(features: np.ndarray, targets: np.ndarray, margin: float =
             found.append({"row": int(row), "given": int(own), "looks_like": int(others[int(distances.argmin())]),
                           "score": score})
     return sorted(found, key=lambda f: -f["score"])
+
+
+def suggest(pool: Path, budget: int, *, labeled: Path | None = None, seed: int = 0,
+            max_rows: int = MAX_UNLABELED) -> tuple[list[str], list[Suggestion]]:
+    """The paths of the pool's rows and the `budget` of them to label next (suggest_rows), chosen
+    among at most `max_rows` of its unlabeled rows (spread evenly over the file); the rows labeled
+    already (in the pool or in the feature file `labeled`) count as covered."""
+    with ExitStack() as stack:
+        readers = [stack.enter_context(open_feature_file(path)) for path in (pool, *([labeled] if labeled else []))]
+        if labeled:
+            check_same_extractor(readers[1], labeled, readers[0].attrs, readers[0].feature_dim, pool)
+        own = readers[0].labels
+        free = spread_sample(np.flatnonzero(own == UNLABELED), max_rows, seed)
+        if len(free) == 0:
+            raise DiffclassError(f"{pool} has no unlabeled rows to choose from")
+        known = np.flatnonzero(own != UNLABELED)
+        if labeled:
+            known = np.concatenate([known, readers[0].rows + np.arange(readers[1].rows)])
+        rows = np.sort(np.concatenate([free, known]))
+        table = take_across(readers, rows)
+        was_labeled = ~np.isin(rows, free)
+    check_finite(table, pool)
+    chosen = suggest_rows(table.features, budget, was_labeled, seed)
+    log.info(f"suggest: {len(chosen)} of {len(free)} unlabeled rows ({int(was_labeled.sum())} rows labeled already)")
+    return table.paths, chosen
+
+
+SUGGESTION_COLUMNS = ["path", "rank", "cluster", "cluster_size", "typicality", "label", "why"]
+
+
+def write_suggestions(paths: list[str], chosen: list[Suggestion], stream: TextIO,
+                      output: OutputFormat = OutputFormat.csv) -> None:
+    """One row per suggestion, best first, with an empty `label` column to fill in: the filled
+    table is what `fit --labels` reads."""
+    records = [{"path": paths[s.row], "rank": s.rank, "cluster": s.cluster, "cluster_size": s.cluster_size,
+                "typicality": round(s.typicality, 4), "label": "", "why": s.why} for s in chosen]
+    if output == OutputFormat.jsonl:
+        stream.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return
+    writer = csv.DictWriter(stream, SUGGESTION_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+
+
+def copy_suggested(pool: Path, paths: list[str], chosen: list[Suggestion], folder: Path) -> int:
+    """Lay the suggested images out in `folder` (named as in the pool, to sort into class
+    subfolders), read from the source the pool was featurized from; returns how many."""
+    from diffclass_cli.data.sources import open_source
+
+    with open_feature_file(pool) as reader:
+        spec = str(reader.attrs.get("source", ""))
+    try:
+        source = open_source(spec)
+    except DiffclassError as err:
+        raise DiffclassError(f"--copy-to needs the images {pool} was made from ({spec}): {err}") from None
+    where = {name: i for i, name in enumerate(source.ids)}
+    for s in chosen:
+        name = paths[s.row]
+        if name not in where:
+            raise DiffclassError(f"--copy-to: {name} is no longer in {spec}")
+        if Path(spec).is_dir():  # the file itself, byte for byte, under its own name
+            with atomic_output(folder / Path(name).name) as tmp:
+                shutil.copyfile(Path(spec, name), tmp)
+        else:  # a built-in data set: the decoded image as PNG
+            with atomic_output(folder / f"{name.replace(':', '-')}.png") as tmp:
+                source.load(where[name]).save(tmp, format="PNG")
+    return len(chosen)
