@@ -79,3 +79,13 @@ def test_bad_usage_exits_2(cli):
     assert cli("train-backbone", "digits", "--out", "x", "--device", "tpu").exit_code == 2
     assert cli("train-backbone", "digits", "--out", "x", "--min-snr", "-1").exit_code == 2
     assert cli("no-such-command").exit_code == 2
+
+
+def test_training_says_how_long_the_rest_will_take(cli, tmp_path):
+    for i in range(4):
+        write_image(tmp_path / "imgs" / f"{i}.png", size=(8, 8), mode="L", seed=i)
+    result = cli("train-backbone", tmp_path / "imgs", "--out", tmp_path / "bb.ckpt", "--steps", 25, "--width", 8,
+                 "--channel-mults", "1,2", "--batch-size", 2, "--warmup", 1, "--save-every", 25)
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "s per step so far" in line]
+    assert len(said) == 1 and "the 5 steps left will take about" in said[0]

@@ -9,6 +9,7 @@ import math
 import shutil
 import time
 from dataclasses import asdict
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
 
+ESTIMATE_AFTER = 20  # steps timed before the expected duration is said (the first ones include warm-up)
 
 def learning_rate(train: TrainConfig, step: int) -> float:
     """Linear warm-up, then constant or cosine decay to a tenth of `lr`."""
@@ -138,6 +140,8 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
                             img_s=f"{(step + 1 - start) * len(rows) * launch.world_size / elapsed:.0f}")
             bar.update()
             done = step + 1
+            if done - start == ESTIMATE_AFTER and done < train.steps:
+                _say_expected_duration(elapsed, done - start, train.steps - done)
             if done % train.save_every == 0 or done == train.steps:
                 losses.append([done, float(np.mean(window))])
                 window = []
@@ -192,3 +196,16 @@ def _check_compiler(device: torch.device) -> None:
     if device.type == "cpu" and not any(map(shutil.which, ("c++", "g++", "clang++"))):
         raise DiffclassError("--compile needs a C++ compiler (c++, g++ or clang++) on the PATH to build CPU kernels; "
                              "install one or train without --compile")
+
+
+def _say_expected_duration(elapsed: float, steps_done: int, steps_left: int) -> None:
+    """One line, also in logs where no progress bar is drawn: how long the rest will take."""
+    seconds = elapsed / steps_done * steps_left
+    finish = datetime.now() + timedelta(seconds=seconds)
+    log.info(f"{elapsed / steps_done:.2f} s per step so far: the {steps_left} steps left will take about "
+             f"{_duration(seconds)} (until about {finish:%H:%M})")
+
+
+def _duration(seconds: float) -> str:
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if hours else f"{max(minutes, 1)} min"
