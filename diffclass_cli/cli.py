@@ -8,6 +8,7 @@ where the option is, with `callback=at_least(...)`; the configs check their own 
 """
 
 import itertools
+import math
 import os
 import sys
 from contextlib import closing, nullcontext
@@ -74,13 +75,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def at_least(low: float, above: bool = False):
-    """An option callback that refuses values below `low` (or, with `above`, not above it)."""
+INT_LIMIT = 2**31 - 1  # no count, size or step of ours comes near it; past it libraries overflow
+
+
+def at_least(low: float, above: bool = False, high: float = INT_LIMIT):
+    """An option callback that refuses values below `low` (or, with `above`, not above it), above
+    `high`, and NaN or infinities."""
 
     def check(param: typer.CallbackParam, value):
-        if value is not None and (value <= low if above else value < low):
-            raise DiffclassError(f"{param.opts[0]} must be {'above' if above else 'at least'} {low:g}, "
-                                 f"not {value:g}")
+        if value is None:
+            return value
+        if not math.isfinite(value) or (value <= low if above else value < low) or value > high:
+            bound = f"{'above' if above else 'at least'} {low:g}" + (f" and at most {high:g}" if value > high else "")
+            raise DiffclassError(f"{param.opts[0]} must be {bound}, not {value:g}")
         return value
 
     return check
@@ -95,6 +102,9 @@ def in_range(low: float, high: float):
         return value
 
     return check
+
+
+SEED_RANGE = in_range(0, 2**32 - 1)  # what numpy and torch take as a seed
 
 
 app = typer.Typer(
@@ -116,10 +126,13 @@ SourceArg = Annotated[str, typer.Argument(
 DataRootOpt = Annotated[Path | None, typer.Option(help="Folder with torchvision's dataset files.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Let torchvision download a missing dataset.")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when usable.")]
-SeedOpt = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.",
+                                      callback=SEED_RANGE)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 WeightsOpt = Annotated[Weights, typer.Option(help="The averaged (EMA) or the raw trained weights.")]
-WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in parallel.", callback=at_least(0))]
+MAX_PROCESSES = 1024
+WorkersOpt = Annotated[int, typer.Option(help="Processes that decode images in parallel.",
+                                         callback=at_least(0, high=MAX_PROCESSES))]
 ModelOpt = Annotated[Path | None, typer.Option(
     help="Exported extractor (.onnx) (default: the shipped mnist-sample-ddpm.onnx).")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Images per onnxruntime call.", callback=at_least(1))]
@@ -138,7 +151,8 @@ TAPS_HELP = ("Blocks to take features from, comma-separated (see export --list-t
 TapsOpt = Annotated[str | None, typer.Option(help=TAPS_HELP)]
 PoolOpt = Annotated[str, typer.Option(help="'global' average per block, or an RxR grid of averages such as '2x2'.")]
 NoiseDrawsOpt = Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")]
-NoiseSeedOpt = Annotated[int, typer.Option(help="Seed of the fixed noise stored in the extractor.")]
+NoiseSeedOpt = Annotated[int, typer.Option(help="Seed of the fixed noise stored in the extractor.",
+                                           callback=SEED_RANGE)]
 ShiftsOpt = Annotated[int, typer.Option(
     help="Average the features over the image moved by N fixed small shifts (1: none; 5: itself and one pixel "
     "up, down, left, right; 9: also the diagonals). Costs N times the compute.")]
@@ -189,7 +203,8 @@ def train_backbone_cmd(
     epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).",
                                                  callback=at_least(0, above=True))] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = TrainConfig.batch_size,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = TrainConfig.lr,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", callback=at_least(0, above=True))
+                  ] = TrainConfig.lr,
     lr_schedule: Annotated[LRSchedule, typer.Option(help="After warm-up.")] = TrainConfig.lr_schedule,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = TrainConfig.warmup,
     image_size: Annotated[int | None, typer.Option(
@@ -210,10 +225,12 @@ def train_backbone_cmd(
     min_snr: Annotated[float, typer.Option(
         help="ddpm: weigh each image's loss by min(SNR, GAMMA) / SNR (/ (SNR + 1) with --prediction v): "
         "Min-SNR-gamma, e.g. 5; 0: off.",
-        metavar="GAMMA", min=0.0)] = DiffusionConfig.min_snr,
+        metavar="GAMMA", callback=at_least(0))] = DiffusionConfig.min_snr,
     latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.")] = VAEConfig.latent_dim,
-    beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.")] = VAEConfig.beta,
-    ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.")] = TrainConfig.ema_decay,
+    beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.", callback=at_least(0))
+                    ] = VAEConfig.beta,
+    ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.", callback=in_range(0, 1))
+                         ] = TrainConfig.ema_decay,
     augment_shift: Annotated[int, typer.Option(
         help="Move each training image by up to N pixels each way (0: off).")] = TrainConfig.augment_shift,
     save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = TrainConfig.save_every,
@@ -368,7 +385,7 @@ def export(
         raise DiffclassError("--choose-on and --data-root are for --timestep auto and --taps auto")
     if auto_timestep and timesteps:
         raise DiffclassError("give --timestep or --timesteps, not both")
-    if timestep and not auto_timestep and not timestep.isdigit():
+    if timestep and not auto_timestep and not timestep.isdecimal():
         raise DiffclassError(f"--timestep is a whole number of steps or 'auto', not {timestep!r}")
     spec = _extractor_spec(int(timestep) if timestep and not auto_timestep else None, timesteps,
                            None if auto_taps else taps, pool, noise_seed, noise_draws, shifts)
@@ -412,10 +429,10 @@ def featurize_cmd(
     device: DeviceOpt = Device.auto,
     batch_size: BatchSizeOpt = 256,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all cores).",
-                                                callback=at_least(1))] = None,
+                                                callback=at_least(1, high=MAX_PROCESSES))] = None,
     workers: Annotated[int, typer.Option(
         help="local: processes that decode images in parallel; ray: actors, each with its own onnxruntime session.",
-        callback=at_least(0))] = 1,
+        callback=at_least(0, high=MAX_PROCESSES))] = 1,
     shard: Annotated[str | None, typer.Option(
         help="Only shard I of N (0-based, e.g. 3/8): a fixed block of the source, for job arrays; "
         "join the parts with `diffclass merge`.")] = None,

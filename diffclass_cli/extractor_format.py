@@ -18,6 +18,8 @@ FORMAT = "diffclass-extractor"
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "images", "features"
 MAX_IMAGE_SIZE = 4096
+MAX_FEATURES = 10_000_000
+MAX_METADATA_CHARS = 1_000_000  # per value; ours are a few kB
 # key -> the JSON type its value must have
 SCHEMA = {"format_version": int, "image_size": int, "channels": int, "feature_dim": int, "timesteps": list,
           "taps": list, "pool": str, "feature_groups": list, "backbone_kind": str}
@@ -55,16 +57,22 @@ def validated_metadata(session: ort.InferenceSession, path: Path) -> dict:
         raise DiffclassError(f"{path} is an ONNX file but not a diffclass extractor (no '{FORMAT}' metadata)")
     metadata = {}
     for key, text in props.items():
+        if len(text) > MAX_METADATA_CHARS:
+            raise DiffclassError(f"{path} has damaged metadata: {key} is longer than {MAX_METADATA_CHARS} characters")
         try:
             metadata[key] = json.loads(text)
-        except json.JSONDecodeError:
-            raise DiffclassError(f"{path} has damaged metadata: {key} is not JSON") from None
+        except (json.JSONDecodeError, RecursionError):  # nested deeper than any metadata of ours
+            raise DiffclassError(f"{path} has damaged metadata: {key} is not JSON of a diffclass extractor") from None
     for key, kind in SCHEMA.items():
         if key not in metadata:
             raise DiffclassError(f"{path} has damaged metadata: no {key}")
         if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
             raise DiffclassError(f"{path} has damaged metadata: {key} is not a{'n' if kind is int else ''} "
                                  f"{kind.__name__}")
+    groups = metadata["feature_groups"]
+    if not all(isinstance(g, dict) and isinstance(g.get("name"), str) and isinstance(g.get("start"), int)
+               and isinstance(g.get("stop"), int) for g in groups):
+        raise DiffclassError(f"{path} has damaged metadata: feature_groups are not named column ranges")
     if metadata["format_version"] > FORMAT_VERSION:
         raise DiffclassError(f"{path} was written by a newer diffclass ({metadata.get('diffclass_version', '?')})")
     _check_graph(session, metadata, path)
@@ -82,7 +90,7 @@ def _check_graph(session: ort.InferenceSession, metadata: dict, path: Path) -> N
         if len(shape) != len(promised) or any(isinstance(s, int) and s != p for s, p in zip(shape, promised)):
             raise DiffclassError(f"{path}: the graph's {name} is {['N', *shape]} but its metadata says "
                                  f"{['N', *promised]}")
-    if channels not in (1, 3) or not 1 <= size <= MAX_IMAGE_SIZE or dim < 1:
+    if channels not in (1, 3) or not 1 <= size <= MAX_IMAGE_SIZE or not 1 <= dim <= MAX_FEATURES:
         raise DiffclassError(f"{path} has damaged metadata: {channels} channels, {size}x{size} images, "
                              f"{dim} features")
 

@@ -14,7 +14,7 @@ def parse_pool(text: str) -> int:
     if text == "global":
         return 1
     side, _, other = text.lower().partition("x")
-    if not side.isdigit() or (other and other != side) or int(side) < 1:
+    if not side.isdecimal() or (other and other != side) or int(side) < 1:
         raise DiffclassError(f"--pool is 'global' or a square grid like '2x2', not {text!r}")
     return int(side)
 

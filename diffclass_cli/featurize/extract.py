@@ -47,7 +47,7 @@ class Shard:
     @classmethod
     def parse(cls, text: str) -> "Shard":
         index, _, count = text.partition("/")
-        if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        if not (index.isdecimal() and count.isdecimal()) or not 0 <= int(index) < int(count):
             raise DiffclassError(f"--shard is I/N with 0 <= I < N (e.g. 0/8), not {text!r}")
         return cls(int(index), int(count))
 

@@ -220,8 +220,8 @@ class FeatureReader:
     def __init__(self, file: h5py.File, path: Path):
         self.file = file
         self.labels = _checked_labels(file, path)  # 8 bytes a row: small beside the features
-        self.class_names = [c.decode() for c in file["class_names"][:]]
-        self.attrs = dict(file.attrs)
+        self.class_names = [c.decode(errors="replace") for c in file["class_names"][:]]
+        self.attrs = _checked_attrs(file.attrs, path, len(self.labels))
 
     @property
     def rows(self) -> int:
@@ -305,6 +305,32 @@ def _refuse_outside_storage(f: h5py.File, path: Path) -> None:
                                  "external storage); diffclass reads only data stored in the file itself")
 
 
+MAX_FEATURES = 10_000_000  # columns per row; our extractors make thousands
+MAX_CLASSES = 1_000_000
+TEXT_ATTRS = ("extractor_sha256", "extractor_name", "extractor_path", "source", "source_fingerprint", "shard",
+              "provider", "dtype", "created", "diffclass_version", "extractor_metadata")
+COUNT_ATTRS = ("rows", PROGRESS_ATTR, "feature_dim", "source_images", "merged_from")
+
+
+def _checked_attrs(attrs: h5py.AttributeManager, path: Path, rows: int) -> dict:
+    """The file's attributes, with those diffclass reads checked to be text or counts."""
+    found = dict(attrs)
+    for key in TEXT_ATTRS:
+        if key in found and not isinstance(found[key], str):
+            raise DiffclassError(f"{path} is damaged: its attribute {key} is not text")
+    for key in COUNT_ATTRS:
+        value = found.get(key, 0)
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer) or not 0 <= value < 2**62:
+            raise DiffclassError(f"{path} is damaged: its attribute {key} is not a count")
+    committed = found.get(COMMIT_ATTR, np.zeros(3, np.int64))
+    if not (isinstance(committed, np.ndarray) and committed.shape == (3,) and committed.dtype.kind in "iu"
+            and (committed >= 0).all()):
+        raise DiffclassError(f"{path} is damaged: its attribute {COMMIT_ATTR} is not three counts")
+    if found.get(PROGRESS_ATTR, rows) < rows:
+        raise DiffclassError(f"{path} is damaged: it has more rows ({rows}) than images it says it read")
+    return found
+
+
 def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
     """The labels, once the file is checked to have the datasets of a feature file, with one row
     per feature row."""
@@ -313,16 +339,24 @@ def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
     missing = [name for name in ("labels", "paths", "class_names") if name not in f]
     if missing:
         raise DiffclassError(f"{path} is damaged: it has no {', '.join(missing)} (featurize it again)")
-    if f["features"].ndim != 2:
-        raise DiffclassError(f"{path} is damaged: features is not a table of rows")
+    if f["features"].ndim != 2 or not 1 <= f["features"].shape[1] <= MAX_FEATURES:
+        raise DiffclassError(f"{path} is damaged: features is not a table of rows of 1 to {MAX_FEATURES} columns")
     if f["features"].dtype.name not in DTYPES:
         raise DiffclassError(f"{path} holds {f['features'].dtype} features; diffclass reads {', '.join(DTYPES)}")
     rows = f["features"].shape[0]
     for name in ("labels", "paths"):
         if f[name].shape != (rows,):
-            raise DiffclassError(f"{path} is damaged: {name} has {f[name].shape[0]} rows but features has "
-                                 f"{rows} (featurize it again)")
-    labels = f["labels"][:]
+            raise DiffclassError(f"{path} is damaged: {name} has shape {f[name].shape} but features has "
+                                 f"{rows} rows (featurize it again)")
+    if f["labels"].dtype.kind not in "iu":
+        raise DiffclassError(f"{path} is damaged: its labels are {f['labels'].dtype}, not whole numbers")
+    for name, ndim in (("paths", 1), ("class_names", 1), ("skipped", 2)):
+        if name in f and (f[name].ndim != ndim or h5py.check_string_dtype(f[name].dtype) is None
+                          or (name == "skipped" and f[name].shape[1] != 2)):
+            raise DiffclassError(f"{path} is damaged: {name} is not a {'list' if ndim == 1 else 'table'} of text")
+    if len(f["class_names"]) > MAX_CLASSES:
+        raise DiffclassError(f"{path} declares {len(f['class_names'])} classes, more than {MAX_CLASSES}")
+    labels = f["labels"][:].astype(np.int64)
     if len(labels) and not (-1 <= labels.min() and labels.max() < len(f["class_names"])):
         raise DiffclassError(f"{path} is damaged: labels outside its {len(f['class_names'])} class names")
     return labels

@@ -67,5 +67,8 @@ def _header(path: Path) -> dict:
         attrs = reader.attrs | {"dtype": reader.dtype}
         if "shard" not in attrs:
             raise DiffclassError(f"{path} was written before shards existed; featurize it again")
+        missing = [key for key in (*MUST_MATCH, PROGRESS_ATTR, "provider") if key not in attrs]
+        if missing:
+            raise DiffclassError(f"{path} is damaged: it has no {', '.join(missing)} (featurize it again)")
         return {"attrs": attrs, "shard": Shard.parse(attrs["shard"]), "done": int(attrs[PROGRESS_ATTR]),
                 "class_names": reader.class_names}

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from sklearn.pipeline import Pipeline
 
 from diffclass_cli.errors import DiffclassError
@@ -59,4 +60,27 @@ def load_head(path: Path) -> tuple[Pipeline, dict]:
         raise DiffclassError(f"{path} is not a skops head file ({type(err).__name__}: {err})") from err
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise DiffclassError(f"{path} is a skops file but not a diffclass head")
+    _check_info(content.get("head"), content.get("info"), path)
     return content["head"], content["info"]
+
+
+def _check_info(head, info, path: Path) -> None:
+    """What predict, evaluate and info read of a head file, checked before anything uses it."""
+    def damaged(what: str):
+        return DiffclassError(f"{path} is damaged: {what} (fit it again)")
+
+    if not isinstance(head, Pipeline) or not hasattr(head, "classes_"):
+        raise damaged("it holds no fitted classifier")
+    if not isinstance(info, dict):
+        raise damaged("it has no description")
+    names = info.get("class_names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise damaged("its class names are not a list of text")
+    classes = np.asarray(head.classes_)
+    if classes.dtype.kind not in "iu" or len(classes) < 2 or classes.min() < 0 or classes.max() >= len(names):
+        raise damaged("its classifier's classes do not match its class names")
+    if not (isinstance(info.get("feature_dim"), int) and 1 <= info["feature_dim"] <= 10_000_000):
+        raise damaged("its feature_dim is not a count")
+    for key in ("extractor_sha256", "extractor_name", "extractor_path", "head"):
+        if not isinstance(info.get(key, ""), str):
+            raise damaged(f"its {key} is not text")
