@@ -77,7 +77,8 @@ def test_forged_feature_files_are_one_line(world):
         forged = world["root"] / f"forged-{i % 7}.h5"
         how = forged_feature_file(world["small"], forged, rng)
         command = rng.choice([["fit", forged, "--out", world["root"] / "f.skops", "--overwrite"],
-                              ["predict", forged, "--head", world["head"]], ["evaluate", forged, "--head", world["head"]],
+                              ["predict", forged, "--head", world["head"]],
+                              ["evaluate", forged, "--head", world["head"]],
                               ["info", forged], ["suggest", forged, "--budget", "2"],
                               ["merge", world["root"] / "m.h5", forged, "--overwrite"]])
         assert_handled(_invoke(world, command), (how, command[0]))
@@ -99,13 +100,13 @@ def test_forged_extractor_metadata_and_head_fields_are_one_line(world):
 
 
 @pytest.mark.parametrize("command, option, value", [
-    ("featurize", "--shard", "²/3"), ("featurize", "--threads", "99999999999999"), ("featurize", "--threads",
-                                                                                     "100000"),
+    ("featurize", "--shard", "²/3"), ("featurize", "--threads", "99999999999999"),
+    ("featurize", "--threads", "100000"),
     ("fit", "--C", "nan"), ("fit", "--seed", "-1"), ("fit", "--seed", "100000000000000000000"),
     ("train-backbone", "--epochs", "nan"), ("train-backbone", "--lr", "inf"), ("export", "--timestep", "²"),
     ("export", "--pool", "²x²"), ("predict", "--min-confidence", "nan")])
 def test_the_odd_values_users_found_are_one_line(world, command, option, value):
-    args = [a for a in world["bases"][command]]
+    args = list(world["bases"][command])
     if command == "export" and option == "--pool":
         args += ["--timestep", "100"]
     result = _invoke(world, [command, *args, option, value])
