@@ -83,3 +83,43 @@ def test_a_feature_file_cannot_make_us_read_other_files(cli, small, victim, tmp_
                  ("merge", tmp_path / "m.h5", forged)):
         assert_one_line_error(cli(*args), "not a plain feature file")
     assert not (tmp_path / "m.h5").exists() and not (tmp_path / "x.skops").exists()
+
+
+def test_any_file_name_works_and_is_printed_escaped(cli, rgb_onnx, tmp_path):
+    from tests.conftest import write_image
+
+    root = tmp_path / "imgs"
+    odd_class = os.fsdecode(b"caf\xe9")  # a folder name that is not UTF-8
+    for i, name in enumerate([" lead.png", "trail .png", os.fsdecode(b"\xff\xfe.png")]):
+        write_image(root / odd_class / name, size=(16, 16), seed=i)
+    write_image(root / "plain" / "p.png", size=(16, 16), seed=9)
+    result = cli("featurize", root, tmp_path / "f.h5", "--model", rgb_onnx)
+    assert result.exit_code == 0, result.output
+    from diffclass_cli.featurize.h5 import read_features
+
+    data = read_features(tmp_path / "f.h5")
+    assert data.class_names == ["caf\\xe9", "plain"] and "caf\\xe9/ lead.png" in data.paths
+    assert cli("fit", tmp_path / "f.h5", "--out", tmp_path / "h.skops", "--head", "logreg").exit_code == 0
+    predicted = cli("predict", root, "--head", tmp_path / "h.skops")
+    assert predicted.exit_code == 0, predicted.output
+    assert f"{root}/caf\\xe9/\\xff\\xfe.png," in predicted.stdout and f"{root}/caf\\xe9/trail .png," in predicted.stdout
+
+    listed = "\0".join(str(root / odd_class / n) for n in [" lead.png", "trail .png"]) + "\0"
+    piped = cli("predict", "-", "--head", tmp_path / "h.skops",
+                input=listed.encode("utf-8", "surrogateescape"))  # as `find -print0` writes
+    assert piped.exit_code == 0 and len(piped.stdout.splitlines()) == 3, piped.output
+    assert piped.stdout.splitlines()[1].startswith(f"{root}/caf\\xe9/ lead.png,")
+
+
+def test_a_linked_class_folder_never_takes_another_folders_images(tmp_path):
+    from diffclass_cli.data.sources import open_source
+    from tests.conftest import write_image
+
+    root = tmp_path / "imgs"
+    write_image(root / "zebra" / "z.png")
+    write_image(root / "cat" / "c.png")
+    (root / "alias").symlink_to(root / "zebra", target_is_directory=True)  # sorts before zebra
+    source = open_source(str(root))
+    assert dict(zip(source.ids, (source.class_names[x] for x in source.labels))) == {"cat/c.png": "cat",
+                                                                                     "zebra/z.png": "zebra"}
+    assert [name for name, _ in source.skipped] == ["alias"]

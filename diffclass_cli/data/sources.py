@@ -184,7 +184,9 @@ def _scan(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             dirs.clear()
             continue
         seen.add((identity.st_dev, identity.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: the same folder wins each time
+        # Real folders before links, each sorted: a link to a folder scanned anyway is skipped, so it never
+        # takes that folder's images under its own name.
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=lambda d: (os.path.islink(Path(folder, d)), d))
         for name in names:
             path = Path(folder, name)
             if name.startswith("."):
@@ -228,7 +230,13 @@ def _folder_source(root: Path, spec: str) -> ImageSource:
 
 
 def _stdin_source() -> ImageSource:
-    paths = [line.strip() for line in sys.stdin if line.strip()]
+    """Paths on standard input, one per line, or NUL-separated (`find -print0`): a path cannot hold
+    a NUL, so a stream with one is read that way. Names are taken as they are, spaces included."""
+    text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape") if hasattr(sys.stdin, "buffer") \
+        else sys.stdin.read()
+    separator = "\0" if "\0" in text else "\n"
+    paths = [p.removesuffix("\r") if separator == "\n" else p for p in text.split(separator)]
+    paths = [p for p in paths if p]
     if not paths:
         raise DiffclassError("no image paths on standard input")
     labels = np.full(len(paths), UNLABELED, dtype=np.int64)

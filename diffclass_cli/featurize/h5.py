@@ -132,7 +132,7 @@ def _create_layout(f: h5py.File, feature_dim: int, dtype: str, class_names: list
     f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(CHUNK_ROWS,))
     f.create_dataset("paths", (0,), STR, maxshape=(None,), chunks=(CHUNK_ROWS,))
     f.create_dataset("skipped", (0, 2), STR, maxshape=(None, 2), chunks=(256, 2))
-    f.create_dataset("class_names", data=np.array(class_names, dtype=object), dtype=STR)
+    f.create_dataset("class_names", data=np.array([storable(c) for c in class_names], dtype=object), dtype=STR)
     f.attrs.update(attrs)
     _commit(f, 0, 0, 0)
 

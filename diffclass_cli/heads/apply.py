@@ -29,6 +29,7 @@ from diffclass_cli.featurize.h5 import (
     check_finite,
     check_same_extractor,
     open_feature_file,
+    storable,
     take_across,
 )
 from diffclass_cli.featurize.runtime import ExtractorSession
@@ -241,7 +242,8 @@ class PredictionFormat:
     def record(self, p: Predictions, i: int) -> dict:
         order = np.argsort(-p.proba[i], kind="stable")[:self.top_k]
         sure = self.min_confidence is None or p.confidence[i] >= self.min_confidence
-        record = {"path": p.paths[i], "label": p.labels[i] if sure else "", "confidence": float(p.confidence[i])}
+        record = {"path": storable(p.paths[i]), "label": p.labels[i] if sure else "",
+                  "confidence": float(p.confidence[i])}
         if self.min_confidence is not None:
             record["status"] = "ok" if sure else "below-min-confidence"
         if self.top_k > 1:
