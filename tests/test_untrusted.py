@@ -123,3 +123,31 @@ def test_a_linked_class_folder_never_takes_another_folders_images(tmp_path):
     assert dict(zip(source.ids, (source.class_names[x] for x in source.labels))) == {"cat/c.png": "cat",
                                                                                      "zebra/z.png": "zebra"}
     assert [name for name, _ in source.skipped] == ["alias"]
+
+
+def test_memory_is_bounded_by_us_not_by_what_a_file_declares(cli, small, tmp_path):
+    from diffclass_cli.featurize.h5 import READ_BYTES, open_feature_file
+
+    huge = tmp_path / "huge-chunk.h5"
+    huge.write_bytes(small.read_bytes())
+    with h5py.File(huge, "a") as f:
+        rows = f["features"][()]
+        del f["features"]
+        f.create_dataset("features", data=np.tile(rows, (1, 600)), maxshape=(None, 2400), chunks=(40_000, 2400),
+                         compression="gzip")
+    assert huge.stat().st_size < 2**20  # a small file declaring chunks of 384 MB
+    assert cli("fit", small, "--out", tmp_path / "ok.skops", "--head", "logreg").exit_code == 0
+    assert_one_line_error(cli("info", huge), "chunks larger than")
+
+    wide = write_feature_file(tmp_path / "wide.h5", np.zeros((3, 200_000), np.float32), [0, 1, 0], ["a", "b", "c"],
+                              ["x", "y"])
+    with open_feature_file(wide) as reader:
+        assert reader.chunk_rows * 4 * 200_000 <= READ_BYTES
+
+
+def test_batches_of_large_images_shrink_to_fit():
+    from diffclass_cli.featurize.extract import BATCH_BYTES, bounded_batch
+
+    assert bounded_batch(256, {"channels": 1, "image_size": 28}) == 256
+    shrunk = bounded_batch(256, {"channels": 3, "image_size": 4096})
+    assert 1 <= shrunk < 256 and shrunk * 4 * 3 * 4096**2 <= BATCH_BYTES

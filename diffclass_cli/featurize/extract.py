@@ -165,12 +165,25 @@ def _write_batches(source: ImageSource, batches: Iterator[FeatureBatch], writer:
             "images": len(source) - start, "seconds": time.perf_counter() - began}
 
 
+BATCH_BYTES = 512 * 1024 * 1024  # the most pixel bytes (as float32) one onnxruntime call is given
+
+
+def bounded_batch(batch_size: int, meta: dict) -> int:
+    """`batch_size`, made smaller where images are so large that a batch would not fit in BATCH_BYTES."""
+    per_image = 4 * meta["channels"] * meta["image_size"] ** 2
+    bounded = max(1, min(batch_size, BATCH_BYTES // per_image))
+    if bounded < batch_size:
+        log.info(f"batches of {bounded} images, not {batch_size}: {meta['image_size']}x{meta['image_size']} images "
+                 f"take {per_image / 2**20:.0f} MB each")
+    return bounded
+
+
 def feature_batches(pool: DecodePool, session: ExtractorSession, batch_size: int,
                     start: int = 0) -> Iterator[FeatureBatch]:
     """The features of the pool's source from row `start` on: decoded in the pool's processes,
-    computed by the session in this one."""
+    computed by the session in this one, in batches of at most `batch_size` (bounded_batch)."""
     empty = np.empty((0, session.metadata["feature_dim"]), np.float32)
-    for batch in pool.batches(np.arange(start, len(pool.source)), batch_size):
+    for batch in pool.batches(np.arange(start, len(pool.source)), bounded_batch(batch_size, session.metadata)):
         features = session(to_unit_range(batch.images)) if len(batch.rows) else empty
         yield FeatureBatch(batch.rows, features, batch.skipped, session.provider)
 

@@ -25,6 +25,8 @@ from diffclass_cli.files import existing_file
 
 STR = h5py.string_dtype("utf-8")
 CHUNK_ROWS = 1024
+READ_BYTES = 64 * 1024 * 1024  # the most feature bytes a reader holds at once
+WRITE_CHUNK_BYTES = 16 * 1024 * 1024  # fewer rows per chunk for very wide features
 DTYPES = tuple(d.value for d in FeatureDtype)  # how features may be stored; readers always get float32
 PROGRESS_ATTR = "source_rows_done"  # rows of the source consumed so far (written or skipped)
 # What resume keeps: int64 [rows, skipped files, source rows done], in one attribute because two
@@ -127,8 +129,9 @@ def _committed_copy(path: Path) -> Path:
 
 def _create_layout(f: h5py.File, feature_dim: int, dtype: str, class_names: list[str], attrs: dict) -> None:
     """Empty datasets of the layout above, and the attributes of a run with no rows yet."""
+    chunk_rows = max(1, min(CHUNK_ROWS, WRITE_CHUNK_BYTES // (feature_dim * np.dtype(dtype).itemsize)))
     f.create_dataset("features", (0, feature_dim), dtype, maxshape=(None, feature_dim),
-                     chunks=(CHUNK_ROWS, feature_dim))
+                     chunks=(chunk_rows, feature_dim))
     f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(CHUNK_ROWS,))
     f.create_dataset("paths", (0,), STR, maxshape=(None,), chunks=(CHUNK_ROWS,))
     f.create_dataset("skipped", (0, 2), STR, maxshape=(None, 2), chunks=(256, 2))
@@ -237,7 +240,10 @@ class FeatureReader:
 
     @property
     def chunk_rows(self) -> int:
-        return (self.file["features"].chunks or (CHUNK_ROWS,))[0]
+        """Rows read at a time: the file's chunk, but never more than READ_BYTES of features,
+        whatever chunk size the file declares."""
+        declared = (self.file["features"].chunks or (CHUNK_ROWS,))[0]
+        return max(1, min(declared, READ_BYTES // (4 * self.feature_dim)))
 
     def paths(self) -> list[str]:
         """Every row's path, read a chunk at a time."""
@@ -306,6 +312,7 @@ def _refuse_outside_storage(f: h5py.File, path: Path) -> None:
 
 
 MAX_FEATURES = 10_000_000  # columns per row; our extractors make thousands
+MAX_CHUNK_BYTES = 256 * 1024 * 1024  # ours are CHUNK_ROWS rows: a few MB
 MAX_CLASSES = 1_000_000
 TEXT_ATTRS = ("extractor_sha256", "extractor_name", "extractor_path", "source", "source_fingerprint", "shard",
               "provider", "dtype", "created", "diffclass_version", "extractor_metadata")
@@ -343,6 +350,11 @@ def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
         raise DiffclassError(f"{path} is damaged: features is not a table of rows of 1 to {MAX_FEATURES} columns")
     if f["features"].dtype.name not in DTYPES:
         raise DiffclassError(f"{path} holds {f['features'].dtype} features; diffclass reads {', '.join(DTYPES)}")
+    for name in ("features", "labels", "paths"):  # HDF5 reads a whole chunk to read any row of it
+        chunks = f[name].chunks
+        if chunks and int(np.prod(chunks)) * f[name].dtype.itemsize > MAX_CHUNK_BYTES:
+            raise DiffclassError(f"{path} stores {name} in chunks larger than {MAX_CHUNK_BYTES >> 20} MB; "
+                                 "diffclass does not read such files")
     rows = f["features"].shape[0]
     for name in ("labels", "paths"):
         if f[name].shape != (rows,):
