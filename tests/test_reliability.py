@@ -378,3 +378,43 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial(head_and_files, tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"diffclass: error: {os.strerror(errno.EFBIG)}")
     assert not out.exists() and not out.with_name("p.csv.partial").exists()
+
+
+def _file_size_limit(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_stops_featurize_cleanly_and_resume_finishes_the_same_file(digit_folder, reference, tiny_onnx,
+                                                                               tmp_path):
+    out = tmp_path / "f.h5"
+    command = [sys.executable, "-m", "diffclass_cli", "featurize", str(digit_folder), str(out), "--model",
+               str(tiny_onnx), "--batch-size", "16", "--workers", "1", "--threads", "1"]
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                             preexec_fn=_file_size_limit(4_500_000))
+    assert stopped.returncode == 1, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1].startswith("diffclass: error: no room to write")
+    assert "Traceback" not in stopped.stderr and "--resume" in stopped.stderr
+    partial = out.with_name("f.h5.partial")
+    with h5py.File(partial, "r") as f:
+        assert 0 < f.attrs["rows"] < 600  # some batches were committed before the limit
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_feature_file(out, reference)
+
+
+def test_merge_on_a_full_disk_is_one_line_and_leaves_nothing(reference, tmp_path):
+    out = tmp_path / "m.h5"
+    merged = subprocess.run([sys.executable, "-m", "diffclass_cli", "merge", str(out), str(reference)],
+                            capture_output=True, text=True, timeout=120, preexec_fn=_file_size_limit(300_000))
+    assert merged.returncode == 1, merged.stderr
+    assert merged.stderr.strip().splitlines()[-1].startswith("diffclass: error: no room to write")
+    assert "Traceback" not in merged.stderr and not out.exists() and not out.with_name("m.h5.partial").exists()
+
+
+def test_training_on_a_full_disk_is_one_line(tmp_path):
+    trained = subprocess.run([sys.executable, "-m", "diffclass_cli", "train-backbone", "digits:train", "--out",
+                              str(tmp_path / "bb.ckpt"), "--steps", "2", "--width", "8", "--channel-mults", "1,2"],
+                             capture_output=True, text=True, timeout=120, preexec_fn=_file_size_limit(100_000))
+    assert trained.returncode == 1, trained.stderr
+    assert trained.stderr.strip().splitlines()[-1].startswith(f"diffclass: error: cannot write {tmp_path / 'bb.ckpt'}")
+    assert "Traceback" not in trained.stderr and not (tmp_path / "bb.ckpt").exists()

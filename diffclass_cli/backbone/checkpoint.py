@@ -57,7 +57,10 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
     }
     tensors = {k: v.detach().cpu().clone() for k, v in tensors.items()}  # safetensors refuses shared memory
     with atomic_output(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # a full disk, a file-size limit: the last checkpoint stays as it was
+            raise DiffclassError(f"cannot write {path}: {str(err).splitlines()[0][:200]}") from None
 
 
 def read_checkpoint_metadata(path: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@
                  dtype, rows, source_rows_done, committed, created, diffclass_version, ...
 """
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+try:
+    import resource
+except ImportError:  # Windows: no file-size limits
+    resource = None
 
 from diffclass_cli.choices import FeatureDtype
 from diffclass_cli.console import log
@@ -98,6 +104,7 @@ class FeatureWriter:
         """Add one batch; `source_rows` is how many source rows it covered."""
         f = self.file
         features = self._stored(features)
+        _check_room(Path(f.filename), features.nbytes + 300 * (len(paths) + len(skipped)))
         n, start = len(features), int(f.attrs["rows"])
         for name, values in (("features", features), ("labels", labels), ("paths", [storable(p) for p in paths])):
             f[name].resize(start + n, axis=0)
@@ -120,6 +127,30 @@ class FeatureWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+ROOM_SPARE = 4 * 1024 * 1024  # what HDF5 may write besides the rows: chunk indexes, heaps, the close
+
+
+class DiskFull(DiffclassError):
+    """No room left for the next batch; the rows committed so far stay resumable."""
+
+    resumable = True
+
+
+def _check_room(path: Path, nbytes: int) -> None:
+    """Refuse a write that would not fit on the disk or under the process's file-size limit: HDF5
+    cannot recover from a failed write (it may crash at exit), so we stop before one, cleanly."""
+    need = 2 * nbytes + ROOM_SPARE
+    disk = os.statvfs(path.parent)
+    free = disk.f_bavail * disk.f_frsize
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else -1
+    room = min(free, limit - path.stat().st_size if limit >= 0 else free)
+    if room < need:
+        where = "the disk" if room == free else "the file-size limit (ulimit -f)"
+        raise DiskFull(f"no room to write {path}: {where} leaves {room / 2**20:.1f} MB, the next batch needs about "
+                       f"{need / 2**20:.1f} MB; free some space and run again with --resume (the rows written so "
+                       "far are kept)")
 
 
 def _committed_copy(path: Path) -> Path:
