@@ -150,12 +150,13 @@ TAPS_HELP = ("Blocks to take features from, comma-separated (see export --list-t
              "all (default: ddpm: mid and every up block; vae: the encoder blocks and the latent mean).")
 TapsOpt = Annotated[str | None, typer.Option(help=TAPS_HELP)]
 PoolOpt = Annotated[str, typer.Option(help="'global' average per block, or an RxR grid of averages such as '2x2'.")]
-NoiseDrawsOpt = Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.")]
+NoiseDrawsOpt = Annotated[int, typer.Option(help="Average the features over this many fixed noise tensors.",
+                                            callback=at_least(1, high=1024))]
 NoiseSeedOpt = Annotated[int, typer.Option(help="Seed of the fixed noise stored in the extractor.",
                                            callback=SEED_RANGE)]
 ShiftsOpt = Annotated[int, typer.Option(
     help="Average the features over the image moved by N fixed small shifts (1: none; 5: itself and one pixel "
-    "up, down, left, right; 9: also the diagonals). Costs N times the compute.")]
+    "up, down, left, right; 9: also the diagonals). Costs N times the compute.", callback=at_least(1, high=9))]
 
 
 def _extractor_spec(timestep: int | None, timesteps: str | None, taps: str | None, pool: str, noise_seed: int,
@@ -199,23 +200,28 @@ def train_backbone_cmd(
     out: Annotated[Path, typer.Option(help="Checkpoint file to write (safetensors).")],
     kind: Annotated[BackboneKind, typer.Option(
         help="ddpm: a diffusion UNet; vae: a convolutional VAE (the research's comparison).")] = BackboneKind.ddpm,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 3000).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 3000).",
+        callback=at_least(0, high=10**9))] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).",
                                                  callback=at_least(0, above=True))] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = TrainConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(help="Images per step.",
+        callback=at_least(1, high=1_000_000))] = TrainConfig.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", callback=at_least(0, above=True))
                   ] = TrainConfig.lr,
     lr_schedule: Annotated[LRSchedule, typer.Option(help="After warm-up.")] = TrainConfig.lr_schedule,
-    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = TrainConfig.warmup,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.",
+        callback=at_least(0, high=10**9))] = TrainConfig.warmup,
     image_size: Annotated[int | None, typer.Option(
-        help="Side of the square images the backbone sees (a multiple of 4) (default: the first image's).")] = None,
+        help="Side of the square images the backbone sees (a multiple of 4) (default: the first image's).",
+        callback=at_least(4, high=4096))] = None,
     channels: Annotated[int | None, typer.Option(
-        help="1 (gray) or 3 (RGB) (default: the first image's).")] = None,
-    width: Annotated[int, typer.Option(help="Channels of the first level.")] = UNetConfig.width,
+        help="1 (gray) or 3 (RGB) (default: the first image's).", callback=in_range(1, 3))] = None,
+    width: Annotated[int, typer.Option(help="Channels of the first level.",
+        callback=at_least(8, high=4096))] = UNetConfig.width,
     channel_mults: Annotated[str, typer.Option(help="Width multiplier per level.")] = ",".join(
         map(str, UNetConfig.channel_mults)),
     blocks_per_level: Annotated[int, typer.Option(
-        help="ddpm: ResBlocks per UNet level.")] = UNetConfig.blocks_per_level,
+        help="ddpm: ResBlocks per UNet level.", callback=at_least(1, high=64))] = UNetConfig.blocks_per_level,
     mid_attention: Annotated[bool, typer.Option(
         help="ddpm: self-attention in the middle block, at the lowest resolution.")] = UNetConfig.mid_attention,
     schedule: Annotated[Schedule, typer.Option(help="ddpm: noise schedule.")] = DiffusionConfig.schedule,
@@ -226,16 +232,19 @@ def train_backbone_cmd(
         help="ddpm: weigh each image's loss by min(SNR, GAMMA) / SNR (/ (SNR + 1) with --prediction v): "
         "Min-SNR-gamma, e.g. 5; 0: off.",
         metavar="GAMMA", callback=at_least(0))] = DiffusionConfig.min_snr,
-    latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.")] = VAEConfig.latent_dim,
+    latent_dim: Annotated[int, typer.Option(help="vae: size of the latent vector.",
+        callback=at_least(1, high=65_536))] = VAEConfig.latent_dim,
     beta: Annotated[float, typer.Option(help="vae: weight of the KL term of the ELBO.", callback=at_least(0))
                     ] = VAEConfig.beta,
     ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.", callback=in_range(0, 1))
                          ] = TrainConfig.ema_decay,
     augment_shift: Annotated[int, typer.Option(
         help="Move each training image by up to N pixels each way (0: off).")] = TrainConfig.augment_shift,
-    save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = TrainConfig.save_every,
+    save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.",
+        callback=at_least(1, high=10**9))] = TrainConfig.save_every,
     snapshot_every: Annotated[int, typer.Option(
-        help="Also keep a copy CKPT-step{N} every N steps (0: none).")] = TrainConfig.snapshot_every,
+        help="Also keep a copy CKPT-step{N} every N steps (0: none).",
+        callback=at_least(0, high=10**9))] = TrainConfig.snapshot_every,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out if it exists.")] = False,
     compile_network: Annotated[bool, typer.Option(
         "--compile", help="Run the network through torch.compile: shorter steps after a minute of compiling "
@@ -327,8 +336,9 @@ def export(
     out: Annotated[Path | None, typer.Option(help="ONNX file to write.")] = None,
     pixels: Annotated[bool, typer.Option(
         "--pixels", help="Write the raw-pixel baseline extractor instead (needs --image-size, --channels).")] = False,
-    image_size: Annotated[int, typer.Option(help="With --pixels: side of the square images.")] = 28,
-    channels: Annotated[int, typer.Option(help="With --pixels: 1 (gray) or 3 (RGB).")] = 1,
+    image_size: Annotated[int, typer.Option(help="With --pixels: side of the square images.",
+        callback=at_least(4, high=4096))] = 28,
+    channels: Annotated[int, typer.Option(help="With --pixels: 1 (gray) or 3 (RGB).", callback=in_range(1, 3))] = 1,
     list_taps: Annotated[bool, typer.Option("--list-taps", help="Print the backbone's taps and exit.")] = False,
     timestep: Annotated[str | None, typer.Option(
         help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}), or 'auto' (experimental): "
@@ -347,7 +357,7 @@ def export(
     noise_seed: NoiseSeedOpt = 0,
     shifts: ShiftsOpt = 1,
     data_root: DataRootOpt = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (17 to 20).")] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 to 20).", callback=in_range(17, 20))] = 18,
     weights: WeightsOpt = Weights.ema,
     overwrite: OverwriteOpt = False,
 ) -> None:

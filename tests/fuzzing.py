@@ -20,6 +20,7 @@ from typer.models import ArgumentInfo, OptionInfo
 
 from diffclass_cli.cli import app
 
+SKIPPED_OPTIONS = {"engine", "device", "download"}  # a Ray cluster or a CUDA device: tested on their own
 NUMBERS = ["-1", "0", "1", "3.5", "nan", "inf", "-inf", "1e20", "99999999999999999999", "2147483648", "²", "٣",
            "", " ", "0x10"]
 TEXTS = ["", " ", "-", "--", "²/3", "1/0", "0/0", "3/2", "x" * 300, "a,b", ",", "1,,2", "../..", "auto", "\t",
@@ -38,7 +39,7 @@ def options(command: str) -> list[tuple[str, object]]:
         if isinstance(info, ArgumentInfo):
             continue
         bare = next((a for a in typing.get_args(base) if a is not type(None)), base) if typing.get_args(base) else base
-        if bare is bool:
+        if bare is bool or name in SKIPPED_OPTIONS:
             continue
         decls = [d for d in (info.default, *(info.param_decls or ())) if isinstance(d, str) and d.startswith("--")]
         found.append((decls[0] if decls else f"--{name.replace('_', '-')}", bare))

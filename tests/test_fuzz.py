@@ -27,12 +27,15 @@ def assert_handled(result, case) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_checkpoint, tiny_onnx):
-    """Small valid inputs for every command, so that only the odd value can go wrong."""
+    """Small valid inputs for every command, so that only the odd value can go wrong; the
+    commands run in a folder of their own (an odd value may well name a file to write)."""
     from typer.testing import CliRunner
 
     from diffclass_cli.cli import app
 
     root = tmp_path_factory.mktemp("fuzz")
+    home = os.getcwd()
+    os.chdir(root)
     for i in range(4):
         write_image(root / "imgs" / ("a" if i % 2 else "b") / f"{i}.png", size=(28, 28), mode="L", seed=i)
     rng = np.random.default_rng(0)
@@ -56,8 +59,9 @@ def world(tmp_path_factory, tiny_checkpoint, tiny_onnx):
         "benchmark": [str(root / "missing.onnx"), "--out", str(root / "bench")],
         "merge": [f"{out}-merged.h5", str(small), "--overwrite"],
     }
-    return {"root": root, "runner": runner, "app": app, "bases": bases, "small": small, "onnx": tiny_onnx,
-            "head": root / "h.skops"}
+    yield {"root": root, "runner": runner, "app": app, "bases": bases, "small": small, "onnx": tiny_onnx,
+           "head": root / "h.skops"}
+    os.chdir(home)
 
 
 def _invoke(world, args):
