@@ -46,6 +46,17 @@ GLOBAL_FLAGS = ("-q", "--quiet", "--progress")  # accepted after the command too
 class _UserErrorsAsExitCodes(TyperGroup):
     """Turns the errors a user can cause into one line and an exit code."""
 
+    def main(self, *args, **kwargs):
+        """Also what happens before a command runs (--help, --version) ends in one line, not a traceback."""
+        try:
+            return super().main(*args, **kwargs)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except OSError as err:  # e.g. standard output on a full disk
+            _say_error(f"{err.strerror or err}")
+            sys.exit(1)
+
     def parse_args(self, ctx, args):
         """`diffclass fit ... -q` means `diffclass -q fit ...`: the global flags may follow the command."""
         end = args.index("--") if "--" in args else len(args)
@@ -70,8 +81,15 @@ class _UserErrorsAsExitCodes(TyperGroup):
             _fail(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
 
 
+def _say_error(message: str) -> None:
+    try:
+        typer.echo(f"diffclass: error: {message}", err=True)
+    except OSError:  # standard error is gone too: the exit code says it
+        pass
+
+
 def _fail(message: str) -> None:
-    typer.echo(f"diffclass: error: {message}", err=True)
+    _say_error(message)
     raise typer.Exit(1)
 
 

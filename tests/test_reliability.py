@@ -418,3 +418,13 @@ def test_training_on_a_full_disk_is_one_line(tmp_path):
     assert trained.returncode == 1, trained.stderr
     assert trained.stderr.strip().splitlines()[-1].startswith(f"diffclass: error: cannot write {tmp_path / 'bb.ckpt'}")
     assert "Traceback" not in trained.stderr and not (tmp_path / "bb.ckpt").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["fit", "--help"]])
+def test_help_and_version_on_a_full_disk_are_one_line(args):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "diffclass_cli", *args], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"diffclass: error: {os.strerror(errno.ENOSPC)}"
