@@ -428,3 +428,19 @@ def test_help_and_version_on_a_full_disk_are_one_line(args):
                                 text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == f"diffclass: error: {os.strerror(errno.ENOSPC)}"
+
+
+def test_a_killed_decoding_worker_is_one_line_and_the_partial_file_stays(tmp_path):
+    out = tmp_path / "f.h5"
+    run = subprocess.Popen([sys.executable, "-m", "diffclass_cli", "featurize", "mnist-sample:train", str(out),
+                            "--workers", "2", "--batch-size", "64"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+    _wait_until(lambda: out.with_name("f.h5.partial").exists() and children.read_text().split(), run,
+                "featurize never started its decoding workers")
+    os.kill(int(children.read_text().split()[0]), signal.SIGKILL)
+    stderr = run.communicate(timeout=120)[1]
+    assert run.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1] == ("diffclass: error: a decoding worker died (killed by the system: out "
+                                               "of memory?); featurize keeps its partial file for --resume")
+    assert "Traceback" not in stderr and out.with_name("f.h5.partial").exists()

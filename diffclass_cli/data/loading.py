@@ -101,17 +101,13 @@ class DecodePool:
             yield from (decode_rows(self.source, chunk, self.size, self.channels) for chunk in chunks)
             return
         pending = deque()
-        for chunk in chunks:
-            pending.append(self.executor.submit(_decode_in_worker, chunk, self.size, self.channels))
-            if len(pending) > self.ahead:
-                yield self._result(pending.popleft())
-        while pending:
-            yield self._result(pending.popleft())
-
-    @staticmethod
-    def _result(future) -> Batch:
-        try:
-            return future.result()
+        try:  # a dead worker breaks the pool: seen by the next submit or by a result, whichever comes first
+            for chunk in chunks:
+                pending.append(self.executor.submit(_decode_in_worker, chunk, self.size, self.channels))
+                if len(pending) > self.ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
         except BrokenProcessPool:
             raise RunInterrupted("a decoding worker died (killed by the system: out of memory?); featurize "
                                  "keeps its partial file for --resume") from None
