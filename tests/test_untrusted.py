@@ -151,3 +151,18 @@ def test_batches_of_large_images_shrink_to_fit():
     assert bounded_batch(256, {"channels": 1, "image_size": 28}) == 256
     shrunk = bounded_batch(256, {"channels": 3, "image_size": 4096})
     assert 1 <= shrunk < 256 and shrunk * 4 * 3 * 4096**2 <= BATCH_BYTES
+
+
+def test_training_refuses_images_that_cannot_fit_in_memory_before_loading_them(cli, tmp_path):
+    from tests.conftest import write_image
+
+    for i in range(3):
+        write_image(tmp_path / "imgs" / f"{i}.png", size=(8, 8), seed=i)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    side = 4096
+    many = tmp_path / "many.txt"  # paths on stdin: the same three files, enough times to overflow memory
+    count = total // (3 * side * side) + 1
+    many.write_text("".join(f"{tmp_path / 'imgs' / f'{i % 3}.png'}\n" for i in range(count)))
+    result = cli("train-backbone", "-", "--out", tmp_path / "bb.ckpt", "--image-size", side, "--channels", 3,
+                 "--steps", 1, input=many.read_text())
+    assert_one_line_error(result, "more than half of this machine's")

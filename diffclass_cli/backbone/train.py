@@ -6,6 +6,7 @@ Each step's batch rows and the loss's randomness (timesteps and noise, latent dr
 
 import copy
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -172,6 +173,7 @@ def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out:
             configure(quiet=True)  # one progress bar and one log: rank 0's
         source = source.subset(rank_rows(len(source), launch))
     try:
+        _check_memory(len(source), config)
         images, _, skipped = load_all(source, config.image_size, config.channels, workers)
         n_images = sum_over_ranks(len(images), launch, device)
         if epochs is not None:
@@ -182,6 +184,16 @@ def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out:
         return train_backbone(images, config, train, out, device, data, state, launch, compiled)
     finally:
         stop(launch)
+
+
+def _check_memory(n_images: int, config: Backbone) -> None:
+    """Training holds every image in memory (uint8): refuse, before loading, a set that cannot fit."""
+    need = n_images * config.channels * config.image_size**2
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else need * 2
+    if need > total // 2:
+        raise DiffclassError(f"{n_images} images of {config.image_size}x{config.image_size} take "
+                             f"{need / 2**30:.1f} GB, more than half of this machine's {total / 2**30:.0f} GB: "
+                             "use a smaller --image-size or fewer images")
 
 
 def _check_images(images: np.ndarray, config: Backbone) -> None:
