@@ -219,7 +219,7 @@ def train_backbone_cmd(
     kind: Annotated[BackboneKind, typer.Option(
         help="ddpm: a diffusion UNet; vae: a convolutional VAE (the research's comparison).")] = BackboneKind.ddpm,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 3000).",
-        callback=at_least(0, high=10**9))] = None,
+        callback=at_least(1, high=10**9))] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).",
                                                  callback=at_least(0, above=True))] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.",

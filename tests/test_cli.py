@@ -77,7 +77,8 @@ def test_cuda_asked_but_absent(cli, tmp_path, monkeypatch):
 
 def test_bad_usage_exits_2(cli):
     assert cli("train-backbone", "digits", "--out", "x", "--device", "tpu").exit_code == 2
-    assert cli("train-backbone", "digits", "--out", "x", "--min-snr", "-1").exit_code == 2
+    # a value out of its range is a user error (exit 1, one line), like every other range
+    assert cli("train-backbone", "digits", "--out", "x", "--min-snr", "-1").exit_code == 1
     assert cli("no-such-command").exit_code == 2
 
 

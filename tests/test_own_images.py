@@ -241,7 +241,7 @@ def test_an_output_that_is_an_input_is_refused_even_with_overwrite(cli, own):
 def test_quiet_after_the_command_and_flags_shown_as_flags(cli, own, tmp_path):
     loud = cli("fit", own["train"], "--out", tmp_path / "a.skops", "--head", "logreg")
     quiet = cli("fit", own["train"], "--out", tmp_path / "b.skops", "--head", "logreg", "-q")
-    assert "wrote" in loud.stderr and quiet.exit_code == 0 and quiet.stderr == ""
+    assert "wrote" in loud.stderr and quiet.exit_code == 0 and "wrote" not in quiet.stderr  # warnings stay
     helped = cli("featurize", "--help").stdout
     assert "diffclass[ray]" in helped and "<bool>" not in helped and "--overwrite " in helped
     assert "always measured on the held-out test split" not in cli("benchmark", "--help").stdout

@@ -388,9 +388,11 @@ def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
                                  "diffclass does not read such files")
     rows = f["features"].shape[0]
     for name in ("labels", "paths"):
-        if f[name].shape != (rows,):
-            raise DiffclassError(f"{path} is damaged: {name} has shape {f[name].shape} but features has "
-                                 f"{rows} rows (featurize it again)")
+        if f[name].ndim != 1:
+            raise DiffclassError(f"{path} is damaged: {name} is not a list of rows (featurize it again)")
+        if f[name].shape[0] != rows:
+            raise DiffclassError(f"{path} is damaged: {name} has {f[name].shape[0]} rows but features has "
+                                 f"{rows} (featurize it again)")
     if f["labels"].dtype.kind not in "iu":
         raise DiffclassError(f"{path} is damaged: its labels are {f['labels'].dtype}, not whole numbers")
     for name, ndim in (("paths", 1), ("class_names", 1), ("skipped", 2)):
