@@ -117,7 +117,9 @@ class DecodePool:
 
     def __exit__(self, *exc) -> None:
         if self.executor is not None:
-            self.executor.shutdown(wait=exc[0] is None, cancel_futures=True)
+            # Always wait (a chunk at most): an executor left running after an error made Python's exit
+            # hook write to its closed wake-up pipe now and then ("Bad file descriptor" at exit).
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int,
