@@ -72,7 +72,7 @@ def forged_feature_file(source: Path, out: Path, rng: random.Random) -> str:
     how = rng.choice(["labels-float", "labels-string", "labels-range", "labels-2d", "class-names-int",
                       "class-names-scalar", "no-features", "features-0-columns", "features-int", "features-3d",
                       "paths-int", "attr-sha-int", "attr-rows-huge", "attr-committed-junk", "skipped-1d",
-                      "attr-feature-dim-string", "class-names-long", "paths-short", "drop-attrs"])
+                      "attr-feature-dim-string", "class-names-long", "paths-short", "drop-attrs", "no-skipped"])
     with h5py.File(out, "a") as f:
         replace = {
             "labels-float": ("labels", lambda d: d.astype(np.float32) + 0.5),
@@ -95,8 +95,8 @@ def forged_feature_file(source: Path, out: Path, rng: random.Random) -> str:
             data = change(f[name][()])
             del f[name]
             f[name] = data
-        elif how == "no-features":
-            del f["features"]
+        elif how in ("no-features", "no-skipped"):
+            del f[how[3:]]
         elif how == "attr-sha-int":
             f.attrs["extractor_sha256"] = 7
         elif how == "attr-rows-huge":

@@ -323,6 +323,7 @@ def _damaged(path: Path, folder: Path, how: str) -> Path:
     ("no-labels", "is damaged: it has no labels"),
     ("no-paths", "is damaged: it has no paths"),
     ("no-class_names", "is damaged: it has no class_names"),
+    ("no-skipped", "is damaged: it has no skipped"),
     ("short-labels", "labels has 10 rows but features has"),
     ("nan-rows", "2 row(s) with NaN or infinite features (digits:"),
 ])

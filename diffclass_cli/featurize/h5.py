@@ -345,6 +345,7 @@ def _refuse_outside_storage(f: h5py.File, path: Path) -> None:
 MAX_FEATURES = 10_000_000  # columns per row; our extractors make thousands
 MAX_CHUNK_BYTES = 256 * 1024 * 1024  # ours are CHUNK_ROWS rows: a few MB
 MAX_CLASSES = 1_000_000
+MAX_SKIPPED = 10_000_000
 TEXT_ATTRS = ("extractor_sha256", "extractor_name", "extractor_path", "source", "source_fingerprint", "shard",
               "provider", "dtype", "created", "diffclass_version", "extractor_metadata")
 COUNT_ATTRS = ("rows", PROGRESS_ATTR, "feature_dim", "source_images", "merged_from")
@@ -374,7 +375,7 @@ def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
     per feature row."""
     if "features" not in f:
         raise DiffclassError(f"{path} is not a diffclass feature file (no 'features' dataset)")
-    missing = [name for name in ("labels", "paths", "class_names") if name not in f]
+    missing = [name for name in ("labels", "paths", "class_names", "skipped") if name not in f]
     if missing:
         raise DiffclassError(f"{path} is damaged: it has no {', '.join(missing)} (featurize it again)")
     if f["features"].ndim != 2 or not 1 <= f["features"].shape[1] <= MAX_FEATURES:
@@ -396,11 +397,12 @@ def _checked_labels(f: h5py.File, path: Path) -> np.ndarray:
     if f["labels"].dtype.kind not in "iu":
         raise DiffclassError(f"{path} is damaged: its labels are {f['labels'].dtype}, not whole numbers")
     for name, ndim in (("paths", 1), ("class_names", 1), ("skipped", 2)):
-        if name in f and (f[name].ndim != ndim or h5py.check_string_dtype(f[name].dtype) is None
-                          or (name == "skipped" and f[name].shape[1] != 2)):
+        if (f[name].ndim != ndim or h5py.check_string_dtype(f[name].dtype) is None
+                or (name == "skipped" and f[name].shape[1] != 2)):
             raise DiffclassError(f"{path} is damaged: {name} is not a {'list' if ndim == 1 else 'table'} of text")
-    if len(f["class_names"]) > MAX_CLASSES:
-        raise DiffclassError(f"{path} declares {len(f['class_names'])} classes, more than {MAX_CLASSES}")
+    if len(f["class_names"]) > MAX_CLASSES or len(f["skipped"]) > MAX_SKIPPED:
+        raise DiffclassError(f"{path} declares {len(f['class_names'])} classes and {len(f['skipped'])} skipped files; "
+                             f"diffclass reads at most {MAX_CLASSES} and {MAX_SKIPPED}")
     labels = f["labels"][:].astype(np.int64)
     if len(labels) and not (-1 <= labels.min() and labels.max() < len(f["class_names"])):
         raise DiffclassError(f"{path} is damaged: labels outside its {len(f['class_names'])} class names")
