@@ -18,12 +18,12 @@ from tests.conftest import assert_one_line_error, write_feature_file, write_imag
 SIZES = (120, 90, 60, 40)  # four groups of similar images, of unequal size
 
 
-def blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def blobs(seed: int = 0, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Features `[N, 16]` of four well-separated groups, and the group of each row."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 10, (len(SIZES), 16))
     groups = np.repeat(np.arange(len(SIZES)), SIZES)
-    return centres[groups] + rng.normal(0, 1, (len(groups), 16)), groups
+    return centres[groups] + rng.normal(0, spread, (len(groups), 16)), groups
 
 
 def test_one_typical_image_of_each_group_largest_group_first():
@@ -92,7 +92,7 @@ def test_suggest_lists_what_to_label_and_fit_reads_it_back_filled_in(cli, pool_f
 
 
 def test_fit_says_which_labels_look_wrong_and_strict_labels_refuses_them(cli, tmp_path):
-    features, groups = blobs()
+    features, groups = blobs(spread=0.5)
     labels = np.full(len(groups), -1)
     for g in range(4):
         labels[np.flatnonzero(groups == g)[:4]] = g

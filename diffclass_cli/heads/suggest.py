@@ -34,10 +34,10 @@ from diffclass_cli.heads.models import SpectralPseudoLabels, spread_sample
 MAX_SPACE_DIMS = 50  # the spectral embedding's dimensions: one per cluster, up to this many
 TYPICALITY_NEIGHBOURS = 20  # TypiClust's K
 MIN_CLUSTER = 5  # TypiClust passes over clusters smaller than this while larger ones are uncovered
-# How much nearer (in the unit-length clustering space) a labeled row must sit to another class's
-# labeled rows than to its own to be flagged. Chosen on mnist-sample's training pool with 5 of 100
-# labels flipped on purpose: 5.0 of 5 caught, 1.2 clean labels flagged per draw (10 draws); on
-# 8x8 digits 4.8 and 1.3 (docs/results.md).
+# How much nearer a labeled row must sit to another class's labeled rows than to its own to be
+# flagged, in units of the distance between the two classes. With 5 of 100 labels flipped on
+# purpose (10 draws, benchmarks/label_check.py): 5.0 of 5 caught and 0.9 clean labels flagged per
+# draw on mnist-sample's training pool, 4.8 and 1.0 on 8x8 digits (0.75: 4.6 / 0.4 and 4.0 / 0.1).
 SUSPICIOUS_MARGIN = 0.5
 
 
@@ -127,11 +127,14 @@ def suspicious_labels(features: np.ndarray, targets: np.ndarray, margin: float =
             continue
         own_mean = (sums[own] - space[row]) / (counts[own] - 1)
         others = [c for c in classes if c != own]
-        distances = np.linalg.norm(np.stack([sums[c] / counts[c] for c in others]) - space[row], axis=1)
-        score = float(np.linalg.norm(space[row] - own_mean) - distances.min())
+        means = np.stack([sums[c] / counts[c] for c in others])
+        distances = np.linalg.norm(means - space[row], axis=1)
+        nearest = int(distances.argmin())
+        # In units of the distance between the two classes: 1 sits on the other class, 0 halfway.
+        between = max(float(np.linalg.norm(means[nearest] - own_mean)), 1e-12)
+        score = float(np.linalg.norm(space[row] - own_mean) - distances[nearest]) / between
         if score > margin:
-            found.append({"row": int(row), "given": int(own), "looks_like": int(others[int(distances.argmin())]),
-                          "score": score})
+            found.append({"row": int(row), "given": int(own), "looks_like": int(others[nearest]), "score": score})
     return sorted(found, key=lambda f: -f["score"])
 
 
