@@ -65,8 +65,9 @@ def _make_parent(path: Path) -> None:
 
 def _lock(tmp: Path, path: Path) -> int | None:
     """Open and lock `tmp` (created empty when absent, never truncated); the descriptor holds the lock."""
+    planted = DiffclassError(f"{tmp} is a symbolic link, not a file this run made; remove it and run again")
     if tmp.is_symlink():  # in a shared folder, a planted link would make this run write where it points
-        raise DiffclassError(f"{tmp} is a symbolic link, not a file this run made; remove it and run again")
+        raise planted
     if fcntl is None:
         return None
     while True:
@@ -74,8 +75,7 @@ def _lock(tmp: Path, path: Path) -> int | None:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
             if err.errno == errno.ELOOP:  # planted between the check above and here
-                raise DiffclassError(f"{tmp} is a symbolic link, not a file this run made; remove it and run again"
-                                     ) from None
+                raise planted from None
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
