@@ -125,7 +125,8 @@ class Predictions:
     confidence: np.ndarray  # [N]
     proba: np.ndarray  # [N, K], columns in `class_names` order
     class_names: list[str]
-    truth: list[str | None]  # the true class of each row, where the input knows it
+    truth: np.ndarray  # [N] the true class of each row as an index into truth_names, -1 where unknown
+    truth_names: list[str]  # the input's own class names
 
 
 def predict(features: Path, head_path: Path) -> tuple[list[str], Iterator[Predictions]]:
@@ -143,12 +144,8 @@ def _predicted_chunks(features: Path, head: Pipeline, info: dict) -> Iterator[Pr
         names = reader.class_names
         for rows in reader.chunks():
             check_finite(rows, features)
-            yield _predictions(head, info, rows.features, rows.paths, _names_of(rows.labels, names))
+            yield _predictions(head, info, rows.features, rows.paths, rows.labels, names)
             bar.update(len(rows.paths))
-
-
-def _names_of(labels: np.ndarray, class_names: list[str]) -> list[str | None]:
-    return [class_names[label] if label != UNLABELED else None for label in labels.tolist()]
 
 
 def head_extractor(info: dict, head_path: Path, model: Path | None = None) -> Path:
@@ -191,7 +188,7 @@ def _predict_batches(source: ImageSource, model: Path, head: Pipeline, info: dic
             bar.update(len(batch.rows) + len(batch.skipped))
             if len(batch.rows):
                 yield _predictions(head, info, batch.features, [source.ids[row] for row in batch.rows],
-                                   _names_of(source.labels[batch.rows], source.class_names))
+                                   source.labels[batch.rows], source.class_names)
     report_skipped(skipped)
 
 
@@ -201,11 +198,11 @@ def class_names(head: Pipeline, info: dict) -> list[str]:
 
 
 def _predictions(head: Pipeline, info: dict, features: np.ndarray, paths: list[str],
-                 truth: list[str | None]) -> Predictions:
+                 truth: np.ndarray, truth_names: list[str]) -> Predictions:
     names = class_names(head, info)
     proba = head.predict_proba(features) if len(features) else np.empty((0, len(names)))
     best = proba.argmax(axis=1)
-    return Predictions(paths, [names[i] for i in best], proba.max(axis=1), proba, names, truth)
+    return Predictions(paths, [names[i] for i in best], proba.max(axis=1), proba, names, truth, truth_names)
 
 
 def _check_compatible(reader: FeatureReader, info: dict, features: Path, head_path: Path) -> None:
@@ -240,13 +237,13 @@ class PredictionFormat:
     header: bool = True
 
     def record(self, p: Predictions, i: int) -> dict:
-        order = np.argsort(-p.proba[i], kind="stable")[:self.top_k]
         sure = self.min_confidence is None or p.confidence[i] >= self.min_confidence
         record = {"path": storable(p.paths[i]), "label": p.labels[i] if sure else "",
                   "confidence": float(p.confidence[i])}
         if self.min_confidence is not None:
             record["status"] = "ok" if sure else "below-min-confidence"
         if self.top_k > 1:
+            order = np.argsort(-p.proba[i], kind="stable")[:self.top_k]
             record["top"] = [{"label": p.class_names[j], "confidence": float(p.proba[i, j])} for j in order]
         if self.proba:
             record["proba"] = {name: float(v) for name, v in zip(p.class_names, p.proba[i])}
@@ -326,13 +323,13 @@ def score(names: list[str], present: list[str], chunks: Iterable[Predictions]) -
     """The metrics of every labeled row's prediction."""
     classes = names + sorted(set(present) - set(names))  # the head's classes first, then the data's others
     code = {name: i for i, name in enumerate(classes)}
-    truth, guess = [], []
-    for predictions in chunks:
-        for true, predicted in zip(predictions.truth, predictions.labels):
-            if true is not None:
-                truth.append(code[true])
-                guess.append(code[predicted])
-    truth, guess, codes = np.asarray(truth), np.asarray(guess), np.arange(len(classes))
+    truth, guess = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for predictions in chunks:  # the head's probability columns are codes 0.. of `classes` already
+        labeled = predictions.truth != UNLABELED
+        code_of_label = np.array([code.get(name, -1) for name in predictions.truth_names], np.int64)
+        truth.append(code_of_label[predictions.truth[labeled]])
+        guess.append(predictions.proba[labeled].argmax(axis=1))
+    truth, guess, codes = np.concatenate(truth), np.concatenate(guess), np.arange(len(classes))
     with warnings.catch_warnings():  # classes of one side only: their scores are 0 by definition
         warnings.simplefilter("ignore")
         precision, recall, f1, support = metrics.precision_recall_fscore_support(truth, guess, labels=codes,
