@@ -11,8 +11,8 @@
 """
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -446,9 +446,17 @@ def take_across(readers: list[FeatureReader], rows: np.ndarray) -> Rows:
                 [path for p in parts for path in p.paths])
 
 
-def check_same_extractor(reader: FeatureReader, path: Path, attrs: dict, feature_dim: int, other: Path) -> None:
-    sha = reader.attrs.get("extractor_sha256", "")
-    if sha != attrs.get("extractor_sha256", "") or reader.feature_dim != feature_dim:
-        raise DiffclassError(f"{path} was made by extractor {reader.attrs.get('extractor_name', '?')} ({sha[:12]}), "
-                             f"{other} by {attrs.get('extractor_name', '?')} "
-                             f"({attrs.get('extractor_sha256', '')[:12]}): featurize both with the same --model")
+@contextmanager
+def open_feature_files(first: Path, others: Sequence[Path] = ()) -> Iterator[list[FeatureReader]]:
+    """Several feature files opened together, the `others` checked to come from `first`'s extractor
+    (same sha256 and width), so their rows can be taken as one table (take_across)."""
+    with ExitStack() as stack:
+        readers = [stack.enter_context(open_feature_file(path)) for path in (first, *others)]
+        main = readers[0]
+        for path, reader in zip(others, readers[1:]):
+            sha, want = reader.attrs.get("extractor_sha256", ""), main.attrs.get("extractor_sha256", "")
+            if sha != want or reader.feature_dim != main.feature_dim:
+                raise DiffclassError(f"{path} was made by extractor {reader.attrs.get('extractor_name', '?')} "
+                                     f"({sha[:12]}), {first} by {main.attrs.get('extractor_name', '?')} ({want[:12]}): "
+                                     "featurize both with the same --model")
+        yield readers

@@ -4,7 +4,6 @@ import csv
 import json
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +26,8 @@ from diffclass_cli.featurize.h5 import (
     FeatureReader,
     Rows,
     check_finite,
-    check_same_extractor,
     open_feature_file,
+    open_feature_files,
     storable,
     take_across,
 )
@@ -52,11 +51,8 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
     refuse_overwrite(out, overwrite, inputs=(features, *unlabeled))
     if unlabeled and kind not in SEMI_SUPERVISED:
         log.warning(f"the {kind.value} head fits on labeled rows only: --unlabeled is used by auto and semi")
-    with ExitStack() as stack:
-        readers = [stack.enter_context(open_feature_file(path)) for path in (features, *unlabeled)]
+    with open_feature_files(features, unlabeled) as readers:
         main = readers[0]
-        for path, reader in zip(unlabeled, readers[1:]):
-            check_same_extractor(reader, path, main.attrs, main.feature_dim, features)
         own_labels, class_names = main.labels, main.class_names
         if labels is not None:
             own_labels, class_names = labels_for(main.paths(), read_labels_table(labels), labels)

@@ -11,7 +11,6 @@ similar images, which is what the semi head needs to name its clusters.
 import csv
 import json
 import shutil
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -26,7 +25,7 @@ from diffclass_cli.choices import OutputFormat
 from diffclass_cli.console import log
 from diffclass_cli.data.sources import UNLABELED
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.h5 import check_finite, check_same_extractor, open_feature_file, take_across
+from diffclass_cli.featurize.h5 import check_finite, open_feature_file, open_feature_files, take_across
 from diffclass_cli.files import atomic_output
 from diffclass_cli.heads import MAX_UNLABELED
 from diffclass_cli.heads.models import SpectralPseudoLabels, spread_sample
@@ -143,10 +142,7 @@ def suggest(pool: Path, budget: int, *, labeled: Path | None = None, seed: int =
     """The paths of the pool's rows and the `budget` of them to label next (suggest_rows), chosen
     among at most `max_rows` of its unlabeled rows (spread evenly over the file); the rows labeled
     already (in the pool or in the feature file `labeled`) count as covered."""
-    with ExitStack() as stack:
-        readers = [stack.enter_context(open_feature_file(path)) for path in (pool, *([labeled] if labeled else []))]
-        if labeled:
-            check_same_extractor(readers[1], labeled, readers[0].attrs, readers[0].feature_dim, pool)
+    with open_feature_files(pool, [labeled] if labeled else []) as readers:
         own = readers[0].labels
         free = spread_sample(np.flatnonzero(own == UNLABELED), max_rows, seed)
         if len(free) == 0:
