@@ -7,11 +7,10 @@ argument, a value that is not a choice) exit with 2. A number option's range is 
 where the option is, with `callback=at_least(...)`; the configs check their own fields.
 """
 
-import itertools
 import math
 import os
 import sys
-from contextlib import closing, nullcontext
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -675,14 +674,13 @@ def predict(
     if features is not None:
         if model is not None:
             raise DiffclassError(f"{inputs[0]} is a feature file; --model is for images")
-        predicted = [heads.predict(f, head) for f in features]
-        names, chunks = predicted[0][0], itertools.chain.from_iterable(c for _, c in predicted)
+        names, chunks = heads.predict(features, head)
     else:
         from diffclass_cli.data.sources import open_inputs
 
         source = open_inputs(inputs, data_root, absolute_paths)
         names, chunks = heads.predict_images(source, head, model, batch_size, workers, device)
-    with closing(chunks) if hasattr(chunks, "close") else nullcontext():  # a bar ends before an error message
+    with closing(chunks):  # on an error, the progress bar ends before the message, not at exit
         if out in (None, STDOUT):
             heads.write_predictions(chunks, sys.stdout, names, style)
             return

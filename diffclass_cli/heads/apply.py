@@ -125,13 +125,15 @@ class Predictions:
     truth_names: list[str]  # the input's own class names
 
 
-def predict(features: Path, head_path: Path) -> tuple[list[str], Iterator[Predictions]]:
-    """The head's class names, and the predictions of every row of a feature file, a chunk of
-    the file at a time; refuses files of another extractor or width before reading any row."""
+def predict(features: Path | Sequence[Path], head_path: Path) -> tuple[list[str], Iterator[Predictions]]:
+    """The head's class names, and the predictions of every row of one or several feature files,
+    a chunk of a file at a time; refuses files of another extractor or width before reading any row."""
+    files = [features] if isinstance(features, str | Path) else list(features)
     head, info = load_head(head_path)
-    with open_feature_file(features) as reader:
-        _check_compatible(reader, info, features, head_path)
-    return class_names(head, info), _predicted_chunks(features, head, info)
+    for path in files:
+        with open_feature_file(path) as reader:
+            _check_compatible(reader, info, path, head_path)
+    return class_names(head, info), (chunk for path in files for chunk in _predicted_chunks(path, head, info))
 
 
 def _predicted_chunks(features: Path, head: Pipeline, info: dict) -> Iterator[Predictions]:
