@@ -7,7 +7,9 @@ averaged over seeded draws. Only the train split is read.
 """
 
 import argparse
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -30,11 +32,12 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=10)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    path = args.features
-    if path is None:
-        path = "/tmp/label-check-features.h5"
-        featurize(open_source(args.source), path, args.model, overwrite=True)
-    data = read_features(path)
+    if args.features:
+        data = read_features(args.features)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            featurize(open_source(args.source), Path(folder) / "features.h5", Path(args.model))
+            data = read_features(Path(folder) / "features.h5")
     n_classes = len(data.class_names)
     flipped_scores, clean_scores = [], []
     for draw in range(args.draws):
