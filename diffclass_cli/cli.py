@@ -46,14 +46,12 @@ class _UserErrorsAsExitCodes(TyperGroup):
     """Turns the errors a user can cause into one line and an exit code."""
 
     def main(self, *args, **kwargs):
-        """Also what happens before a command runs (--help, --version) ends in one line, not a traceback."""
+        """An OSError (a full disk, no permission) is one line, whether a command raised it or what
+        runs before one (--help, --version)."""
         try:
             return super().main(*args, **kwargs)
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
-        except OSError as err:  # e.g. standard output on a full disk
-            _say_error(f"{err.strerror or err}")
+        except OSError as err:  # Typer has handled a broken pipe itself by then
+            _say_error(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
             sys.exit(1)
 
     def parse_args(self, ctx, args):
@@ -76,8 +74,6 @@ class _UserErrorsAsExitCodes(TyperGroup):
                 raise
             _fail(f"{ctx.invoked_subcommand} needs {err.name}, which the base install leaves out: "
                   "pip install 'diffclass[train]'")
-        except OSError as err:
-            _fail(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
 
 
 def _say_error(message: str) -> None:
