@@ -118,15 +118,21 @@ def atomic_output(path: Path, overwrite: bool = False, keep_partial: bool = Fals
             os.close(fd)
 
 
-@contextmanager
-def atomic_folder(path: Path, overwrite: bool = False):
-    """Yield an empty `PATH.partial/` to write a folder of outputs into; it becomes `PATH` when the
-    block succeeds. A `PATH` that holds files is replaced only with `overwrite`."""
+def refuse_folder(path: Path, overwrite: bool) -> None:
+    """Refuse to write a folder of outputs over a file, or over a folder that holds files without `overwrite`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DiffclassError(f"{path} is a file; give a folder to write the results into")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise DiffclassError(f"{path} already holds files; pass --overwrite to replace them")
+
+
+@contextmanager
+def atomic_folder(path: Path, overwrite: bool = False):
+    """Yield an empty `PATH.partial/` to write a folder of outputs into; it becomes `PATH` when the
+    block succeeds. A `PATH` that holds files is replaced only with `overwrite`."""
+    path = Path(path)
+    refuse_folder(path, overwrite)
     _make_parent(path)
     tmp = partial_path(path)
     if tmp.is_symlink() or tmp.is_file():

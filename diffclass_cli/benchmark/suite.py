@@ -29,7 +29,7 @@ from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
 from diffclass_cli.extractor_format import read_metadata
-from diffclass_cli.files import atomic_folder
+from diffclass_cli.files import atomic_folder, refuse_folder
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
 DEFAULT_HEADS = (HeadKind.auto, HeadKind.logreg, HeadKind.semi)
@@ -122,72 +122,79 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
                   data_root: Path | None = None, on_validation: bool = False, overwrite: bool = False) -> str:
     """Run everything and write the outputs into the folder `out` (atomically); returns the summary
     markdown."""
+    refuse_folder(out, overwrite)  # before minutes of work, not after
+    began = time.perf_counter()
+    size, channels = model_input_shape(models[0])
+    train_split = load_split(train, size, channels, data_root)
+    if on_validation:  # for choosing checkpoints and options: the test split is not even loaded
+        train_split, held_out = validation_split(train_split)
+        test = f"the validation part of {train}"
+    else:
+        held_out = aligned_classes(load_split(test, size, channels, data_root), train_split, test, train)
+    if quick:
+        protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws,
+                           draws_few_labels=QUICK.draws_few_labels,
+                           cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
+        train_split = _subset(train_split, QUICK_POOL_PER_CLASS)
+        held_out = _subset(held_out, QUICK_TEST_PER_CLASS)
+    protocol = replace(protocol, per_class=labels_per_class(train_split, protocol.per_class, train))
+    refuse_shared_images(train_split, held_out, train, test)
+
+    feature_sets = [extractor_features(feature_set_name(m), m, spec, train_split.images, held_out.images)
+                    for m in models]
+    if "pixels" in baselines:
+        feature_sets.append(pixel_features(train_split.images, held_out.images))
+    if "pca" in baselines:
+        feature_sets.append(pca_features(train_split.images, held_out.images, protocol.seed))
+    rows, draws = run_protocol(feature_sets, train_split, held_out, protocol, cnn="cnn" in baselines)
+
+    # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
+    if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
+        raise DiffclassError("the sweeps re-export the backbone: give a checkpoint, not an .onnx file")
+    sweeps = {
+        "timestep": [(timesteps_name(group), replace(spec, timesteps=group))
+                     for group in sweep_timesteps],
+        "taps": [(f"taps={'+'.join(taps)}", replace(spec, taps=taps)) for taps in _tap_sets(models[0])]
+        if sweep_taps else [],
+        "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
+    }
+    sweep_pool_split, validation = validation_split(train_split)
+    for sweep, variants in sweeps.items():
+        if variants:
+            sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
+                    for name, variant in variants]
+            sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol, sweep=sweep,
+                                         heads=(HeadKind.logreg,), cnn=False)
+            rows += sweep_rows
+
+    minutes = (time.perf_counter() - began) / 60
+    preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
+                f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
+                f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); "
+                f"{_describe(spec, models)}; "
+                f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from "
+                f"{len(sweep_pool_split.labels)} pool images and are scored on the other {len(validation.labels)} "
+                "pool images (a validation split), never on the test split.\n")
+    summary = summary_markdown(rows, preamble)
     with atomic_folder(out, overwrite) as folder:
-        began = time.perf_counter()
-        size, channels = model_input_shape(models[0])
-        train_split = load_split(train, size, channels, data_root)
-        if on_validation:  # for choosing checkpoints and options: the test split is not even loaded
-            train_split, held_out = validation_split(train_split)
-            test = f"the validation part of {train}"
-        else:
-            held_out = aligned_classes(load_split(test, size, channels, data_root), train_split, test, train)
-        if quick:
-            protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws,
-                               draws_few_labels=QUICK.draws_few_labels,
-                               cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
-            train_split = _subset(train_split, QUICK_POOL_PER_CLASS)
-            held_out = _subset(held_out, QUICK_TEST_PER_CLASS)
-        protocol = replace(protocol, per_class=labels_per_class(train_split, protocol.per_class, train))
-        refuse_shared_images(train_split, held_out, train, test)
+        _write_outputs(folder, rows, draws=draws, summary=summary, test=test, train=train, sweeps=sweeps)
+    log.info(f"benchmark finished in {minutes:.1f} min; wrote {out}/")
+    return summary
 
-        feature_sets = [extractor_features(feature_set_name(m), m, spec, train_split.images, held_out.images)
-                        for m in models]
-        if "pixels" in baselines:
-            feature_sets.append(pixel_features(train_split.images, held_out.images))
-        if "pca" in baselines:
-            feature_sets.append(pca_features(train_split.images, held_out.images, protocol.seed))
-        rows, draws = run_protocol(feature_sets, train_split, held_out, protocol, cnn="cnn" in baselines)
 
-        # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
-        if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
-            raise DiffclassError("the sweeps re-export the backbone: give a checkpoint, not an .onnx file")
-        sweeps = {
-            "timestep": [(timesteps_name(group), replace(spec, timesteps=group))
-                         for group in sweep_timesteps],
-            "taps": [(f"taps={'+'.join(taps)}", replace(spec, taps=taps)) for taps in _tap_sets(models[0])]
-            if sweep_taps else [],
-            "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
-        }
-        sweep_pool_split, validation = validation_split(train_split)
-        for sweep, variants in sweeps.items():
-            if variants:
-                sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
-                        for name, variant in variants]
-                sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol, sweep=sweep,
-                                             heads=(HeadKind.logreg,), cnn=False)
-                rows += sweep_rows
-
-        minutes = (time.perf_counter() - began) / 60
-        preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
-                    f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
-                    f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); "
-                    f"{_describe(spec, models)}; "
-                    f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from "
-                    f"{len(sweep_pool_split.labels)} pool images and are scored on the other {len(validation.labels)} "
-                    "pool images (a validation split), never on the test split.\n")
-        summary = summary_markdown(rows, preamble)
-        write_results(rows, folder / "results.csv")
-        (folder / "summary.md").write_text(summary)
-        (folder / "labeled_draws.json").write_text(json.dumps(draws))
-        plot_curves(rows, "main", folder / "accuracy_vs_labels.png", f"Few-shot accuracy on {test}")
-        scored = f"validation part of {train}"
-        if sweep_timesteps:
-            plot_timesteps(rows, folder / "accuracy_vs_timestep.png", f"Accuracy vs diffusion timestep ({scored})")
-        for sweep in ("taps", "pool"):
-            if sweeps[sweep]:
-                plot_curves(rows, sweep, folder / f"sweep_{sweep}.png", f"Feature design: {sweep} ({scored})")
-        log.info(f"benchmark finished in {minutes:.1f} min; wrote {out}/")
-        return summary
+def _write_outputs(folder: Path, rows: list[dict], *, draws: dict, summary: str, test: str, train: str,
+                   sweeps: dict) -> None:
+    """results.csv, summary.md, labeled_draws.json and the plots."""
+    write_results(rows, folder / "results.csv")
+    (folder / "summary.md").write_text(summary)
+    (folder / "labeled_draws.json").write_text(json.dumps(draws))
+    plot_curves(rows, "main", folder / "accuracy_vs_labels.png", f"Few-shot accuracy on {test}")
+    scored = f"validation part of {train}"
+    if sweeps["timestep"]:
+        plot_timesteps(rows, folder / "accuracy_vs_timestep.png", f"Accuracy vs diffusion timestep ({scored})")
+    for sweep in ("taps", "pool"):
+        if sweeps[sweep]:
+            plot_curves(rows, sweep, folder / f"sweep_{sweep}.png", f"Feature design: {sweep} ({scored})")
 
 
 def _tap_sets(model: Path) -> list[tuple[str, ...]]:
