@@ -36,7 +36,7 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
 from diffclass_cli.heads import MAX_UNLABELED
 
-TRAINING_MODULES = {"torch", "torchvision", "onnx", "onnxscript", "safetensors"}  # the [train] extra
+TRAINING_MODULES = {"torch", "torchvision", "onnxscript", "safetensors"}  # the [train] extra
 
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--progress")  # accepted after the command too
@@ -510,7 +510,11 @@ def merge_cmd(
 
 
 FeaturesArg = Annotated[Path, typer.Argument(help="A feature file made by `diffclass featurize`.", show_default=False)]
-HeadOpt = Annotated[Path, typer.Option("--head", help="A head file made by `diffclass fit`.")]
+HeadOpt = Annotated[Path, typer.Option("--head", help="A head file made by `diffclass fit` (.skops), or a classifier "
+                                      "made by `diffclass export-classifier` (.onnx).")]
+HeadModelOpt = Annotated[Path | None, typer.Option(
+    help="With images and a skops head: the extractor (.onnx) to featurize them with (default: the one the head "
+    "was fitted on, found where featurize ran it, or the shipped one).")]
 
 
 @app.command()
@@ -555,10 +559,33 @@ def fit(
       diffclass fit pool.h5 --labels labels.csv --out head.skops\n
       diffclass fit train.h5 --out head.skops --per-class 10 --seed 1 --head logreg
     """
-    from diffclass_cli.heads.apply import fit_head
+    from diffclass_cli.heads.fit import fit_head
 
     fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, max_unlabeled, overwrite,
              unlabeled=unlabeled or (), labels=labels, strict_labels=strict_labels)
+
+
+@app.command("export-classifier")
+def export_classifier_cmd(
+    head: Annotated[Path, typer.Argument(help="A head file made by `diffclass fit`.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Classifier file to write (.onnx).")],
+    model: HeadModelOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Join a head and the extractor it was fitted on into one ONNX file: images in, class
+    probabilities (and features) out.
+
+    It runs anywhere onnxruntime does, without diffclass, scikit-learn or torch; `predict`,
+    `evaluate` and `info` take it in place of the head, on images or on feature files of the
+    same extractor. Class names, head kind and how it was fitted are in its metadata.
+
+    Examples:\n
+      diffclass export-classifier head.skops --out classifier.onnx\n
+      diffclass predict photos/new --head classifier.onnx
+    """
+    from diffclass_cli.heads.to_onnx import export_classifier
+
+    export_classifier(head, out, model, overwrite)
 
 
 @app.command("suggest")
@@ -609,9 +636,6 @@ def suggest_cmd(
 InputsArg = Annotated[list[str], typer.Argument(
     help="Feature files made by `diffclass featurize`, or images: image files, folders (class subfolders = the "
     "true classes), '-' for paths on standard input, or one built-in source.", show_default=False)]
-HeadModelOpt = Annotated[Path | None, typer.Option(
-    help="With images: the extractor (.onnx) to featurize them with (default: the one the head was fitted on, "
-    "found where featurize ran it, or the shipped one).")]
 
 
 def _feature_files(inputs: list[str]) -> list[Path] | None:

@@ -1,5 +1,6 @@
-"""`diffclass info`: what a file the tool wrote holds, for any of its four kinds (checkpoint,
-extractor, head, feature file), recognised by content, not by name. Nothing here imports torch."""
+"""`diffclass info`: what a file the tool wrote holds, for any of its five kinds (checkpoint,
+extractor, classifier, head, feature file), recognised by content, not by name. Nothing here
+imports torch."""
 
 import json
 import struct
@@ -32,14 +33,19 @@ def kind_of(path: Path) -> str:
 def describe(path: Path) -> dict:
     """What `path` holds, as plain JSON-able data, with its `kind` first."""
     kind = kind_of(path)
-    return {"kind": kind, **{"features": _features, "head": _head, "checkpoint": _checkpoint,
-                             "extractor": _extractor}[kind](Path(path))}
+    if kind == "extractor":
+        return _onnx(Path(path))
+    return {"kind": kind, **{"features": _features, "head": _head, "checkpoint": _checkpoint}[kind](Path(path))}
 
 
-def _extractor(path: Path) -> dict:
-    from diffclass_cli.extractor_format import read_metadata
+def _onnx(path: Path) -> dict:
+    """An extractor or a classifier, told apart by the format its metadata declares."""
+    from diffclass_cli.classifier_format import FORMAT, describe_classifier
+    from diffclass_cli.extractor_format import file_format, open_session, read_metadata
 
-    return read_metadata(path)
+    if file_format(open_session(path)) == FORMAT:
+        return {"kind": "classifier", **describe_classifier(path)}
+    return {"kind": "extractor", **read_metadata(path)}
 
 
 def _features(path: Path) -> dict:

@@ -17,9 +17,11 @@ from diffclass_cli.files import existing_file
 FORMAT = "diffclass-extractor"
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "images", "features"
+NOT_ONNX = "is not an ONNX file onnxruntime can load"
 MAX_IMAGE_SIZE = 4096
 MAX_FEATURES = 10_000_000
 MAX_METADATA_CHARS = 1_000_000  # per value; ours are a few kB
+MAX_LONG_CHARS = 256_000_000  # a value named in long_values (a classifier's own head model)
 # key -> the JSON type its value must have
 SCHEMA = {"format_version": int, "image_size": int, "channels": int, "feature_dim": int, "timesteps": list,
           "taps": list, "pool": str, "feature_groups": list, "backbone_kind": str}
@@ -38,7 +40,7 @@ def open_session(path: Path, options: ort.SessionOptions | None = None,
         return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for bad bytes
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DiffclassError(f"{path} is not an ONNX file onnxruntime can load ({reason[:200]})") from err
+        raise DiffclassError(f"{path} {NOT_ONNX} ({reason[:200]})") from err
 
 
 def read_metadata(path: Path) -> dict:
@@ -50,15 +52,25 @@ def read_metadata(path: Path) -> dict:
     return validated_metadata(open_session(path, options), path)
 
 
-def validated_metadata(session: ort.InferenceSession, path: Path) -> dict:
-    """The metadata of `session`'s file, decoded and checked against the schema and the graph."""
+def file_format(session: ort.InferenceSession) -> str | None:
+    """The `format` an ONNX file of ours declares (an extractor, a classifier), None for others."""
+    text = session.get_modelmeta().custom_metadata_map.get("format", "")
+    return text[1:-1] if len(text) < 100 and text.startswith('"') and text.endswith('"') else None
+
+
+def validated_metadata(session: ort.InferenceSession, path: Path, kind: str = FORMAT,
+                       outputs: tuple[str, ...] = (OUTPUT_NAME,), long_values: frozenset[str] = frozenset()) -> dict:
+    """The metadata of `session`'s file, decoded and checked against the schema and the graph.
+    `kind`: the format it must declare; `outputs`: the graph's outputs, the features last;
+    `long_values`: keys whose values may be longer than MAX_METADATA_CHARS (up to MAX_LONG_CHARS)."""
     props = session.get_modelmeta().custom_metadata_map
-    if props.get("format") != json.dumps(FORMAT):
-        raise DiffclassError(f"{path} is an ONNX file but not a diffclass extractor (no '{FORMAT}' metadata)")
+    if file_format(session) != kind:
+        raise DiffclassError(f"{path} is an ONNX file but not a {kind.replace('-', ' ')} (no '{kind}' metadata)")
     metadata = {}
     for key, text in props.items():
-        if len(text) > MAX_METADATA_CHARS:
-            raise DiffclassError(f"{path} has damaged metadata: {key} is longer than {MAX_METADATA_CHARS} characters")
+        limit = MAX_LONG_CHARS if key in long_values else MAX_METADATA_CHARS
+        if len(text) > limit:
+            raise DiffclassError(f"{path} has damaged metadata: {key} is longer than {limit} characters")
         try:
             metadata[key] = json.loads(text)
         except (json.JSONDecodeError, RecursionError):  # nested deeper than any metadata of ours
@@ -75,18 +87,18 @@ def validated_metadata(session: ort.InferenceSession, path: Path) -> dict:
         raise DiffclassError(f"{path} has damaged metadata: feature_groups are not named column ranges")
     if metadata["format_version"] > FORMAT_VERSION:
         raise DiffclassError(f"{path} was written by a newer diffclass ({metadata.get('diffclass_version', '?')})")
-    _check_graph(session, metadata, path)
+    _check_graph(session, metadata, path, outputs)
     return metadata
 
 
-def _check_graph(session: ort.InferenceSession, metadata: dict, path: Path) -> None:
-    """The graph's input and output must be what the metadata promises."""
+def _check_graph(session: ort.InferenceSession, metadata: dict, path: Path, names: tuple[str, ...]) -> None:
+    """The graph's input and outputs must be what the metadata promises."""
     size, channels, dim = metadata["image_size"], metadata["channels"], metadata["feature_dim"]
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
-        raise DiffclassError(f"{path} does not map '{INPUT_NAME}' to '{OUTPUT_NAME}'")
+    if [i.name for i in inputs] != [INPUT_NAME] or tuple(o.name for o in outputs) != names:
+        raise DiffclassError(f"{path} does not map '{INPUT_NAME}' to {', '.join(repr(n) for n in names)}")
     for name, promised, shape in (("input", [channels, size, size], inputs[0].shape[1:]),
-                                  ("output", [dim], outputs[0].shape[1:])):
+                                  ("output", [dim], outputs[-1].shape[1:])):
         if len(shape) != len(promised) or any(isinstance(s, int) and s != p for s, p in zip(shape, promised)):
             raise DiffclassError(f"{path}: the graph's {name} is {['N', *shape]} but its metadata says "
                                  f"{['N', *promised]}")

@@ -1,5 +1,5 @@
 """No input a user can give ends in a traceback: seeded fuzz cases (tests/fuzzing.py) over option
-values, forged feature files, forged extractor metadata and forged head fields."""
+values, forged feature files, forged extractor and classifier metadata and forged head fields."""
 
 import os
 import random
@@ -44,6 +44,9 @@ def world(tmp_path_factory, tiny_checkpoint, tiny_onnx):
                                ["a", "b"])
     runner = CliRunner()
     assert runner.invoke(app, ["fit", str(small), "--out", str(root / "h.skops"), "--head", "logreg"]).exit_code == 0
+    for args in (["featurize", "imgs", "imgs.h5", "--model", tiny_onnx], ["fit", "imgs.h5", "--out", "imgs.skops",
+                 "--head", "logreg"], ["export-classifier", "imgs.skops", "--out", "classifier.onnx"]):
+        assert runner.invoke(app, [str(a) for a in args]).exit_code == 0, args
     out = str(root / "out")
     bases = {
         "train-backbone": [str(root / "imgs"), "--out", f"{out}.ckpt", "--steps", "1", "--width", "8",
@@ -58,9 +61,10 @@ def world(tmp_path_factory, tiny_checkpoint, tiny_onnx):
         "plot": [str(small), "--out", f"{out}-map.png", "--method", "pca", "--overwrite"],
         "benchmark": [str(root / "missing.onnx"), "--out", str(root / "bench")],
         "merge": [f"{out}-merged.h5", str(small), "--overwrite"],
+        "export-classifier": [str(root / "imgs.skops"), "--out", f"{out}-classifier.onnx", "--overwrite"],
     }
     yield {"root": root, "runner": runner, "app": app, "bases": bases, "small": small, "onnx": tiny_onnx,
-           "head": root / "h.skops"}
+           "head": root / "h.skops", "classifier": root / "classifier.onnx"}
     os.chdir(home)
 
 
@@ -100,6 +104,11 @@ def test_forged_extractor_metadata_and_head_fields_are_one_line(world):
         how = forged_head(world["head"], head, rng)
         command = rng.choice([["predict", world["small"], "--head", head], ["info", head],
                               ["evaluate", world["small"], "--head", head]])
+        assert_handled(_invoke(world, command), (how, command[0]))
+        classifier = world["root"] / f"forged-{i % 5}-classifier.onnx"
+        how = forged_extractor(world["classifier"], classifier, rng)
+        command = rng.choice([["info", classifier], ["predict", world["root"] / "imgs", "--head", classifier],
+                              ["evaluate", world["root"] / "imgs.h5", "--head", classifier]])
         assert_handled(_invoke(world, command), (how, command[0]))
 
 

@@ -12,7 +12,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.heads.apply import evaluate, fit_head, predict
+from diffclass_cli.heads.apply import evaluate, predict
+from diffclass_cli.heads.fit import fit_head
 from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class, fit_rows
 from diffclass_cli.heads.store import FORMAT, load_head, sio
 from tests.conftest import assert_one_line_error, write_feature_file
@@ -107,8 +108,11 @@ def test_evaluate_matches_scikit_learn(cli, digit_files, tmp_path):
     assert report["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy_score(truth, guess))
     expected = metrics.confusion_matrix(truth, guess, labels=report["classes"])
     assert report["confusion_matrix"] == expected.tolist()
-    recall = metrics.recall_score(truth, guess, labels=["3"], average=None)[0]
-    assert report["per_class"]["3"]["recall"] == pytest.approx(recall)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        truth, guess, labels=report["classes"], zero_division=0)
+    for i, name in enumerate(report["classes"]):
+        assert report["per_class"][name] == pytest.approx(
+            {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": support[i]})
     text = cli("evaluate", digit_files["test"], "--head", tmp_path / "h.skops")
     assert f"accuracy: {report['accuracy']:.4f}" in text.stdout and "confusion matrix" in text.stdout
 

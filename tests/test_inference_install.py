@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffclass_cli.choices import HeadKind
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.featurize.extract import DEFAULT_MODEL
 from diffclass_cli.heads import apply as heads
@@ -22,10 +23,10 @@ BLOCKER = 'raise ModuleNotFoundError("No module named {0!r} (blocked by the test
 
 @pytest.fixture(scope="module")
 def without_torch(tmp_path_factory):
-    """Environment variables under which `import torch` (and torchvision, onnx, safetensors) fails
-    as if they were not installed."""
+    """Environment variables under which `import torch` (and the rest of the [train] extra) fails
+    as if it were not installed."""
     blocked = tmp_path_factory.mktemp("blocked")
-    for name in ("torch", "torchvision", "onnx", "onnxscript", "safetensors"):
+    for name in ("torch", "torchvision", "onnxscript", "safetensors"):
         (blocked / name).mkdir()
         (blocked / name / "__init__.py").write_text(BLOCKER.format(name))
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(REPO)])}
@@ -47,6 +48,8 @@ def test_inference_commands_run_without_torch(without_torch, tmp_path):
         ["predict", "test.h5", "--head", "head.skops", "--out", "p.csv"],
         ["-q", "predict", "digits:test", "--head", "head.skops", "--out", "p2.csv"],
         ["evaluate", "test.h5", "--head", "head.skops", "--json"],
+        ["-q", "export-classifier", "head.skops", "--out", "classifier.onnx"],
+        ["-q", "predict", "digits:test", "--head", "classifier.onnx", "--out", "p3.csv"],
         ["-q", "plot", "test.h5", "--out", "map.png", "--method", "pca"],
         ["-q", "show-predictions", "p.csv", "--source", "digits:test", "--out", "grid.png"],
     ]
@@ -58,6 +61,10 @@ def test_inference_commands_run_without_torch(without_torch, tmp_path):
     assert outputs["--version"].startswith("diffclass ") and json.loads(outputs["evaluate"])["accuracy"] > 0.5
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == "path,label,confidence"
     assert all((tmp_path / name).stat().st_size > 0 for name in ("p2.csv", "map.png", "grid.png"))
+    skops_rows, onnx_rows = ([r.split(",") for r in (tmp_path / name).read_text().splitlines()[1:]]
+                             for name in ("p2.csv", "p3.csv"))
+    assert [r[:2] for r in onnx_rows] == [r[:2] for r in skops_rows]
+    assert max(abs(float(a[2]) - float(b[2])) for a, b in zip(onnx_rows, skops_rows)) <= 2e-6
     result = _run(without_torch, tmp_path, "train-backbone", "digits", "--out", "x.ckpt")
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
@@ -104,12 +111,12 @@ def test_the_wheel_works_outside_the_checkout(without_torch, tmp_path):
 def digits_head(tmp_path_factory):
     """Features of digits:train and :test by the shipped extractor, and a logreg head on the first."""
     from diffclass_cli.featurize.extract import featurize
-    from diffclass_cli.heads.apply import fit_head
+    from diffclass_cli.heads.fit import fit_head
 
     folder = tmp_path_factory.mktemp("digits-head")
     for split in ("train", "test"):
         featurize(open_source(f"digits:{split}"), folder / f"{split}.h5", DEFAULT_MODEL, batch_size=64)
-    fit_head(folder / "train.h5", folder / "head.skops", heads.HeadKind.logreg, per_class=5)
+    fit_head(folder / "train.h5", folder / "head.skops", HeadKind.logreg, per_class=5)
     return folder
 
 

@@ -70,7 +70,7 @@ def test_refuses_to_overwrite(cli, digit_files, tmp_path, method):
 
 
 def test_show_predictions_marks_the_wrong_ones(cli, digit_files, tmp_path):
-    from diffclass_cli.heads.apply import fit_head
+    from diffclass_cli.heads.fit import fit_head
 
     fit_head(digit_files["train"], tmp_path / "h.skops", per_class=1)
     csv_text = cli("predict", digit_files["test"], "--head", tmp_path / "h.skops").stdout

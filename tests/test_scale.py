@@ -15,7 +15,7 @@ from benchmarks.scale import PEAK_RSS
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.featurize import h5
 from diffclass_cli.featurize.h5 import FeatureWriter, open_feature_file, read_features
-from diffclass_cli.heads.apply import fit_head
+from diffclass_cli.heads.fit import fit_head
 from diffclass_cli.heads.models import HeadKind, fit_rows, spread_sample
 from diffclass_cli.heads.store import load_head
 from tests.conftest import assert_one_line_error, write_feature_file

@@ -3,6 +3,7 @@ always saying which one actually runs."""
 
 import ctypes
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +62,15 @@ class FeatureBatch:
     provider: str  # the onnxruntime provider that computed it
 
 
-class ExtractorSession:
-    """An extractor loaded into onnxruntime, its metadata checked; `provider` is the one that
-    actually runs."""
+MetadataReader = Callable[[ort.InferenceSession, Path], dict]
 
-    def __init__(self, model: Path, device: Device = Device.auto, threads: int | None = None):
+
+class ExtractorSession:
+    """An extractor loaded into onnxruntime, its metadata checked by `reads` (a classifier file
+    has its own reader: it computes the features too); `provider` is the one that actually runs."""
+
+    def __init__(self, model: Path, device: Device = Device.auto, threads: int | None = None,
+                 reads: MetadataReader = validated_metadata):
         providers = choose_providers(device, ort.get_available_providers(), cuda_driver_present())
         if CUDA in providers:
             _preload_cuda_libraries()
@@ -74,7 +79,7 @@ class ExtractorSession:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # onnxruntime's own fallback warnings: we report it ourselves
         self.session = open_session(model, options, providers)
-        self.model, self.metadata = model, validated_metadata(self.session, model)
+        self.model, self.metadata = model, reads(self.session, model)
         self.provider = self.session.get_providers()[0]
         if device == Device.cuda and self.provider != CUDA:
             raise DiffclassError("--device cuda: onnxruntime could not start its CUDA provider "

@@ -1,117 +1,76 @@
-"""fit / predict / evaluate: heads applied to feature files."""
+"""predict / evaluate: heads applied to feature files or images.
+
+A head is a skops file that `fit` wrote or a classifier file that `export-classifier` wrote;
+the second runs on onnxruntime alone, so nothing here imports scikit-learn or skops unless a
+skops head is loaded.
+"""
 
 import csv
 import json
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
-from sklearn import metrics
-from sklearn.pipeline import Pipeline
 
-from diffclass_cli import __version__
 from diffclass_cli.choices import Device, OutputFormat
 from diffclass_cli.console import log, progress
-from diffclass_cli.data.labels_table import labels_for, read_labels_table
 from diffclass_cli.data.loading import DecodePool, report_skipped
 from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.featurize.extract import DEFAULT_MODEL, feature_batches
-from diffclass_cli.featurize.h5 import (
-    FeatureReader,
-    Rows,
-    check_finite,
-    open_feature_file,
-    open_feature_files,
-    storable,
-    take_across,
-)
+from diffclass_cli.featurize.h5 import FeatureReader, check_finite, open_feature_file, storable
 from diffclass_cli.featurize.runtime import ExtractorSession
-from diffclass_cli.files import existing_file, refuse_overwrite, sha256_file
-from diffclass_cli.heads import MAX_UNLABELED
-from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, training_labels
-from diffclass_cli.heads.store import load_head, save_head
-from diffclass_cli.heads.suggest import suspicious_labels
+from diffclass_cli.files import existing_file, sha256_file
 
 
-def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_class: int | None = None,
-             seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
-             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False, *, unlabeled: Sequence[Path] = (),
-             labels: Path | None = None, strict_labels: bool = False) -> dict:
-    """Fit a head on the labeled rows of a feature file (and, for semi / auto, a sample of at
-    most `max_unlabeled` of its other rows and of every row of the `unlabeled` files) and save it;
-    returns its info. Only those rows are read. `labels`: a `path,label` table that labels the
-    rows instead of their class folders. Labeled rows that sit with another class are reported
-    (an error with `strict_labels`)."""
-    refuse_overwrite(out, overwrite, inputs=(features, *unlabeled))
-    if unlabeled and kind not in SEMI_SUPERVISED:
-        log.warning(f"the {kind.value} head fits on labeled rows only: --unlabeled is used by auto and semi")
-    with open_feature_files(features, unlabeled) as readers:
-        main = readers[0]
-        own_labels, class_names = main.labels, main.class_names
-        if labels is not None:
-            own_labels, class_names = labels_for(main.paths(), read_labels_table(labels), labels)
-        every_label = np.concatenate([own_labels, *(np.full(r.rows, UNLABELED, np.int64) for r in readers[1:])])
-        rows, targets = training_labels(every_label, kind, per_class, seed, cv, max_unlabeled, class_names)
-        table = take_across(readers, rows)
-        attrs = main.attrs
-    check_finite(table, features)
-    suspicious = _check_labels(table, targets, class_names, strict_labels)
-    head = make_head(kind, C, alpha, hidden, cv, seed)
-    head.fit(table.features, targets)
-    params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
-    if cv:  # keep the refitted best model only: a plain Pipeline, nothing of the search
-        search = head.steps[-1][1]
-        head.steps[-1] = ("classify", search.best_estimator_)
-        params |= {k: float(v) for k, v in search.best_params_.items()}
-        log.info(f"cross-validation chose {search.best_params_}")
-    labeled = int((targets != UNLABELED).sum())
-    if kind == HeadKind.auto:
-        chooser = head.steps[-1][1]
-        params |= {"choice": chooser.choice_, "reason": chooser.reason_}
-        log.info(f"auto: {chooser.choice_} ({chooser.reason_})")
-    info = {
-        "head": kind.value,
-        "params": params,
-        "class_names": class_names,
-        "feature_dim": int(table.features.shape[1]),
-        "extractor_sha256": attrs.get("extractor_sha256", ""),
-        "extractor_name": attrs.get("extractor_name", ""),
-        "extractor_path": attrs.get("extractor_path", ""),
-        "suspicious_labels": suspicious,
-        "fitted_on": {"file": str(features), "unlabeled_files": [str(p) for p in unlabeled],
-                      "labels_table": str(labels) if labels else None, "source": attrs.get("source", ""),
-                      "labeled_rows": labeled, "unlabeled_rows": len(rows) - labeled, "max_unlabeled": max_unlabeled,
-                      "per_class": per_class, "seed": seed},
-        "diffclass_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    save_head(out, head, info, overwrite)
-    log.info(f"wrote {out}: {kind.value} head on {labeled} labeled rows"
-             + (f" and {len(rows) - labeled} unlabeled ones" if kind in SEMI_SUPERVISED else ""))
-    return info
+class Head(Protocol):
+    """What predict and evaluate need of a head: its classes in probability-column order, its
+    info (feature_dim, extractor_sha256, extractor_name, ...) and probabilities of features."""
+
+    path: Path
+    class_names: list[str]
+    info: dict
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray: ...
+
+    def extractor_session(self, model: Path | None, device: Device, threads: int | None) -> ExtractorSession:
+        """The session that featurizes images for this head."""
 
 
-def _check_labels(table: Rows, targets: np.ndarray, class_names: list[str], strict: bool) -> list[dict]:
-    """The labeled rows that look like another class, each said on stderr; an error if `strict`."""
-    labeled_counts = np.bincount(targets[targets != UNLABELED])
-    if labeled_counts.max(initial=0) < 2:
-        return []  # one labeled row per class: nothing to compare a label with
-    found = [{"path": table.paths[f["row"]], "given": class_names[f["given"]],
-              "looks_like": class_names[f["looks_like"]], "score": round(f["score"], 3)}
-             for f in suspicious_labels(table.features, targets)]
-    for f in found:
-        log.warning(f"label check: {f['path']} is labeled {f['given']!r} but sits with {f['looks_like']!r} "
-                    f"(score {f['score']})")
-    if found and strict:
-        raise DiffclassError(f"{len(found)} labeled image(s) look like another class (--strict-labels); the first: "
-                             f"{found[0]['path']} ({found[0]['given']!r}, looks like {found[0]['looks_like']!r})")
-    return found
+class SkopsHead:
+    """A head file that `fit` wrote."""
+
+    def __init__(self, path: Path):
+        from diffclass_cli.heads.store import load_head
+
+        self.path = path
+        self.pipeline, self.info = load_head(path)
+        self.class_names = [self.info["class_names"][c] for c in self.pipeline.classes_]
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return self.pipeline.predict_proba(features)
+
+    def extractor_session(self, model: Path | None, device: Device, threads: int | None) -> ExtractorSession:
+        return ExtractorSession(head_extractor(self.info, self.path, model), device, threads)
+
+
+def load_any_head(path: Path) -> Head:
+    """A skops head or an ONNX classifier, told apart by content."""
+    from diffclass_cli.describe import kind_of
+
+    if kind_of(existing_file(path, "head")) == "head":
+        return SkopsHead(path)
+    from diffclass_cli.classifier_format import OnnxClassifier
+    from diffclass_cli.extractor_format import NOT_ONNX
+
+    try:
+        return OnnxClassifier(path)
+    except DiffclassError as err:
+        if NOT_ONNX not in str(err):
+            raise
+        raise DiffclassError(f"{path} is not a skops head file or a classifier (.onnx) of diffclass") from err
 
 
 @dataclass
@@ -129,20 +88,20 @@ def predict(features: Path | Sequence[Path], head_path: Path) -> tuple[list[str]
     """The head's class names, and the predictions of every row of one or several feature files,
     a chunk of a file at a time; refuses files of another extractor or width before reading any row."""
     files = [features] if isinstance(features, str | Path) else list(features)
-    head, info = load_head(head_path)
+    head = load_any_head(head_path)
     for path in files:
         with open_feature_file(path) as reader:
-            _check_compatible(reader, info, path, head_path)
-    return class_names(head, info), (chunk for path in files for chunk in _predicted_chunks(path, head, info))
+            _check_compatible(reader, head, path)
+    return head.class_names, (chunk for path in files for chunk in _predicted_chunks(path, head))
 
 
-def _predicted_chunks(features: Path, head: Pipeline, info: dict) -> Iterator[Predictions]:
+def _predicted_chunks(features: Path, head: Head) -> Iterator[Predictions]:
     with open_feature_file(features) as reader, \
             progress(total=reader.rows, desc="predicting", unit="row", delay=2) as bar:  # long files only
         names = reader.class_names
         for rows in reader.chunks():
             check_finite(rows, features)
-            yield _predictions(head, info, rows.features, rows.paths, rows.labels, names)
+            yield _predictions(head, rows.features, rows.paths, rows.labels, names)
             bar.update(len(rows.paths))
 
 
@@ -170,40 +129,36 @@ def predict_images(source: ImageSource, head_path: Path, model: Path | None = No
     """The head's class names, and the predictions of the images of `source`, batch by batch,
     featurized in memory with the extractor the head was fitted on (`model`, or found by
     head_extractor); unreadable images are skipped."""
-    head, info = load_head(head_path)
-    model = head_extractor(info, head_path, model)
-    return class_names(head, info), _predict_batches(source, model, head, info, batch_size, workers, device, threads)
+    head = load_any_head(head_path)
+    session = head.extractor_session(model, device, threads)
+    return head.class_names, _predict_batches(source, session, head, batch_size, workers)
 
 
-def _predict_batches(source: ImageSource, model: Path, head: Pipeline, info: dict, batch_size: int, workers: int,
-                     device: Device, threads: int | None) -> Iterator[Predictions]:
-    meta = read_metadata(model)
+def _predict_batches(source: ImageSource, session: ExtractorSession, head: Head, batch_size: int,
+                     workers: int) -> Iterator[Predictions]:
+    meta = session.metadata
     skipped = list(source.skipped)
     with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
             progress(total=len(source), desc="predicting", unit="img") as bar:
-        for batch in feature_batches(pool, ExtractorSession(model, device, threads), batch_size):
+        for batch in feature_batches(pool, session, batch_size):
             skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
             bar.update(len(batch.rows) + len(batch.skipped))
             if len(batch.rows):
-                yield _predictions(head, info, batch.features, [source.ids[row] for row in batch.rows],
+                yield _predictions(head, batch.features, [source.ids[row] for row in batch.rows],
                                    source.labels[batch.rows], source.class_names)
     report_skipped(skipped)
 
 
-def class_names(head: Pipeline, info: dict) -> list[str]:
-    """The head's classes, in the order of its probability columns."""
-    return [info["class_names"][c] for c in head.classes_]
-
-
-def _predictions(head: Pipeline, info: dict, features: np.ndarray, paths: list[str],
-                 truth: np.ndarray, truth_names: list[str]) -> Predictions:
-    names = class_names(head, info)
+def _predictions(head: Head, features: np.ndarray, paths: list[str], truth: np.ndarray,
+                 truth_names: list[str]) -> Predictions:
+    names = head.class_names
     proba = head.predict_proba(features) if len(features) else np.empty((0, len(names)))
     best = proba.argmax(axis=1)
     return Predictions(paths, [names[i] for i in best], proba.max(axis=1), proba, names, truth, truth_names)
 
 
-def _check_compatible(reader: FeatureReader, info: dict, features: Path, head_path: Path) -> None:
+def _check_compatible(reader: FeatureReader, head: Head, features: Path) -> None:
+    info, head_path = head.info, head.path
     if reader.feature_dim != info["feature_dim"]:
         raise DiffclassError(f"{features} has {reader.feature_dim} features per row but {head_path} was fitted on "
                              f"{info['feature_dim']}")
@@ -285,13 +240,12 @@ def write_predictions(chunks: Iterable[Predictions], stream: TextIO, names: list
 def evaluate(features: Path, head_path: Path) -> dict:
     """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix over
     the labeled rows of a feature file, read a chunk at a time."""
-    head, info = load_head(head_path)
+    head = load_any_head(head_path)
     with open_feature_file(features) as reader:
-        _check_compatible(reader, info, features, head_path)
+        _check_compatible(reader, head, features)
         present = [reader.class_names[label] for label in np.unique(reader.labels[reader.labels != UNLABELED])]
-    names = class_names(head, info)
-    check_overlap(names, present, features, head_path)
-    return score(names, present, _predicted_chunks(features, head, info))
+    check_overlap(head.class_names, present, features, head_path)
+    return score(head.class_names, present, _predicted_chunks(features, head))
 
 
 def evaluate_images(source: ImageSource, head_path: Path, model: Path | None = None, batch_size: int = 256,
@@ -321,27 +275,30 @@ def score(names: list[str], present: list[str], chunks: Iterable[Predictions]) -
     """The metrics of every labeled row's prediction."""
     classes = names + sorted(set(present) - set(names))  # the head's classes first, then the data's others
     code = {name: i for i, name in enumerate(classes)}
-    truth, guess = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    confusion = np.zeros((len(classes), len(classes)), np.int64)
     for predictions in chunks:  # the head's probability columns are codes 0.. of `classes` already
         labeled = predictions.truth != UNLABELED
         code_of_label = np.array([code.get(name, -1) for name in predictions.truth_names], np.int64)
-        truth.append(code_of_label[predictions.truth[labeled]])
-        guess.append(predictions.proba[labeled].argmax(axis=1))
-    truth, guess, codes = np.concatenate(truth), np.concatenate(guess), np.arange(len(classes))
-    with warnings.catch_warnings():  # classes of one side only: their scores are 0 by definition
-        warnings.simplefilter("ignore")
-        precision, recall, f1, support = metrics.precision_recall_fscore_support(truth, guess, labels=codes,
-                                                                                 zero_division=0)
-        balanced = metrics.balanced_accuracy_score(truth, guess)
+        truth, guess = code_of_label[predictions.truth[labeled]], predictions.proba[labeled].argmax(axis=1)
+        np.add.at(confusion, (truth, guess), 1)
+    right, support, predicted = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    precision, recall = _ratio(right, predicted), _ratio(right, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)  # 0 for a class of one side only, by definition
+    rows = int(support.sum())
     return {
-        "rows": len(truth),
-        "accuracy": metrics.accuracy_score(truth, guess),
-        "balanced_accuracy": balanced,
+        "rows": rows,
+        "accuracy": float(right.sum() / rows),
+        "balanced_accuracy": float(recall[support > 0].mean()),  # over the classes the data has
         "classes": classes,
         "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
                       for c, p, r, f, n in zip(classes, precision, recall, f1, support)},
-        "confusion_matrix": metrics.confusion_matrix(truth, guess, labels=codes).tolist(),
+        "confusion_matrix": confusion.tolist(),
     }
+
+
+def _ratio(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """part / whole, 0 where whole is 0."""
+    return np.divide(part, whole, out=np.zeros(len(part)), where=whole > 0)
 
 
 def format_report(report: dict) -> str:
