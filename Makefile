@@ -9,7 +9,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -e '.[train,dev]'
+	$(PY) -m pip install -e '.[train,dev,diffusers]'
 	touch $(STAMP)
 
 test: $(STAMP)

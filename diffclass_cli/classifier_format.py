@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.extractor_format import OUTPUT_NAME, metadata_props, open_session, validated_metadata
+from diffclass_cli.extractor_format import OUTPUT_NAME, light_session, metadata_props, validated_metadata
 from diffclass_cli.featurize.runtime import ExtractorSession
 
 FORMAT = "diffclass-classifier"
@@ -56,12 +56,8 @@ def validated_classifier(session: ort.InferenceSession, path: Path) -> dict:
 
 
 def read_classifier_metadata(path: Path) -> dict:
-    """The validated metadata of a classifier file (a light, single-threaded session reads it)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    return validated_classifier(open_session(path, options), path)
+    """The validated metadata of a classifier file."""
+    return validated_classifier(light_session(path), path)
 
 
 class OnnxClassifier:

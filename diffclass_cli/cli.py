@@ -19,7 +19,6 @@ from typer.core import TyperGroup
 
 from diffclass_cli import __version__
 from diffclass_cli.backbone.config import (
-    BACKBONES,
     BackboneKind,
     DiffusionConfig,
     LRSchedule,
@@ -40,6 +39,8 @@ TRAINING_MODULES = {"torch", "torchvision", "onnxscript", "safetensors"}  # the 
 
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--progress")  # accepted after the command too
+CHECKPOINT_HELP = ("Backbone checkpoint, or diffusers:PATH: a pretrained diffusers UNet2DModel folder (safetensors "
+                   "weights; a hub id where online).")
 
 
 class _UserErrorsAsExitCodes(TyperGroup):
@@ -213,6 +214,10 @@ def train_backbone_cmd(
     out: Annotated[Path, typer.Option(help="Checkpoint file to write (safetensors).")],
     kind: Annotated[BackboneKind, typer.Option(
         help="ddpm: a diffusion UNet; vae: a convolutional VAE (the research's comparison).")] = BackboneKind.ddpm,
+    init: Annotated[str | None, typer.Option(
+        help="Fine-tune a pretrained model instead of training one from scratch: diffusers:PATH, a diffusers "
+        "UNet2DModel folder (or hub id, online). Its architecture, image size, channels and noise schedule are "
+        "the model's; images are resized to it.", metavar="diffusers:PATH")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 3000).",
         callback=at_least(1, high=10**9))] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the images (instead of --steps).",
@@ -276,52 +281,29 @@ def train_backbone_cmd(
       diffclass train-backbone photos/ --out runs/bb.ckpt --steps 5000\n
       diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 300\n
       diffclass train-backbone mnist-sample:train --out runs/bb.ckpt --steps 600 --resume\n
-      diffclass train-backbone mnist-sample:train --out runs/vae.ckpt --kind vae --latent-dim 32
+      diffclass train-backbone mnist-sample:train --out runs/vae.ckpt --kind vae --latent-dim 32\n
+      diffclass train-backbone photos/unlabeled --out runs/ft.ckpt --init diffusers:ddpm-cifar10 --steps 2000 --lr 1e-4
     """
-    from diffclass_cli.backbone.train import run_training
+    from diffclass_cli.api import train
     from diffclass_cli.data.sources import open_source
-    from diffclass_cli.device import torch_device
 
     if steps is not None and epochs is not None:
         raise DiffclassError("give --steps or --epochs, not both")
-    torch_dev = torch_device(device)
-    images_source = open_source(source, data_root, download)
-    size, chans = _image_shape(images_source, image_size, channels)
-    mults = _parse_ints(channel_mults, "--channel-mults")
-    config = BACKBONES[kind].from_options(image_size=size, channels=chans, width=width, channel_mults=mults,
-                                          blocks_per_level=blocks_per_level, mid_attention=mid_attention,
-                                          schedule=schedule, prediction=prediction, min_snr=min_snr,
-                                          latent_dim=latent_dim, beta=beta)
-    train = TrainConfig(steps=TrainConfig.steps if steps is None else steps, batch_size=batch_size, lr=lr,
-                        lr_schedule=lr_schedule, warmup=warmup, ema_decay=ema_decay,
-                        augment_shift=augment_shift, seed=seed, save_every=save_every, snapshot_every=snapshot_every)
-    run_training(images_source, config, train, out, torch_dev, resume, overwrite, workers, epochs,
-                 compile_network)
+    options = {name: value for name, value in locals().items() if name in TRAINING_OPTIONS}
+    train(open_source(source, data_root, download), out, init=init, device=device, resume=resume,
+          overwrite=overwrite, workers=workers, epochs=epochs, compiled=compile_network,
+          **options, channel_mults=_parse_ints(channel_mults, "--channel-mults"))
 
 
-def _image_shape(source, image_size: int | None, channels: int | None) -> tuple[int, int]:
-    """The backbone's input shape: as given, else taken from the source's first image."""
-    if image_size is not None and channels is not None:
-        return image_size, channels
-    from diffclass_cli.data.sources import UnreadableImage
-
-    for row in range(min(len(source), 100)):
-        try:
-            first = source.load(row)
-            break
-        except UnreadableImage:
-            continue
-    else:
-        raise DiffclassError("could not read any of the first images; pass --image-size and --channels")
-    size = image_size or (first.width if first.width == first.height and first.width % 4 == 0 else 32)
-    chans = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
-    log.info(f"backbone input: {chans} channel(s), {size}x{size} (from {source.ids[row]})")
-    return size, chans
+# What train-backbone hands to the training configs as they are (api.train, backbone.train.plan_config).
+TRAINING_OPTIONS = {"kind", "steps", "batch_size", "lr", "lr_schedule", "warmup", "image_size", "channels", "width",
+                    "blocks_per_level", "mid_attention", "schedule", "prediction", "min_snr", "latent_dim", "beta",
+                    "ema_decay", "augment_shift", "save_every", "snapshot_every", "seed"}
 
 
 @app.command()
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(help="Backbone checkpoint.", show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
     out: Annotated[Path, typer.Option(help="PNG file for the grid of samples.")],
     n: Annotated[int, typer.Option("--n", help="How many images.", callback=at_least(1))] = 16,
     ddim_steps: Annotated[int | None, typer.Option(
@@ -345,7 +327,7 @@ def sample(
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path | None, typer.Argument(help="Backbone checkpoint.", show_default=False)] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(help=CHECKPOINT_HELP, show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="ONNX file to write.")] = None,
     pixels: Annotated[bool, typer.Option(
         "--pixels", help="Write the raw-pixel baseline extractor instead (needs --image-size, --channels).")] = False,
@@ -381,6 +363,7 @@ def export(
       diffclass export runs/bb.ckpt --out exports/bb.onnx --timestep 100\n
       diffclass export runs/bb.ckpt --out bb.onnx --timestep auto --taps auto --choose-on photos/unlabeled\n
       diffclass export runs/bb.ckpt --out bb.onnx --timesteps 25,100 --noise-draws 4 --taps mid,up1 --pool global\n
+      diffclass export diffusers:models/ddpm-cifar10 --out cifar.onnx --timestep 100 --taps mid,up3\n
       diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
     from diffclass_cli.export.onnx_export import export_onnx, export_pixels

@@ -41,9 +41,9 @@ def describe(path: Path) -> dict:
 def _onnx(path: Path) -> dict:
     """An extractor or a classifier, told apart by the format its metadata declares."""
     from diffclass_cli.classifier_format import FORMAT, describe_classifier
-    from diffclass_cli.extractor_format import file_format, open_session, read_metadata
+    from diffclass_cli.extractor_format import file_format, light_session, read_metadata
 
-    if file_format(open_session(path)) == FORMAT:
+    if file_format(light_session(path)) == FORMAT:
         return {"kind": "classifier", **describe_classifier(path)}
     return {"kind": "extractor", **read_metadata(path)}
 

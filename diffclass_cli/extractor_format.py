@@ -43,13 +43,18 @@ def open_session(path: Path, options: ort.SessionOptions | None = None,
         raise DiffclassError(f"{path} {NOT_ONNX} ({reason[:200]})") from err
 
 
-def read_metadata(path: Path) -> dict:
-    """The validated metadata of a diffclass extractor (a light, single-threaded session reads it)."""
+def light_session(path: Path) -> ort.InferenceSession:
+    """A single-threaded, unoptimised session: enough to read a file's metadata and graph."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    return validated_metadata(open_session(path, options), path)
+    return open_session(path, options)
+
+
+def read_metadata(path: Path) -> dict:
+    """The validated metadata of a diffclass extractor."""
+    return validated_metadata(light_session(path), path)
 
 
 def file_format(session: ort.InferenceSession) -> str | None:

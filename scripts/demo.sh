@@ -19,6 +19,7 @@ CHOICE=$(fit "$OUT/train.h5" "$OUT/head.skops")
 PIXELS_CHOICE=$(fit "$OUT/pixels-train.h5" "$OUT/pixels-head.skops")
 $D predict "$OUT/test.h5" --head "$OUT/head.skops" --out "$OUT/predictions.csv" --overwrite
 $D show-predictions "$OUT/predictions.csv" --source mnist-sample:test --out "$OUT/predictions.png" --overwrite
+$D -q export-classifier "$OUT/head.skops" --out "$OUT/classifier.onnx" --overwrite  # images -> probabilities
 
 accuracy() { $D evaluate "$1" --head "$2" --json | .venv/bin/python -c "import json,sys; print(f\"{json.load(sys.stdin)['accuracy']:.3f}\")"; }
 echo
@@ -30,3 +31,4 @@ if [ "$HEAD" = auto ]; then
   echo "  auto chose, raw pixels:         $PIXELS_CHOICE"
 fi
 echo "  predictions: $OUT/predictions.csv, picture: $OUT/predictions.png"
+echo "  the whole classifier in one ONNX file: $OUT/classifier.onnx (diffclass predict IMAGES --head $OUT/classifier.onnx)"

@@ -113,7 +113,7 @@ def test_the_classifier_says_what_it_is(cli, tiny_features, tmp_path, tiny_onnx)
     assert described["kind"] == "classifier"
     assert described["class_names"] == SkopsHead(head).class_names
     assert described["head"] == "auto" and described["head_info"]["params"]["choice"] in ("semi", "logreg")
-    assert described["extractor_name"] == tiny_onnx.name and described["image_size"] == 28
+    assert described["extractor_name"] == tiny_onnx.stem and described["image_size"] == 28
     assert HEAD_MODEL not in described and described["head_model_bytes"] > 0
     model = onnx.load(str(classifier))
     assert [o.name for o in model.graph.output] == ["probabilities", "features"]
@@ -161,14 +161,14 @@ def test_predict_and_evaluate_with_a_classifier_import_no_scikit_learn_skops_or_
 
 
 def _plain_example() -> str:
-    """The guide's plain-onnxruntime example, as it is printed there."""
-    guide = (REPO / "docs" / "guide.md").read_text()
-    found = re.search(r"<!-- plain-onnxruntime -->\n```python\n(.*?)```", guide, re.S)
-    assert found, "the guide has no plain-onnxruntime example"
+    """The README's plain-onnxruntime example, as it is printed there."""
+    readme = (REPO / "README.md").read_text()
+    found = re.search(r"<!-- plain-onnxruntime -->\n```python\n(.*?)```", readme, re.S)
+    assert found, "the README has no plain-onnxruntime example"
     return found.group(1)
 
 
-def test_the_guides_plain_onnxruntime_example_runs_and_agrees(cli, tiny_features, tmp_path):
+def test_the_readmes_plain_onnxruntime_example_runs_and_agrees(cli, tiny_features, tmp_path):
     _, classifier = _fit_and_export(cli, tiny_features["digits"][0], HeadKind.logreg, tmp_path)
     image = tmp_path / "digit.png"
     Image.fromarray(np.asarray(open_source("digits:test").load(5))).save(image)

@@ -19,7 +19,7 @@ from diffclass_cli.export.choose import (
     neighbour_agreement,
     tap_columns,
 )
-from diffclass_cli.export.extractor import FeatureExtractor, resolve_taps
+from diffclass_cli.export.extractor import resolve_taps
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx, pytorch_features
 from diffclass_cli.export.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
 from diffclass_cli.extractor_format import read_metadata
@@ -88,7 +88,7 @@ def test_timesteps_concatenate_and_noise_draws_average(tiny_checkpoint):
     images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
     def features(spec, noise=None):
-        extractor = FeatureExtractor(ckpt.build(), ckpt.config.diffusion, spec)
+        extractor = ckpt.config.extractor(ckpt.build(), spec)
         if noise is not None:
             extractor.noise = noise
         with torch.no_grad():
@@ -110,8 +110,8 @@ def test_timesteps_concatenate_and_noise_draws_average(tiny_checkpoint):
 def test_shifts_average_the_features_of_the_moved_images(tiny_checkpoint, tmp_path):
     ckpt = load_checkpoint(tiny_checkpoint)
     images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-    plain = FeatureExtractor(ckpt.build(), ckpt.config.diffusion, ExtractorSpec())
-    averaged = FeatureExtractor(ckpt.build(), ckpt.config.diffusion, ExtractorSpec(shifts=5))
+    plain = ckpt.config.extractor(ckpt.build(), ExtractorSpec())
+    averaged = ckpt.config.extractor(ckpt.build(), ExtractorSpec(shifts=5))
     # the image moved one pixel down, up, right, left, by hand: edge rows / columns repeated
     down = torch.cat([images[..., :1, :], images[..., :-1, :]], dim=-2)
     up = torch.cat([images[..., 1:, :], images[..., -1:, :]], dim=-2)

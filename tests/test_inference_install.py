@@ -108,14 +108,14 @@ def test_the_wheel_works_outside_the_checkout(without_torch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def digits_head(tmp_path_factory):
-    """Features of digits:train and :test by the shipped extractor, and a logreg head on the first."""
+def digits_head(tmp_path_factory, tiny_onnx):
+    """Features of digits:train and :test by the tiny extractor, and a logreg head on the first."""
     from diffclass_cli.featurize.extract import featurize
     from diffclass_cli.heads.fit import fit_head
 
     folder = tmp_path_factory.mktemp("digits-head")
     for split in ("train", "test"):
-        featurize(open_source(f"digits:{split}"), folder / f"{split}.h5", DEFAULT_MODEL, batch_size=64)
+        featurize(open_source(f"digits:{split}"), folder / f"{split}.h5", tiny_onnx, batch_size=64)
     fit_head(folder / "train.h5", folder / "head.skops", HeadKind.logreg, per_class=5)
     return folder
 
@@ -130,12 +130,12 @@ def test_predict_from_images_equals_featurize_then_predict(cli, digits_head, tmp
     np.testing.assert_allclose(a[1:, 2:].astype(float), b[1:, 2:].astype(float), atol=1e-5)  # BLAS batch shapes
 
 
-def test_predict_from_images_streams_and_checks_the_extractor(cli, digits_head, tmp_path):
+def test_predict_from_images_streams_and_checks_the_extractor(cli, digits_head, tmp_path, tiny_onnx):
     source = open_source("digits:test")
     loads = []
     real_load = source.load
     source.load = lambda i: loads.append(i) or real_load(i)
-    names, chunks = heads.predict_images(source, digits_head / "head.skops", DEFAULT_MODEL, batch_size=32,
+    names, chunks = heads.predict_images(source, digits_head / "head.skops", tiny_onnx, batch_size=32,
                                          workers=0)
     assert names == [str(d) for d in range(10)]
     first = next(chunks)
@@ -143,8 +143,8 @@ def test_predict_from_images_streams_and_checks_the_extractor(cli, digits_head, 
     assert sum(len(c.paths) for c in chunks) + 32 == len(source)
 
     other = tmp_path / "other.onnx"
-    other.write_bytes(DEFAULT_MODEL.read_bytes() + b"\0")
+    other.write_bytes(tiny_onnx.read_bytes() + b"\0")
     assert_one_line_error(cli("predict", "digits:test", "--head", digits_head / "head.skops", "--model", other),
                           "pass that extractor as --model")
     assert_one_line_error(cli("predict", digits_head / "test.h5", "--head", digits_head / "head.skops",
-                              "--model", DEFAULT_MODEL), "--model is for images")
+                              "--model", tiny_onnx), "--model is for images")

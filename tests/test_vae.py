@@ -13,7 +13,7 @@ from diffclass_cli.backbone.config import TrainConfig, VAEConfig
 from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
 from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import VAEFeatureExtractor
+from diffclass_cli.export.extractor import VAEExtractor
 from diffclass_cli.export.onnx_export import build_extractor, export_onnx
 from diffclass_cli.export.spec import ExtractorSpec
 from tests.test_export import run_onnx
@@ -122,7 +122,7 @@ def test_vae_export_matches_pytorch_and_taps_set_the_width(tiny_vae, tmp_path, t
 def test_vae_extractor_pieces_are_the_network_outputs(tiny_vae):
     ckpt = load_checkpoint(tiny_vae)
     vae = ckpt.build()
-    extractor = VAEFeatureExtractor(ckpt.build(), ExtractorSpec(taps=("latent", "dec0"), pool=1))
+    extractor = VAEExtractor(ckpt.build(), ExtractorSpec(taps=("latent", "dec0"), pool=1))
     images = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         features = extractor(images)

@@ -14,8 +14,9 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from diffclass_cli import __version__
 from diffclass_cli.backbone.config import Backbone, Weights, config_from_json, config_to_json
+from diffclass_cli.backbone.diffusers_config import is_diffusers_ref
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.files import atomic_output, existing_file
+from diffclass_cli.files import atomic_output, existing_file, sha256_file
 
 FORMAT = "diffclass-backbone"
 FORMAT_VERSION = 1
@@ -29,6 +30,7 @@ class Checkpoint:
     ema: dict[str, torch.Tensor]
     optimizer: dict | None = None
     training: dict = field(default_factory=dict)  # options and data, for resume and model cards
+    sha256: str = ""  # of the file it was read from (of a pretrained model's weights)
 
     def build(self, weights: Weights = Weights.ema) -> torch.nn.Module:
         """The network with the EMA (default) or raw weights, in eval mode on the CPU."""
@@ -79,6 +81,11 @@ def read_checkpoint_metadata(path: Path) -> dict[str, str]:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint file, or a pretrained model named `diffusers:PATH` (backbone/diffusers_unet.py)."""
+    if is_diffusers_ref(path):
+        from diffclass_cli.backbone.diffusers_unet import load_pretrained
+
+        return load_pretrained(str(path))
     metadata = read_checkpoint_metadata(path)
     tensors = load_file(str(path))
     parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}}
@@ -100,4 +107,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         ema=parts["ema"],
         optimizer=optimizer,
         training=json.loads(metadata["training"]),
+        sha256=sha256_file(path),
     )

@@ -122,12 +122,14 @@ class DiffusionConfig:
 
 
 class Backbone(Protocol):
-    """What every kind of backbone provides. Its config is plain data (here); the methods that
-    need torch import the kind's own module when called. A new kind implements this, adds its
-    config to BACKBONES and its feature extractor to export.extractor.EXTRACTORS."""
+    """What every kind of backbone provides. Its config is plain data; the methods that need
+    torch import the kind's own module when called. A new kind implements this in its own
+    module and registers itself with @register_backbone (backbone/__init__.py imports the
+    kinds' modules)."""
 
-    kind: str  # a BackboneKind value, stored in checkpoints and extractor metadata
+    kind: str  # stored in checkpoints and extractor metadata
     feature_family: ClassVar[str]  # what benchmark tables call its features
+    noised: ClassVar[bool]  # whether its features depend on a diffusion timestep (and noise)
     image_size: int
     channels: int
     tap_names: list[str]
@@ -150,13 +152,28 @@ class Backbone(Protocol):
     def sample(self, model, n: int, generator, ddim_steps: int | None):
         """`n` generated images `[n, C, H, W]` in [-1, 1]."""
 
+    def extractor(self, network, spec):
+        """The frozen feature extractor (export.extractor.TapExtractor) of its built `network`."""
 
+
+BACKBONES: dict[str, type[Backbone]] = {}  # each kind's config class, by its `kind`
+
+
+def register_backbone(cls: type) -> type:
+    """Class decorator: checkpoint loading, training, sampling, export and the benchmark's
+    names find the kind through BACKBONES."""
+    BACKBONES[cls.kind] = cls
+    return cls
+
+
+@register_backbone
 @dataclass(frozen=True)
 class DDPMConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     kind: str = "ddpm"
     feature_family: ClassVar[str] = "diffusion"
+    noised: ClassVar[bool] = True
 
     @classmethod
     def from_options(cls, image_size: int, channels: int, width: int, channel_mults: tuple[int, ...],
@@ -203,12 +220,19 @@ class DDPMConfig:
                                                               self.diffusion.prediction, self.diffusion.min_snr)
 
     def sample(self, model, n: int, generator, ddim_steps: int | None):
-        from diffclass_cli.backbone.diffusion import sample
+        from diffclass_cli.backbone.diffusion import alphas_cumprod, sample
 
-        return sample(model, self.diffusion, (n, self.channels, self.image_size, self.image_size), generator,
-                      ddim_steps)
+        return sample(model, alphas_cumprod(self.diffusion), self.diffusion.prediction,
+                      (n, self.channels, self.image_size, self.image_size), generator, ddim_steps)
+
+    def extractor(self, network, spec):
+        from diffclass_cli.backbone.diffusion import alphas_cumprod
+        from diffclass_cli.export.extractor import DiffusionExtractor
+
+        return DiffusionExtractor(network, alphas_cumprod(self.diffusion), spec)
 
 
+@register_backbone
 @dataclass(frozen=True)
 class VAEConfig(LevelsConfig):
     tap_kinds = ("enc", "latent", "dec")
@@ -216,6 +240,7 @@ class VAEConfig(LevelsConfig):
     beta: float = 1.0  # weight of the KL term in the ELBO
     kind: str = "vae"
     feature_family: ClassVar[str] = "vae"
+    noised: ClassVar[bool] = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -254,10 +279,10 @@ class VAEConfig(LevelsConfig):
 
         return sample_vae(model, n, generator)
 
+    def extractor(self, network, spec):
+        from diffclass_cli.export.extractor import VAEExtractor
 
-# The registry: each kind's config class, by its `kind`. Checkpoint loading, training, sampling,
-# the extractor factory and the benchmark's names all go through it.
-BACKBONES: dict[str, type[Backbone]] = {BackboneKind.ddpm: DDPMConfig, BackboneKind.vae: VAEConfig}
+        return VAEExtractor(network, spec)
 
 
 def backbone_class(kind: str) -> type[Backbone]:

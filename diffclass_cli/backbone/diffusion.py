@@ -77,21 +77,21 @@ def training_loss(model: nn.Module, x0: torch.Tensor, abar: torch.Tensor, genera
 
 
 @torch.no_grad()
-def sample(model: nn.Module, config: DiffusionConfig, shape: tuple[int, ...],
+def sample(model: nn.Module, abar: torch.Tensor, prediction: Prediction, shape: tuple[int, ...],
            generator: torch.Generator, ddim_steps: int | None = None) -> torch.Tensor:
-    """Generate images `[N, C, H, W]` in [-1, 1]: ancestral DDPM over all steps, or
-    deterministic DDIM (eta = 0) over `ddim_steps` evenly spaced steps."""
+    """Generate images `[N, C, H, W]` in [-1, 1] with the schedule `abar` `[T]` (float64):
+    ancestral DDPM over all steps, or deterministic DDIM (eta = 0) over `ddim_steps` evenly
+    spaced steps."""
     device = next(model.parameters()).device
-    abar = alphas_cumprod(config).to(device)
-    T = config.num_timesteps
+    abar = abar.to(device)
+    T = len(abar)
     steps = (torch.linspace(T - 1, 0, ddim_steps).round().long().unique_consecutive()
              if ddim_steps else torch.arange(T - 1, -1, -1)).tolist()
     x = torch.randn(shape, generator=generator, device=device)
     for i, t in enumerate(progress(steps, desc="sampling", unit="step")):
         prev = steps[i + 1] if i + 1 < len(steps) else -1
         a_t, x_t = abar[t], x.double()
-        eps = predicted_noise(model(x, torch.full((shape[0],), t, device=device)).double(), x_t, a_t,
-                              config.prediction)
+        eps = predicted_noise(model(x, torch.full((shape[0],), t, device=device)).double(), x_t, a_t, prediction)
         a_prev = abar[prev] if prev >= 0 else torch.ones((), dtype=abar.dtype, device=device)
         x0 = ((x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
         if ddim_steps:

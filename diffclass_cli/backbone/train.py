@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,12 +18,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffclass_cli.backbone.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from diffclass_cli.backbone.config import Backbone, LRSchedule, TrainConfig
+from diffclass_cli.backbone.config import (
+    Backbone,
+    BackboneKind,
+    LevelsConfig,
+    LRSchedule,
+    TrainConfig,
+    backbone_class,
+)
+from diffclass_cli.backbone.diffusers_config import PREFIX, is_diffusers_ref
 from diffclass_cli.backbone.distributed import Launch, detect_launch, rank_rows, start, stop, sum_over_ranks
 from diffclass_cli.backbone.shifts import random_shifts
 from diffclass_cli.console import configure, log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
-from diffclass_cli.data.sources import ImageSource
+from diffclass_cli.data.sources import ImageSource, UnreadableImage
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
 
@@ -72,12 +80,67 @@ def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, resum
     return state.config, TrainConfig(**options), state
 
 
+TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def plan_config(source: ImageSource, init: str | None = None, kind: str = BackboneKind.ddpm,
+                image_size: int | None = None, channels: int | None = None,
+                **options) -> tuple[Backbone, TrainConfig, dict[str, torch.Tensor] | None]:
+    """The backbone config, the training config and the initial weights (None: random) of a new
+    run, from `train-backbone`'s options: the TrainConfig fields (None: its default) and the
+    backbone kind's (width, channel_mults, ...; the LevelsConfig defaults where left out).
+    `init='diffusers:PATH'` starts from a pretrained model, whose own shape and schedule win."""
+    train = TrainConfig(**{k: v for k, v in options.items() if k in TRAIN_FIELDS and v is not None})
+    backbone_options = {k: v for k, v in options.items() if k not in TRAIN_FIELDS}
+    if init is not None:
+        config, initial = _pretrained(init, image_size, channels)
+        return config, train, initial
+    size, chans = _image_shape(source, image_size, channels)
+    defaults = {"width": LevelsConfig.width, "channel_mults": LevelsConfig.channel_mults}
+    config = backbone_class(kind).from_options(image_size=size, channels=chans, **{**defaults, **backbone_options})
+    return config, train, None
+
+
+def _pretrained(init: str, image_size: int | None, channels: int | None):
+    """`--init diffusers:PATH`: the pretrained model's config and weights; its input shape wins."""
+    if not is_diffusers_ref(init):
+        raise DiffclassError(f"--init takes {PREFIX}PATH (a diffusers UNet2DModel folder), not {init!r}")
+    pretrained = load_checkpoint(init)
+    config = pretrained.config
+    for option, given, own in (("--image-size", image_size, config.image_size),
+                               ("--channels", channels, config.channels)):
+        if given is not None and given != own:
+            raise DiffclassError(f"{option} {given} differs from the pretrained model's {own}; leave it out")
+    log.info(f"fine-tuning {init}: {config.channels} channel(s), {config.image_size}x{config.image_size}")
+    return config, pretrained.model
+
+
+def _image_shape(source: ImageSource, image_size: int | None, channels: int | None) -> tuple[int, int]:
+    """The backbone's input shape: as given, else taken from the source's first image."""
+    if image_size is not None and channels is not None:
+        return image_size, channels
+    for row in range(min(len(source), 100)):
+        try:
+            first = source.load(row)
+            break
+        except UnreadableImage:
+            continue
+    else:
+        raise DiffclassError("could not read any of the first images; pass --image-size and --channels")
+    size = image_size or (first.width if first.width == first.height and first.width % 4 == 0 else 32)
+    chans = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
+    log.info(f"backbone input: {chans} channel(s), {size}x{size} (from {source.ids[row]})")
+    return size, chans
+
+
 def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out: Path,
                    device: torch.device, data: dict, state: Checkpoint | None = None,
-                   launch: Launch = Launch(), compiled: bool = False) -> Checkpoint:
+                   launch: Launch = Launch(), compiled: bool = False,
+                   initial: dict[str, torch.Tensor] | None = None) -> Checkpoint:
     """Train on uint8 `images` `[N, C, H, W]`, writing checkpoints to `out`; returns the last.
 
-    `state` is the checkpoint to continue from (see `plan_run`). Under torchrun (`launch`),
+    `state` is the checkpoint to continue from (see `plan_run`); `initial`, pretrained weights
+    to start a new run from (fine-tuning) instead of random ones. Under torchrun (`launch`),
     `images` are this rank's shard, gradients are averaged by DistributedDataParallel and
     only rank 0 writes checkpoints. `compiled`: run the network's steps through torch.compile
     (the same weights and checkpoints; a run can switch it on or off when it resumes)."""
@@ -85,7 +148,10 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
         raise DiffclassError("no readable images to train on")
     _check_images(images, config)
     torch.manual_seed(train.seed)
-    model = config.build().to(device)
+    model = config.build()
+    if initial is not None:
+        model.load_state_dict(initial)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     trainer = model
     if launch.is_distributed:  # same initial weights everywhere: DDP broadcasts rank 0's
@@ -160,9 +226,11 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
 
 def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out: Path,
                  device: torch.device, resume: bool = False, overwrite: bool = False, workers: int = 0,
-                 epochs: float | None = None, compiled: bool = False) -> Checkpoint:
-    """Load the images of `source` and train on them; under torchrun each rank loads and trains
-    on its own shard (see `train_backbone`)."""
+                 epochs: float | None = None, compiled: bool = False,
+                 initial: dict[str, torch.Tensor] | None = None) -> Checkpoint:
+    """Load the images of `source` and train on them, from `initial` weights if given (a resumed
+    run continues from its checkpoint instead); under torchrun each rank loads and trains on its
+    own shard (see `train_backbone`)."""
     launch = detect_launch()
     config, train, state = plan_run(out, config, train, source.spec, resume, overwrite)
     if compiled:
@@ -181,7 +249,8 @@ def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out:
             train = TrainConfig(**{**asdict(train), "steps": steps})
         data = {"source": source.spec, "images": n_images, "skipped": sum_over_ranks(len(skipped), launch, device),
                 "processes": launch.world_size}
-        return train_backbone(images, config, train, out, device, data, state, launch, compiled)
+        return train_backbone(images, config, train, out, device, data, state, launch, compiled,
+                              initial if state is None else None)
     finally:
         stop(launch)
 

@@ -88,7 +88,7 @@ def choose_unlabeled(checkpoint: Path, spec: ExtractorSpec, timestep: bool, taps
           f"pixel) x silhouette of {CLUSTERS} k-means clusters")
     notes = {}
     if timestep:
-        if ckpt.config.kind != "ddpm":
+        if not ckpt.config.noised:
             raise DiffclassError(f"{checkpoint} is a {ckpt.config.kind} backbone: it has no timestep to choose")
         T = ckpt.config.diffusion.num_timesteps
         scores = timestep_scores(checkpoint, spec, sample, tuple(t for t in CANDIDATE_TIMESTEPS if t < T))

@@ -5,17 +5,15 @@ each tap pooled -> one feature vector per image.
 This module is what gets exported to ONNX; the PyTorch and ONNX paths share it.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffclass_cli.backbone.config import Backbone, BackboneKind, DiffusionConfig
-from diffclass_cli.backbone.diffusion import alphas_cumprod, q_sample, to_model_range
+from diffclass_cli.backbone.config import Backbone
+from diffclass_cli.backbone.diffusion import q_sample, to_model_range
 from diffclass_cli.backbone.shifts import shifted
-from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
@@ -97,13 +95,14 @@ class TapExtractor(nn.Module):
         raise NotImplementedError
 
 
-class FeatureExtractor(TapExtractor):
+class DiffusionExtractor(TapExtractor):
     """Diffusion features: `images` `[N, C, H, W]` in [0, 1] -> noised to fixed timesteps with
-    fixed noise -> UNet taps -> `features` `[N, D]`, deterministically."""
+    fixed noise (the schedule `abar` `[T]`) -> UNet taps -> `features` `[N, D]`, deterministically.
+    `unet`: any network with our UNet's tap interface (ours, or a diffusers UNet2DModel's)."""
 
-    def __init__(self, unet: UNet, diffusion: DiffusionConfig, spec: ExtractorSpec):
+    def __init__(self, unet: nn.Module, abar: torch.Tensor, spec: ExtractorSpec):
         timesteps = spec.diffusion_timesteps
-        T = diffusion.num_timesteps
+        T = len(abar)
         bad = [t for t in timesteps if not 0 <= t < T]
         if bad:
             raise DiffclassError(f"timestep(s) {bad} outside [0, {T}) of this backbone")
@@ -111,7 +110,7 @@ class FeatureExtractor(TapExtractor):
             raise DiffclassError("--noise-draws must be at least 1")
         super().__init__(unet, spec, [f"{timesteps_name((t,))}/" for t in timesteps])
         self.timesteps = timesteps
-        self.register_buffer("abar", alphas_cumprod(diffusion)[list(timesteps)].float())
+        self.register_buffer("abar", abar[list(timesteps)].float())
         cfg = unet.config
         generator = torch.Generator().manual_seed(spec.noise_seed)
         noise = torch.randn((spec.noise_draws, cfg.channels, cfg.image_size, cfg.image_size), generator=generator)
@@ -135,7 +134,7 @@ class FeatureExtractor(TapExtractor):
         return torch.cat(features, dim=1)
 
 
-class VAEFeatureExtractor(TapExtractor):
+class VAEExtractor(TapExtractor):
     """VAE features: `images` in [0, 1] -> encoder taps, the posterior mean, and decoder taps
     decoded from that mean -> `features` `[N, D]`. No noise, no timesteps."""
 
@@ -150,13 +149,6 @@ class VAEFeatureExtractor(TapExtractor):
         return torch.cat(self.pooled(found), dim=1)
 
 
-# Each backbone kind's extractor adapter: (network, config, spec) -> TapExtractor.
-EXTRACTORS: dict[str, Callable[[nn.Module, Backbone, ExtractorSpec], TapExtractor]] = {
-    BackboneKind.ddpm: lambda unet, config, spec: FeatureExtractor(unet, config.diffusion, spec),
-    BackboneKind.vae: lambda vae, config, spec: VAEFeatureExtractor(vae, spec),
-}
-
-
 def make_extractor(network: nn.Module, config: Backbone, spec: ExtractorSpec) -> TapExtractor:
     """The extractor of a backbone network of any kind."""
-    return EXTRACTORS[config.kind](network, config, spec)
+    return config.extractor(network, spec)

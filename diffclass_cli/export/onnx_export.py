@@ -1,4 +1,4 @@
-"""Write a FeatureExtractor as one self-describing ONNX file (its format: extractor_format.py).
+"""Write a TapExtractor (any backbone kind's) as one self-describing ONNX file (its format: extractor_format.py).
 
 The metadata carries everything a consumer needs: preprocessing, what the columns are, where
 the weights came from.
@@ -22,7 +22,7 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.export.extractor import make_extractor
 from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.extractor_format import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, metadata_props
-from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
+from diffclass_cli.files import atomic_output, refuse_overwrite
 
 MAX_OPSET = 20  # GroupNorm becomes GroupNormalization at 21, which not every provider runs
 
@@ -58,7 +58,7 @@ def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weigh
         **extractor.describe(),
         "feature_groups": [asdict(g) for g in extractor.feature_groups()],
         "weights": weights.value,
-        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint_sha256": ckpt.sha256,
         "checkpoint_step": ckpt.step,
         "trained_on": ckpt.training.get("data", {}),
         "backbone_config": json.loads(config_to_json(ckpt.config)),

@@ -188,6 +188,25 @@ def feature_batches(pool: DecodePool, session: ExtractorSession, batch_size: int
         yield FeatureBatch(batch.rows, features, batch.skipped, session.provider)
 
 
+def features_in_memory(source: ImageSource, model: Path, batch_size: int = 256, workers: int = 0,
+                       device: Device = Device.auto) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """The features `[N, D]` of every readable image of `source`, the source rows they are of, and
+    (path, reason) of the images that could not be read; nothing written."""
+    session = ExtractorSession(model, device)
+    meta = session.metadata
+    parts, rows, skipped = [np.empty((0, meta["feature_dim"]), np.float32)], [np.empty(0, np.int64)], []
+    with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
+            progress(total=len(source), desc="featurizing", unit="img") as bar:
+        for batch in feature_batches(pool, session, batch_size):
+            parts.append(batch.features)
+            rows.append(batch.rows)
+            skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
+            bar.update(len(batch.rows) + len(batch.skipped))
+    skipped = list(source.skipped) + skipped
+    report_skipped(skipped)
+    return np.concatenate(parts), np.concatenate(rows), skipped
+
+
 def _check_strict(strict: bool, skipped: list[tuple[str, str]]) -> None:
     if strict and skipped:
         name, reason = skipped[0]

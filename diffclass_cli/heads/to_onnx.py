@@ -38,22 +38,11 @@ def export_classifier(head_path: Path, out: Path, model: Path | None = None, ove
     extractor = onnx.load(str(extractor_path))
     opset = next(o.version for o in extractor.opset_import if o.domain in ("", "ai.onnx"))
     head_model = head_graph(head, info["feature_dim"], opset, extractor.ir_version)
-    head_part = onnx.compose.add_prefix(head_model, "head/")  # no name of the head's may meet the extractor's
-    joined = onnx.compose.merge_models(extractor, head_part, io_map=[(OUTPUT_NAME, f"head/{OUTPUT_NAME}")],
-                                       outputs=[f"head/{PROBABILITIES}", OUTPUT_NAME],
-                                       producer_name="diffclass", producer_version=__version__)
-    for value in (*joined.graph.node, *joined.graph.output):
-        field = value.output if hasattr(value, "op_type") else None
-        if field is not None:
-            field[:] = [PROBABILITIES if o == f"head/{PROBABILITIES}" else o for o in field]
-        elif value.name == f"head/{PROBABILITIES}":
-            value.name = PROBABILITIES
-    outputs = sorted(joined.graph.output, key=lambda o: o.name != PROBABILITIES)  # probabilities first
-    del joined.graph.output[:]
-    joined.graph.output.extend(outputs)
+    joined = joined_graph(extractor, head_model)
     names = [info["class_names"][c] for c in head.classes_]
     described = {"class_names": names, "head": info["head"], "extractor_sha256": sha256_file(extractor_path),
-                 "extractor_name": extractor_path.name, "head_sha256": sha256_file(head_path),
+                 "extractor_name": info.get("extractor_name") or extractor_path.stem,
+                 "head_sha256": sha256_file(head_path),
                  "head_info": {k: info[k] for k in ("params", "fitted_on", "created") if k in info},
                  "diffclass_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     del joined.metadata_props[:]
@@ -64,6 +53,22 @@ def export_classifier(head_path: Path, out: Path, model: Path | None = None, ove
     log.info(f"wrote {out}: {info['head']} head on {extractor_path.name}, {len(names)} classes "
              f"({out.stat().st_size / 1e6:.1f} MB)")
     return described
+
+
+def joined_graph(extractor: onnx.ModelProto, head_model: onnx.ModelProto) -> onnx.ModelProto:
+    """images -> (probabilities, features): the head's graph fed by the extractor's features,
+    its names prefixed so that none meets one of the extractor's."""
+    head_part = onnx.compose.add_prefix(head_model, "head/")
+    for node in head_part.graph.node:
+        node.output[:] = [PROBABILITIES if o == f"head/{PROBABILITIES}" else o for o in node.output]
+    head_part.graph.output[0].name = PROBABILITIES
+    joined = onnx.compose.merge_models(extractor, head_part, io_map=[(OUTPUT_NAME, f"head/{OUTPUT_NAME}")],
+                                       outputs=[PROBABILITIES, OUTPUT_NAME], producer_name="diffclass",
+                                       producer_version=__version__)
+    outputs = sorted(joined.graph.output, key=lambda o: o.name != PROBABILITIES)  # probabilities first
+    del joined.graph.output[:]
+    joined.graph.output.extend(outputs)
+    return joined
 
 
 def head_graph(head: Pipeline, feature_dim: int, opset: int, ir_version: int) -> onnx.ModelProto:
