@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 
 from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.data.sources import UNLABELED
-from diffclass_cli.featurize.extract import DEFAULT_MODEL
+from diffclass_cli.features.extract import DEFAULT_MODEL
 from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, _class_codes, draw_per_class, fit_rows
 
 DRAWS = {2: 20, 5: 10, 10: 10, 32: 5, 100: 5}

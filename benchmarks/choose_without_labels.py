@@ -3,7 +3,7 @@
 For each candidate timestep (with --taps: each candidate tap set at --timestep), the features
 of a backbone checkpoint are computed for unlabeled images and for a second view of them
 (another fixed noise tensor and the image moved by one pixel), and scored without labels
-(export/choose.py): how many of each image's nearest neighbours the two views agree on, how far
+(extractors/choose.py): how many of each image's nearest neighbours the two views agree on, how far
 apart 20 k-means clusters are (silhouette), and the product of the two, which `export
 --timestep auto` (`--taps auto`) maximises. Next to them: the few-shot
 accuracy of logreg on the validation part (stratified 80/20) of the train split, which the
@@ -26,8 +26,14 @@ from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.benchmark.suite import load_split, validation_split
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.choose import CHOICE_IMAGES, cluster_separation, extract, neighbour_agreement, tap_set_columns
-from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.extractors.choose import (
+    CHOICE_IMAGES,
+    cluster_separation,
+    extract,
+    neighbour_agreement,
+    tap_set_columns,
+)
+from diffclass_cli.extractors.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
 
 

@@ -14,8 +14,8 @@ import torch
 from extractor_speed import images_per_second
 
 from diffclass_cli.backbone.diffusers_unet import diffusers_package
-from diffclass_cli.export.onnx_export import export_onnx
-from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.extractors.onnx_export import export_onnx
+from diffclass_cli.extractors.spec import ExtractorSpec
 
 CIFAR10_DDPM = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
                     block_out_channels=(128, 256, 256, 256), attention_head_dim=None, norm_num_groups=32,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from diffclass_cli.device import Device
-from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.features.runtime import ExtractorSession
 
 VALIDATION_K = (1, 10, 100)
 
@@ -49,7 +49,7 @@ def validation_accuracy(models: list[Path], train: str) -> dict[tuple[str, str, 
     from diffclass_cli.benchmark.protocol import Protocol
     from diffclass_cli.benchmark.suite import run_benchmark
     from diffclass_cli.choices import HeadKind
-    from diffclass_cli.export.spec import ExtractorSpec
+    from diffclass_cli.extractors.spec import ExtractorSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         protocol = Protocol(per_class=VALIDATION_K, heads=(HeadKind.logreg, HeadKind.auto), cnn_steps=0)

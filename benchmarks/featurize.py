@@ -24,9 +24,9 @@ from diffclass_cli.backbone.config import DDPMConfig
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
-from diffclass_cli.export.onnx_export import build_extractor, export_onnx
-from diffclass_cli.export.spec import ExtractorSpec
-from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.extractors.onnx_export import build_extractor, export_onnx
+from diffclass_cli.extractors.spec import ExtractorSpec
+from diffclass_cli.features.runtime import ExtractorSession
 
 
 def images_per_second(run, batch: np.ndarray, repeats: int) -> float:

@@ -36,8 +36,8 @@ from diffclass_cli.benchmark.report import summary_markdown, write_results
 from diffclass_cli.benchmark.suite import load_split
 from diffclass_cli.choices import LabelChoice
 from diffclass_cli.data.sources import UNLABELED, stratified_split
-from diffclass_cli.export.spec import ExtractorSpec
-from diffclass_cli.featurize.extract import DEFAULT_MODEL
+from diffclass_cli.extractors.spec import ExtractorSpec
+from diffclass_cli.features.extract import DEFAULT_MODEL
 from diffclass_cli.heads.models import HeadKind
 
 PER_CLASS = (1, 2, 5, 10, 32, 100)

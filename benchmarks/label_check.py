@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.extract import DEFAULT_MODEL, featurize
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.extract import DEFAULT_MODEL, featurize
+from diffclass_cli.features.h5 import read_features
 from diffclass_cli.heads.models import draw_per_class
 from diffclass_cli.heads.suggest import SUSPICIOUS_MARGIN, suspicious_labels
 

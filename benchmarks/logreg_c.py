@@ -14,7 +14,7 @@ from diffclass_cli.benchmark.features import extractor_features, model_input_sha
 from diffclass_cli.benchmark.protocol import Protocol, draw_seed, head_accuracy
 from diffclass_cli.benchmark.suite import load_split, validation_split
 from diffclass_cli.choices import HeadKind
-from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.extractors.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
 
 C_VALUES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)

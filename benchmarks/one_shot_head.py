@@ -19,8 +19,8 @@ from sklearn.preprocessing import StandardScaler, normalize
 
 from diffclass_cli.benchmark.protocol import draw_seed
 from diffclass_cli.data.sources import open_source, stratified_split
-from diffclass_cli.featurize.extract import DEFAULT_MODEL, featurize
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.extract import DEFAULT_MODEL, featurize
+from diffclass_cli.features.h5 import read_features
 from diffclass_cli.heads.models import draw_per_class
 
 

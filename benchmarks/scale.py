@@ -24,7 +24,7 @@ import numpy as np
 
 from diffclass_cli.choices import HeadKind
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.h5 import FeatureWriter, read_features
+from diffclass_cli.features.h5 import FeatureWriter, read_features
 
 BASE = ("mnist-sample:train", "mnist-sample:test")
 WRITE_ROWS = 8192

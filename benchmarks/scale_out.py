@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.featurize import write_pngs
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.h5 import read_features
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "exports" / "mnist-sample-ddpm.onnx"
 

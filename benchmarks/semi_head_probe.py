@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from diffclass_cli.data.sources import UNLABELED, stratified_split
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.h5 import read_features
 from diffclass_cli.heads.models import SpectralPseudoLabels, draw_per_class
 
 VARIANTS = {

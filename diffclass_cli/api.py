@@ -73,8 +73,8 @@ def export(checkpoint: Path | str, out: Path, *, timestep: int | None = None, ti
            noise_seed: int = 0, overwrite: bool = False) -> dict:
     """Freeze a checkpoint (or `diffusers:PATH`) into an ONNX extractor at `out`, as `diffclass
     export`; returns its metadata."""
-    from diffclass_cli.export.onnx_export import export_onnx
-    from diffclass_cli.export.spec import ExtractorSpec
+    from diffclass_cli.extractors.onnx_export import export_onnx
+    from diffclass_cli.extractors.spec import ExtractorSpec
 
     spec = ExtractorSpec.from_options(timestep, tuple(timesteps), taps, pool, noise_seed, noise_draws, shifts)
     return export_onnx(Path(checkpoint), Path(out), spec, overwrite=overwrite)
@@ -84,8 +84,8 @@ def featurize(images, out: Path | None = None, *, model: Path | None = None, bat
               workers: int = 0, device: Device = Device.auto, overwrite: bool = False) -> Features | Path:
     """The features of `images` (any SOURCE) by the extractor `model` (default: the shipped one):
     written to the feature file `out` as `diffclass featurize`, or, without `out`, returned."""
-    from diffclass_cli.featurize.extract import features_in_memory, resolve_model
-    from diffclass_cli.featurize.extract import featurize as featurize_to_file
+    from diffclass_cli.features.extract import features_in_memory, resolve_model
+    from diffclass_cli.features.extract import featurize as featurize_to_file
 
     source, model = _source(images), resolve_model(model)
     if out is not None:
@@ -109,8 +109,8 @@ def fit(features: Path, out: Path, *, head: HeadKind | str = HeadKind.auto, per_
 def load_extractor(path: Path | None = None, *, device: Device = Device.auto):
     """An extractor in onnxruntime: call it on float32 images `[N, C, S, S]` in [0, 1] to get
     features `[N, D]`; `.metadata` says what it computes (default: the shipped extractor)."""
-    from diffclass_cli.featurize.extract import resolve_model
-    from diffclass_cli.featurize.runtime import ExtractorSession
+    from diffclass_cli.features.extract import resolve_model
+    from diffclass_cli.features.runtime import ExtractorSession
 
     return ExtractorSession(resolve_model(path), device)
 

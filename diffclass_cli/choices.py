@@ -23,14 +23,14 @@ class Projection(str, Enum):
 
 
 class Engine(str, Enum):
-    """See featurize/extract.py."""
+    """See features/extract.py."""
 
     local = "local"
     ray = "ray"
 
 
 class Device(str, Enum):
-    """See device.py (torch) and featurize/runtime.py (onnxruntime)."""
+    """See device.py (torch) and features/runtime.py (onnxruntime)."""
 
     auto = "auto"
     cpu = "cpu"
@@ -38,7 +38,7 @@ class Device(str, Enum):
 
 
 class FeatureDtype(str, Enum):
-    """See featurize/h5.py."""
+    """See features/h5.py."""
 
     float32 = "float32"
     float16 = "float16"

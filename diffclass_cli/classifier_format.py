@@ -18,7 +18,7 @@ import onnxruntime as ort
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import OUTPUT_NAME, light_session, metadata_props, validated_metadata
-from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.features.runtime import ExtractorSession
 
 FORMAT = "diffclass-classifier"
 FORMAT_VERSION = 1

@@ -32,7 +32,7 @@ from diffclass_cli.backbone.config import (
 from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, LabelChoice, OutputFormat, Projection
 from diffclass_cli.console import configure, log
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
+from diffclass_cli.extractors.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
 from diffclass_cli.heads import MAX_UNLABELED
 
 TRAINING_MODULES = {"torch", "torchvision", "onnxscript", "safetensors"}  # the [train] extra
@@ -155,7 +155,7 @@ LabelsOpt = Annotated[Path | None, typer.Option(
     "folders; images it does not name are unlabeled.")]
 
 
-# The extractor's options, shared by `export` and `benchmark` (see export/spec.py).
+# The extractor's options, shared by `export` and `benchmark` (see extractors/spec.py).
 TimestepOpt = Annotated[int | None, typer.Option(
     help=f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}).", callback=at_least(0))]
 TimestepsOpt = Annotated[str | None, typer.Option(
@@ -366,7 +366,7 @@ def export(
       diffclass export diffusers:models/ddpm-cifar10 --out cifar.onnx --timestep 100 --taps mid,up3\n
       diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
-    from diffclass_cli.export.onnx_export import export_onnx, export_pixels
+    from diffclass_cli.extractors.onnx_export import export_onnx, export_pixels
 
     if out is None and not list_taps:
         raise typer.BadParameter("missing: give the ONNX file to write (or --list-taps)", param_hint="'--out'")
@@ -397,7 +397,7 @@ def export(
                            None if auto_taps else taps, pool, noise_seed, noise_draws, shifts)
     notes = {}
     if auto_timestep or auto_taps:
-        from diffclass_cli.export.choose import choose_unlabeled
+        from diffclass_cli.extractors.choose import choose_unlabeled
         from diffclass_cli.files import refuse_overwrite
 
         refuse_overwrite(out, overwrite)  # before minutes of choosing, not after
@@ -465,7 +465,7 @@ def featurize_cmd(
       diffclass featurize photos/ photos.h5 --model bb.onnx --engine ray --workers 8
     """
     from diffclass_cli.data.sources import open_source
-    from diffclass_cli.featurize.extract import Shard, featurize, resolve_model
+    from diffclass_cli.features.extract import Shard, featurize, resolve_model
 
     images = open_source(source, data_root, download)
     if labels is not None:
@@ -487,7 +487,7 @@ def merge_cmd(
     Examples:\n
       diffclass merge photos.h5 parts/part-*.h5
     """
-    from diffclass_cli.featurize.merge import merge
+    from diffclass_cli.features.merge import merge
 
     merge(out, parts, overwrite)
 

@@ -49,7 +49,7 @@ def _onnx(path: Path) -> dict:
 
 
 def _features(path: Path) -> dict:
-    from diffclass_cli.featurize.h5 import open_feature_file
+    from diffclass_cli.features.h5 import open_feature_file
 
     with open_feature_file(path) as reader:
         counts = np.bincount(reader.labels[reader.labels >= 0], minlength=len(reader.class_names))

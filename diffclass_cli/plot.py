@@ -18,7 +18,7 @@ from diffclass_cli.choices import Projection  # noqa: E402
 from diffclass_cli.console import log  # noqa: E402
 from diffclass_cli.data.sources import UNLABELED, open_source  # noqa: E402
 from diffclass_cli.errors import DiffclassError  # noqa: E402
-from diffclass_cli.featurize.h5 import Rows, open_feature_file  # noqa: E402
+from diffclass_cli.features.h5 import Rows, open_feature_file  # noqa: E402
 from diffclass_cli.files import atomic_output, refuse_overwrite  # noqa: E402
 
 MIN_ROWS = 3

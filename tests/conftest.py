@@ -81,8 +81,8 @@ def class_tree(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint, tmp_path_factory):
     """The tiny gray 28x28 backbone exported with default options."""
-    from diffclass_cli.export.onnx_export import export_onnx
-    from diffclass_cli.export.spec import ExtractorSpec
+    from diffclass_cli.extractors.onnx_export import export_onnx
+    from diffclass_cli.extractors.spec import ExtractorSpec
 
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     export_onnx(tiny_checkpoint, out, ExtractorSpec())
@@ -94,8 +94,8 @@ def rgb_onnx(tmp_path_factory):
     """A randomly initialised RGB 16x16 backbone, exported (global pooling of `mid`)."""
     from diffclass_cli.backbone.checkpoint import Checkpoint, save_checkpoint
     from diffclass_cli.backbone.unet import UNet
-    from diffclass_cli.export.onnx_export import export_onnx
-    from diffclass_cli.export.spec import ExtractorSpec
+    from diffclass_cli.extractors.onnx_export import export_onnx
+    from diffclass_cli.extractors.spec import ExtractorSpec
 
     folder = tmp_path_factory.mktemp("rgb")
     config = DDPMConfig(unet=UNetConfig(image_size=16, channels=3, width=8, channel_mults=(1, 2)))
@@ -108,7 +108,7 @@ def rgb_onnx(tmp_path_factory):
 
 def write_feature_file(path: Path, features, labels, paths, class_names, extractor_sha256="raw-pixels") -> Path:
     """A feature file written through the real writer (for heads tests without an extractor)."""
-    from diffclass_cli.featurize.h5 import FeatureWriter
+    from diffclass_cli.features.h5 import FeatureWriter
 
     attrs = {"extractor_sha256": extractor_sha256, "extractor_name": "pixels", "source": "test"}
     writer = FeatureWriter(path, features.shape[1], attrs, class_names)
@@ -143,7 +143,7 @@ def assert_same_feature_file(a: Path, b: Path) -> None:
     """Two feature files hold the same rows, values, skipped files and progress, bit for bit."""
     import h5py
 
-    from diffclass_cli.featurize.h5 import read_features
+    from diffclass_cli.features.h5 import read_features
 
     fa, fb = read_features(a), read_features(b)
     assert fa.paths == fb.paths and fa.class_names == fb.class_names

@@ -12,7 +12,7 @@ import pytest
 import diffclass_cli
 from diffclass_cli import evaluate, export, featurize, fit, load_extractor, load_head, predict, train
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.h5 import read_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,11 +16,11 @@ from diffclass_cli.backbone.config import TrainConfig, Weights
 from diffclass_cli.backbone.sampling import sample_to_png
 from diffclass_cli.backbone.train import train_backbone
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.export.extractor import TapExtractor
-from diffclass_cli.export.onnx_export import export_onnx
-from diffclass_cli.export.spec import ExtractorSpec
-from diffclass_cli.featurize.extract import featurize
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.extractors.extractor import TapExtractor
+from diffclass_cli.extractors.onnx_export import export_onnx
+from diffclass_cli.extractors.spec import ExtractorSpec
+from diffclass_cli.features.extract import featurize
+from diffclass_cli.features.h5 import read_features
 
 
 class ToyAutoencoder(nn.Module):

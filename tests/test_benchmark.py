@@ -12,7 +12,7 @@ from diffclass_cli.benchmark.report import COLUMNS
 from diffclass_cli.benchmark.suite import _describe, refuse_shared_images
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.extractors.spec import ExtractorSpec
 from diffclass_cli.heads.models import HeadKind
 from tests.conftest import write_image
 
@@ -73,7 +73,7 @@ def test_on_validation_never_touches_the_test_split(cli, tiny_checkpoint, tmp_pa
     real = run.load_split
     monkeypatch.setattr(run, "load_split", lambda spec, *a: loaded.append(spec) or real(spec, *a))
     result = cli("benchmark", tiny_checkpoint, "--out", tmp_path / "v", "--quick", "--baselines", "pixels",
-                 "--on-validation")
+                 "--on-validation", "--heads", "logreg")  # the splits are the point, not the heads
     assert result.exit_code == 0, result.output
     assert loaded == ["mnist-sample:train"]
     draws = json.loads((tmp_path / "v" / "labeled_draws.json").read_text())

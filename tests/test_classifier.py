@@ -18,7 +18,7 @@ from PIL import Image
 
 from diffclass_cli.classifier_format import HEAD_MODEL, OnnxClassifier
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.extract import featurize
+from diffclass_cli.features.extract import featurize
 from diffclass_cli.heads.apply import SkopsHead, predict
 from diffclass_cli.heads.fit import fit_head
 from diffclass_cli.heads.models import HeadKind, make_head
@@ -90,7 +90,7 @@ def test_a_classifier_that_saw_fewer_classes_places_its_columns(tiny_features):
     go where that class's would be, and the lost class gets 0, as in scikit-learn."""
     from sklearn.linear_model import LogisticRegression
 
-    from diffclass_cli.featurize.h5 import read_features
+    from diffclass_cli.features.h5 import read_features
 
     table = read_features(tiny_features["digits"][0])
     head = make_head(HeadKind.semi).fit(table.features, table.labels)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.extractor_format import read_metadata
-from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.features.runtime import ExtractorSession
 from tests.conftest import assert_one_line_error, write_image
 
 diffusers = pytest.importorskip("diffusers")

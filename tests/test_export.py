@@ -12,17 +12,17 @@ from diffclass_cli.backbone.config import DDPMConfig, UNetConfig
 from diffclass_cli.backbone.unet import UNet
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.choose import (
+from diffclass_cli.extractor_format import read_metadata
+from diffclass_cli.extractors.choose import (
     CANDIDATE_TIMESTEPS,
     candidate_tap_sets,
     cluster_separation,
     neighbour_agreement,
     tap_columns,
 )
-from diffclass_cli.export.extractor import resolve_taps
-from diffclass_cli.export.onnx_export import build_extractor, export_onnx, pytorch_features
-from diffclass_cli.export.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
-from diffclass_cli.extractor_format import read_metadata
+from diffclass_cli.extractors.extractor import resolve_taps
+from diffclass_cli.extractors.onnx_export import build_extractor, export_onnx, pytorch_features
+from diffclass_cli.extractors.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
 from tests.conftest import assert_one_line_error
 
 

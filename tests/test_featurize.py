@@ -12,10 +12,10 @@ from diffclass_cli.data.loading import iter_batches
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize import h5 as h5_module
-from diffclass_cli.featurize.extract import featurize
-from diffclass_cli.featurize.h5 import read_features
-from diffclass_cli.featurize.runtime import CPU, CUDA, ExtractorSession, choose_providers
+from diffclass_cli.features import h5 as h5_module
+from diffclass_cli.features.extract import featurize
+from diffclass_cli.features.h5 import read_features
+from diffclass_cli.features.runtime import CPU, CUDA, ExtractorSession, choose_providers
 from tests.conftest import write_image
 from tests.test_export import run_onnx
 

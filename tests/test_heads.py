@@ -11,7 +11,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.h5 import read_features
 from diffclass_cli.heads.apply import evaluate, predict
 from diffclass_cli.heads.fit import fit_head
 from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class, fit_rows

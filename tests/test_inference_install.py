@@ -13,7 +13,7 @@ import pytest
 
 from diffclass_cli.choices import HeadKind
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.extract import DEFAULT_MODEL
+from diffclass_cli.features.extract import DEFAULT_MODEL
 from diffclass_cli.heads import apply as heads
 from tests.conftest import assert_one_line_error
 
@@ -75,7 +75,7 @@ def test_inference_commands_run_without_torch(without_torch, tmp_path):
 def test_the_inference_modules_leave_an_installed_torch_alone():
     """torch is installed here (the [train] extra): the inference wing must still not load it."""
     code = ("import sys\n"
-            "import diffclass_cli.cli, diffclass_cli.featurize.extract, diffclass_cli.featurize.merge\n"
+            "import diffclass_cli.cli, diffclass_cli.features.extract, diffclass_cli.features.merge\n"
             "import diffclass_cli.heads.apply, diffclass_cli.plot\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'onnx', 'safetensors'}))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
@@ -110,7 +110,7 @@ def test_the_wheel_works_outside_the_checkout(without_torch, tmp_path):
 @pytest.fixture(scope="module")
 def digits_head(tmp_path_factory, tiny_onnx):
     """Features of digits:train and :test by the tiny extractor, and a logreg head on the first."""
-    from diffclass_cli.featurize.extract import featurize
+    from diffclass_cli.features.extract import featurize
     from diffclass_cli.heads.fit import fit_head
 
     folder = tmp_path_factory.mktemp("digits-head")

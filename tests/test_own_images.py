@@ -17,7 +17,7 @@ from PIL import Image
 from diffclass_cli.benchmark.protocol import Split
 from diffclass_cli.benchmark.suite import labels_per_class
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.h5 import read_features
 from diffclass_cli.heads.store import load_head
 from tests.conftest import assert_one_line_error, write_feature_file
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.h5 import read_features
 from diffclass_cli.plot import Projection, plot_feature_map, subsample
 from tests.conftest import write_feature_file
 

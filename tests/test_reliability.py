@@ -25,7 +25,7 @@ from PIL import Image
 from diffclass_cli.choices import Device
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.extract import featurize
+from diffclass_cli.features.extract import featurize
 from tests.conftest import assert_one_line_error, assert_same_feature_file, write_feature_file
 
 DRIVER = """
@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from diffclass_cli.console import configure
 from diffclass_cli.data.sources import open_source
-from diffclass_cli.featurize.extract import featurize
+from diffclass_cli.features.extract import featurize
 configure(quiet=True)
 folder, out, model, resume = sys.argv[1:5]
 featurize(open_source(folder), Path(out), Path(model), batch_size=16, workers=1, threads=1, resume=resume == "1")
@@ -192,7 +192,7 @@ def test_a_failed_resume_keeps_the_earlier_rows(digit_folder, reference, tiny_on
         pytest.skip("the run finished before the kill")
     before = partial.read_bytes()
     with pytest.raises(DiffclassError, match="--device cuda"):  # no GPU here, or CUDA made unusable
-        monkeypatch.setattr("diffclass_cli.featurize.runtime.cuda_driver_present", lambda: False)
+        monkeypatch.setattr("diffclass_cli.features.runtime.cuda_driver_present", lambda: False)
         featurize(open_source(str(digit_folder)), out, tiny_onnx, device=Device.cuda, resume=True)
     assert partial.read_bytes() == before
     monkeypatch.undo()

@@ -13,8 +13,8 @@ import pytest
 
 from benchmarks.scale import PEAK_RSS
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize import h5
-from diffclass_cli.featurize.h5 import FeatureWriter, open_feature_file, read_features
+from diffclass_cli.features import h5
+from diffclass_cli.features.h5 import FeatureWriter, open_feature_file, read_features
 from diffclass_cli.heads.fit import fit_head
 from diffclass_cli.heads.models import HeadKind, fit_rows, spread_sample
 from diffclass_cli.heads.store import load_head

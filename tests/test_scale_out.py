@@ -6,8 +6,8 @@ import pytest
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.extract import Shard, featurize
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.extract import Shard, featurize
+from diffclass_cli.features.h5 import read_features
 from tests.conftest import assert_same_feature_file, write_image
 
 
@@ -94,7 +94,7 @@ def test_merge_refuses_missing_duplicate_and_foreign_parts(cli, big_tree, tiny_o
 def test_interrupted_shard_resumes(tiny_onnx, tmp_path, monkeypatch):
     source = open_source("digits:test")
     featurize(source, tmp_path / "clean.h5", tiny_onnx, Device.cpu, batch_size=32, shard=Shard(1, 2))
-    import diffclass_cli.featurize.extract as run
+    import diffclass_cli.features.extract as run
 
     real, calls = run.ExtractorSession.__call__, []
 

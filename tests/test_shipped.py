@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from diffclass_cli.extractor_format import read_metadata
-from diffclass_cli.featurize.extract import DEFAULT_MODEL
-from diffclass_cli.featurize.h5 import read_features
+from diffclass_cli.features.extract import DEFAULT_MODEL
+from diffclass_cli.features.h5 import read_features
 
 CARD = DEFAULT_MODEL.with_suffix(".md")
 

@@ -95,7 +95,7 @@ def test_any_file_name_works_and_is_printed_escaped(cli, rgb_onnx, tmp_path):
     write_image(root / "plain" / "p.png", size=(16, 16), seed=9)
     result = cli("featurize", root, tmp_path / "f.h5", "--model", rgb_onnx)
     assert result.exit_code == 0, result.output
-    from diffclass_cli.featurize.h5 import read_features
+    from diffclass_cli.features.h5 import read_features
 
     data = read_features(tmp_path / "f.h5")
     assert data.class_names == ["caf\\xe9", "plain"] and "caf\\xe9/ lead.png" in data.paths
@@ -126,7 +126,7 @@ def test_a_linked_class_folder_never_takes_another_folders_images(tmp_path):
 
 
 def test_memory_is_bounded_by_us_not_by_what_a_file_declares(cli, small, tmp_path):
-    from diffclass_cli.featurize.h5 import READ_BYTES, open_feature_file
+    from diffclass_cli.features.h5 import READ_BYTES, open_feature_file
 
     huge = tmp_path / "huge-chunk.h5"
     huge.write_bytes(small.read_bytes())
@@ -146,7 +146,7 @@ def test_memory_is_bounded_by_us_not_by_what_a_file_declares(cli, small, tmp_pat
 
 
 def test_batches_of_large_images_shrink_to_fit():
-    from diffclass_cli.featurize.extract import BATCH_BYTES, bounded_batch
+    from diffclass_cli.features.extract import BATCH_BYTES, bounded_batch
 
     assert bounded_batch(256, {"channels": 1, "image_size": 28}) == 256
     shrunk = bounded_batch(256, {"channels": 3, "image_size": 4096})

@@ -13,9 +13,9 @@ from diffclass_cli.backbone.config import TrainConfig, VAEConfig
 from diffclass_cli.backbone.train import plan_run, snapshot_path, train_backbone
 from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import VAEExtractor
-from diffclass_cli.export.onnx_export import build_extractor, export_onnx
-from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.extractors.extractor import VAEExtractor
+from diffclass_cli.extractors.onnx_export import build_extractor, export_onnx
+from diffclass_cli.extractors.spec import ExtractorSpec
 from tests.test_export import run_onnx
 
 CPU = torch.device("cpu")

@@ -227,7 +227,7 @@ class DDPMConfig:
 
     def extractor(self, network, spec):
         from diffclass_cli.backbone.diffusion import alphas_cumprod
-        from diffclass_cli.export.extractor import DiffusionExtractor
+        from diffclass_cli.extractors.extractor import DiffusionExtractor
 
         return DiffusionExtractor(network, alphas_cumprod(self.diffusion), spec)
 
@@ -280,7 +280,7 @@ class VAEConfig(LevelsConfig):
         return sample_vae(model, n, generator)
 
     def extractor(self, network, spec):
-        from diffclass_cli.export.extractor import VAEExtractor
+        from diffclass_cli.extractors.extractor import VAEExtractor
 
         return VAEExtractor(network, spec)
 

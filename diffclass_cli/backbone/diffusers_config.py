@@ -113,7 +113,7 @@ class DiffusersConfig:
         return DiffusersUNet(self)
 
     def extractor(self, network, spec):
-        from diffclass_cli.export.extractor import DiffusionExtractor
+        from diffclass_cli.extractors.extractor import DiffusionExtractor
 
         return DiffusionExtractor(network, self.alphas_cumprod(), spec)
 

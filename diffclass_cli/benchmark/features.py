@@ -10,10 +10,10 @@ from sklearn.decomposition import PCA
 
 from diffclass_cli.console import progress
 from diffclass_cli.data.loading import to_unit_range
-from diffclass_cli.export.onnx_export import pytorch_features
-from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.extractor_format import read_metadata
-from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.extractors.onnx_export import pytorch_features
+from diffclass_cli.extractors.spec import ExtractorSpec
+from diffclass_cli.features.runtime import ExtractorSession
 
 PCA_COMPONENTS = 50
 

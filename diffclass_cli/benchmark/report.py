@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffclass_cli.export.spec import TIMESTEP_PREFIX, timesteps_name  # noqa: E402
+from diffclass_cli.extractors.spec import TIMESTEP_PREFIX, timesteps_name  # noqa: E402
 
 COLUMNS = ["sweep", "feature_set", "head", "per_class", "draw", "seed", "accuracy"]
 

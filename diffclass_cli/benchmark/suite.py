@@ -27,8 +27,8 @@ from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
 from diffclass_cli.data.sources import open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
 from diffclass_cli.extractor_format import read_metadata
+from diffclass_cli.extractors.spec import ExtractorSpec, pool_name, timesteps_name
 from diffclass_cli.files import atomic_folder, refuse_folder
 from diffclass_cli.heads.models import HeadKind, draw_per_class
 
@@ -199,7 +199,7 @@ def _write_outputs(folder: Path, rows: list[dict], *, draws: dict, summary: str,
 
 def _tap_sets(model: Path) -> list[tuple[str, ...]]:
     from diffclass_cli.backbone.checkpoint import load_checkpoint
-    from diffclass_cli.export.choose import candidate_tap_sets
+    from diffclass_cli.extractors.choose import candidate_tap_sets
 
     return candidate_tap_sets(load_checkpoint(model).config)
 

@@ -19,9 +19,9 @@ from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import DecodePool, report_skipped
 from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.extract import DEFAULT_MODEL, feature_batches
-from diffclass_cli.featurize.h5 import FeatureReader, check_finite, open_feature_file, storable
-from diffclass_cli.featurize.runtime import ExtractorSession
+from diffclass_cli.features.extract import DEFAULT_MODEL, feature_batches
+from diffclass_cli.features.h5 import FeatureReader, check_finite, open_feature_file, storable
+from diffclass_cli.features.runtime import ExtractorSession
 from diffclass_cli.files import existing_file, sha256_file
 
 

@@ -11,7 +11,7 @@ from diffclass_cli.console import log
 from diffclass_cli.data.labels_table import labels_for, read_labels_table
 from diffclass_cli.data.sources import UNLABELED
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.h5 import Rows, check_finite, open_feature_files, take_across
+from diffclass_cli.features.h5 import Rows, check_finite, open_feature_files, take_across
 from diffclass_cli.files import refuse_overwrite
 from diffclass_cli.heads import MAX_UNLABELED
 from diffclass_cli.heads.models import SEMI_SUPERVISED, HeadKind, make_head, training_labels

@@ -25,7 +25,7 @@ from diffclass_cli.choices import OutputFormat
 from diffclass_cli.console import log
 from diffclass_cli.data.sources import UNLABELED
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.h5 import check_finite, open_feature_file, open_feature_files, take_across
+from diffclass_cli.features.h5 import check_finite, open_feature_file, open_feature_files, take_across
 from diffclass_cli.files import atomic_output
 from diffclass_cli.heads import MAX_UNLABELED
 from diffclass_cli.heads.models import SpectralPseudoLabels, spread_sample

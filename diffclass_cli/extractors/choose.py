@@ -22,9 +22,9 @@ from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource, open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import FeatureGroup, resolve_taps
-from diffclass_cli.export.onnx_export import build_extractor, pytorch_features
-from diffclass_cli.export.spec import ExtractorSpec
+from diffclass_cli.extractors.extractor import FeatureGroup, resolve_taps
+from diffclass_cli.extractors.onnx_export import build_extractor, pytorch_features
+from diffclass_cli.extractors.spec import ExtractorSpec
 
 # The second view of each image: the next noise seed, and the image moved one pixel right.
 SECOND_VIEW = (1, (0, 1))

@@ -16,7 +16,7 @@ from diffclass_cli.backbone.diffusion import q_sample, to_model_range
 from diffclass_cli.backbone.shifts import shifted
 from diffclass_cli.backbone.vae import VAE
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.spec import ExtractorSpec, pool_name, timesteps_name
+from diffclass_cli.extractors.spec import ExtractorSpec, pool_name, timesteps_name
 
 
 @dataclass(frozen=True)

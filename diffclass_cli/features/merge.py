@@ -6,8 +6,8 @@ from pathlib import Path
 
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.extract import NO_PROVIDER, Shard
-from diffclass_cli.featurize.h5 import COMMIT_ATTR, PROGRESS_ATTR, FeatureWriter, copy_rows, open_feature_file
+from diffclass_cli.features.extract import NO_PROVIDER, Shard
+from diffclass_cli.features.h5 import COMMIT_ATTR, PROGRESS_ATTR, FeatureWriter, copy_rows, open_feature_file
 from diffclass_cli.files import atomic_output, refuse_overwrite
 
 MUST_MATCH = ("extractor_sha256", "source", "source_fingerprint", "source_images", "feature_dim", "dtype")

@@ -16,7 +16,7 @@ from diffclass_cli.data.loading import decode_rows, to_unit_range
 from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.featurize.runtime import ExtractorSession, FeatureBatch
+from diffclass_cli.features.runtime import ExtractorSession, FeatureBatch
 
 
 class ExtractActor:

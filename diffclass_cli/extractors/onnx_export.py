@@ -19,9 +19,9 @@ from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.backbone.config import Weights, config_to_json
 from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.export.extractor import make_extractor
-from diffclass_cli.export.spec import ExtractorSpec
 from diffclass_cli.extractor_format import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, metadata_props
+from diffclass_cli.extractors.extractor import make_extractor
+from diffclass_cli.extractors.spec import ExtractorSpec
 from diffclass_cli.files import atomic_output, refuse_overwrite
 
 MAX_OPSET = 20  # GroupNorm becomes GroupNormalization at 21, which not every provider runs

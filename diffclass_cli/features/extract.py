@@ -19,8 +19,8 @@ from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
-from diffclass_cli.featurize.h5 import FeatureWriter
-from diffclass_cli.featurize.runtime import ExtractorSession, FeatureBatch
+from diffclass_cli.features.h5 import FeatureWriter
+from diffclass_cli.features.runtime import ExtractorSession, FeatureBatch
 from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
 
 # The shipped extractor: package data (in the repository, diffclass_cli/exports links to exports/).
@@ -92,7 +92,7 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
                 if local:
                     batches = feature_batches(pool, session, batch_size, writer.source_rows_done)
                 else:
-                    from diffclass_cli.featurize.ray_engine import ray_feature_batches
+                    from diffclass_cli.features.ray_engine import ray_feature_batches
 
                     batches = ray_feature_batches(source, model, meta, batch_size, workers,
                                                   writer.source_rows_done, device)
