@@ -130,7 +130,7 @@ def run_scenario(name: str, pool: Labeled, test: Labeled, protocol: Protocol, la
     smallest = min(np.bincount(pool.labels[pool.labels != UNLABELED]).min(), largest)
     protocol = replace(protocol, per_class=tuple(k for k in PER_CLASS if k <= smallest))
     return run_protocol([FeatureSet(name, pool.features, test.features)], Split(None, pool.labels),
-                        Split(None, test.labels), protocol, sweep=name)[0]
+                        Split(None, test.labels), protocol=protocol, sweep=name)[0]
 
 
 def main() -> None:

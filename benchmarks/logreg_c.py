@@ -35,7 +35,8 @@ def main() -> None:
             seed = draw_seed(0, k, draw)
             labeled = draw_per_class(pool.labels, k, seed)
             for j, C in enumerate(C_VALUES):
-                accuracy[draw, j] = head_accuracy(features, HeadKind.logreg, pool.labels, labeled, val.labels, seed, C)
+                accuracy[draw, j] = head_accuracy(features, HeadKind.logreg, pool.labels, labeled,
+                                                  test_labels=val.labels, seed=seed, C=C)
         cells = (f"C={C}: {mean:.3f} ({worst:.3f})" for C, mean, worst in
                  zip(C_VALUES, accuracy.mean(0), accuracy.min(0)))
         print(f"K={k}, {draws} draws, mean (worst): " + "  ".join(cells), flush=True)

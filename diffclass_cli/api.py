@@ -63,8 +63,9 @@ def train(images, out: Path, *, init: str | None = None, device: Device = Device
 
     source = _source(images)
     config, train_config, initial = plan_config(source, init, **options)
-    run_training(source, config, train_config, Path(out), torch_device(device), resume, overwrite, workers, epochs,
-                 compiled, initial)
+    run_training(source, config, train_config, Path(out), torch_device(device), resume=resume, overwrite=overwrite,
+                 workers=workers, epochs=epochs,
+                 compiled=compiled, initial=initial)
     return Path(out)
 
 
@@ -76,7 +77,8 @@ def export(checkpoint: Path | str, out: Path, *, timestep: int | None = None, ti
     from diffclass_cli.extractors.onnx_export import export_onnx
     from diffclass_cli.extractors.spec import ExtractorSpec
 
-    spec = ExtractorSpec.from_options(timestep, tuple(timesteps), taps, pool, noise_seed, noise_draws, shifts)
+    spec = ExtractorSpec.from_options(timestep=timestep, timesteps=tuple(timesteps), taps=taps, pool=pool,
+                                      noise_seed=noise_seed, noise_draws=noise_draws, shifts=shifts)
     return export_onnx(Path(checkpoint), Path(out), spec, overwrite=overwrite)
 
 
@@ -89,7 +91,8 @@ def featurize(images, out: Path | None = None, *, model: Path | None = None, bat
 
     source, model = _source(images), resolve_model(model)
     if out is not None:
-        featurize_to_file(source, Path(out), model, device, batch_size, workers=workers, overwrite=overwrite)
+        featurize_to_file(source, Path(out), model, device=device, batch_size=batch_size, workers=workers,
+                          overwrite=overwrite)
         return Path(out)
     features, rows, skipped = features_in_memory(source, model, batch_size, workers, device)
     return Features(features, [source.ids[r] for r in rows], source.labels[rows], list(source.class_names),
@@ -102,7 +105,7 @@ def fit(features: Path, out: Path, *, head: HeadKind | str = HeadKind.auto, per_
     returns what it recorded (classes, what auto chose, the extractor, ...)."""
     from diffclass_cli.heads.fit import fit_head
 
-    return fit_head(Path(features), Path(out), HeadKind(head), per_class, seed, overwrite=overwrite,
+    return fit_head(Path(features), Path(out), HeadKind(head), per_class=per_class, seed=seed, overwrite=overwrite,
                     unlabeled=[Path(u) for u in unlabeled], labels=labels)
 
 
@@ -137,7 +140,7 @@ def predict(inputs, *, head: Path, model: Path | None = None, batch_size: int = 
     elif _feature_files(inputs) is not None:
         names, chunks = apply.predict(_feature_files(inputs), Path(head))
     else:
-        names, chunks = apply.predict_images(_source(inputs), Path(head), model, batch_size, workers=0)
+        names, chunks = apply.predict_images(_source(inputs), Path(head), model=model, batch_size=batch_size, workers=0)
     for chunk in chunks:
         for i, path in enumerate(chunk.paths):
             yield Prediction(path, chunk.labels[i], float(chunk.confidence[i]),
@@ -152,7 +155,7 @@ def evaluate(inputs, *, head: Path, model: Path | None = None) -> dict:
     files = _feature_files(inputs)
     if files is not None:
         return apply.evaluate(files[0], Path(head))
-    return apply.evaluate_images(_source(inputs), Path(head), model)
+    return apply.evaluate_images(_source(inputs), Path(head), model=model)
 
 
 def _feature_files(inputs) -> list[Path] | None:

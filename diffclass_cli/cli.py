@@ -175,8 +175,9 @@ ShiftsOpt = Annotated[int, typer.Option(
 
 def _extractor_spec(timestep: int | None, timesteps: str | None, taps: str | None, pool: str, noise_seed: int,
                     noise_draws: int, shifts: int) -> ExtractorSpec:
-    return ExtractorSpec.from_options(timestep, _parse_ints(timesteps, "--timesteps") if timesteps else (), taps,
-                                      pool, noise_seed, noise_draws, shifts)
+    return ExtractorSpec.from_options(
+        timestep=timestep, timesteps=_parse_ints(timesteps, "--timesteps") if timesteps else (), taps=taps, pool=pool,
+        noise_seed=noise_seed, noise_draws=noise_draws, shifts=shifts)
 
 
 def _version(value: bool) -> None:
@@ -322,7 +323,8 @@ def sample(
     from diffclass_cli.backbone.sampling import sample_to_png
     from diffclass_cli.device import torch_device
 
-    sample_to_png(checkpoint, out, n, ddim_steps, out_dir, weights, torch_device(device), seed, overwrite)
+    sample_to_png(checkpoint, out, n, ddim_steps=ddim_steps, out_dir=out_dir, weights=weights,
+                  device=torch_device(device), seed=seed, overwrite=overwrite)
 
 
 @app.command()
@@ -401,8 +403,9 @@ def export(
         from diffclass_cli.files import refuse_overwrite
 
         refuse_overwrite(out, overwrite)  # before minutes of choosing, not after
-        spec, notes = choose_unlabeled(checkpoint, spec, auto_timestep, auto_taps, choose_on, data_root)
-    export_onnx(checkpoint, out, spec, weights, opset, overwrite, notes)
+        spec, notes = choose_unlabeled(checkpoint, spec, timestep=auto_timestep, taps=auto_taps, images=choose_on,
+                                       data_root=data_root)
+    export_onnx(checkpoint, out, spec, weights=weights, opset=opset, overwrite=overwrite, notes=notes)
 
 
 @app.command()
@@ -470,8 +473,9 @@ def featurize_cmd(
     images = open_source(source, data_root, download)
     if labels is not None:
         images = images.relabeled(labels)
-    featurize(images, out, resolve_model(model), device, batch_size,
-              threads, workers, overwrite, resume, strict, Shard.parse(shard) if shard else Shard(), engine, dtype)
+    featurize(images, out, resolve_model(model), device=device, batch_size=batch_size, threads=threads,
+              workers=workers, overwrite=overwrite, resume=resume, strict=strict,
+              shard=Shard.parse(shard) if shard else Shard(), engine=engine, dtype=dtype)
 
 
 @app.command("merge")
@@ -544,7 +548,8 @@ def fit(
     """
     from diffclass_cli.heads.fit import fit_head
 
-    fit_head(features, out, head, per_class, seed, C, alpha, hidden, cv, max_unlabeled, overwrite,
+    fit_head(features, out, head, per_class=per_class, seed=seed, C=C, alpha=alpha, hidden=hidden, cv=cv,
+             max_unlabeled=max_unlabeled, overwrite=overwrite,
              unlabeled=unlabeled or (), labels=labels, strict_labels=strict_labels)
 
 
@@ -682,7 +687,8 @@ def predict(
         from diffclass_cli.data.sources import open_inputs
 
         source = open_inputs(inputs, data_root, absolute_paths)
-        names, chunks = heads.predict_images(source, head, model, batch_size, workers, device)
+        names, chunks = heads.predict_images(source, head, model=model, batch_size=batch_size, workers=workers,
+                                             device=device)
     with closing(chunks):  # on an error, the progress bar ends before the message, not at exit
         if out in (None, STDOUT):
             heads.write_predictions(chunks, sys.stdout, names, style)
@@ -727,7 +733,8 @@ def evaluate_cmd(
     else:
         from diffclass_cli.data.sources import open_inputs
 
-        report = evaluate_images(open_inputs(inputs, data_root), head, model, batch_size, workers, device)
+        report = evaluate_images(open_inputs(inputs, data_root), head, model=model, batch_size=batch_size,
+                                 workers=workers, device=device)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
@@ -805,10 +812,11 @@ def benchmark(
     spec = _extractor_spec(timestep, timesteps, taps, pool, noise_seed, noise_draws, shifts)
     protocol = Protocol(per_class=_parse_ints(per_class, "--per-class") if per_class else (), draws=draws,
                         heads=head_kinds, seed=seed, cnn_steps=cnn_steps, draws_few_labels=draws_few, labels=labels)
-    summary = run_benchmark(models, out, spec, protocol, train, test, chosen,
-                            tuple(_parse_ints(group.replace("+", ","), "--sweep-timestep")
-                                  for group in sweep_timestep.split(",")) if sweep_timestep else (),
-                            sweep_taps, sweep_pool, quick, data_root, on_validation, overwrite)
+    sweep = tuple(_parse_ints(group.replace("+", ","), "--sweep-timestep")
+                  for group in sweep_timestep.split(",")) if sweep_timestep else ()
+    summary = run_benchmark(models, out, spec, protocol, train=train, test=test, baselines=chosen,
+                            sweep_timesteps=sweep, sweep_taps=sweep_taps, sweep_pool=sweep_pool, quick=quick,
+                            data_root=data_root, on_validation=on_validation, overwrite=overwrite)
     typer.echo(summary)
 
 
@@ -835,7 +843,8 @@ def plot(
     """
     from diffclass_cli.plot import plot_feature_map
 
-    scores = plot_feature_map(features, out, method, max_points, seed, thumbnails, compare, overwrite)
+    scores = plot_feature_map(features, out, method=method, max_points=max_points, seed=seed, thumbnails=thumbnails,
+                              compare=compare, overwrite=overwrite)
     for path, score in scores.items():
         typer.echo(f"{path}\t5nn_accuracy_in_map\t{'n/a' if score is None else f'{score:.4f}'}")
 
@@ -856,5 +865,5 @@ def show_predictions(
     """
     from diffclass_cli.plot import prediction_grid
 
-    shown, wrong = prediction_grid(predictions, source, out, n, overwrite=overwrite)
+    shown, wrong = prediction_grid(predictions, source, out, n=n, overwrite=overwrite)
     log.info(f"wrote {out}: {shown} images, {wrong} wrong")

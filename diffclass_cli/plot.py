@@ -71,7 +71,7 @@ def _load(path: Path, max_points: int | None, seed: int) -> tuple[Rows, list[str
         return reader.take(subsample(reader.rows, max_points, seed)), reader.class_names
 
 
-def _draw(ax, embedding: np.ndarray, labels: np.ndarray, class_names: list[str], title: str,
+def _draw(ax, embedding: np.ndarray, labels: np.ndarray, class_names: list[str], *, title: str,
           thumbnails: list[tuple[int, np.ndarray]]) -> None:
     unlabeled = labels == UNLABELED
     size = max(2, min(20, 4000 / len(labels)))
@@ -102,7 +102,7 @@ def _thumbnails(source_spec: str, paths: list[str], seed: int) -> list[tuple[int
     return [(int(i), np.asarray(source.load(position[paths[i]]).convert("L").resize((20, 20)))) for i in chosen]
 
 
-def plot_feature_map(features: Path, out: Path, method: Projection = Projection.umap,
+def plot_feature_map(features: Path, out: Path, *, method: Projection = Projection.umap,
                      max_points: int | None = 5000, seed: int = 0, thumbnails: str | None = None,
                      compare: Path | None = None, overwrite: bool = False) -> dict[str, float | None]:
     """Draw the map (two side by side with `compare`); returns the separation of each."""
@@ -118,13 +118,13 @@ def plot_feature_map(features: Path, out: Path, method: Projection = Projection.
         scores[str(path)] = score
         title = f"{path.name}: {method.value} of {rows.features.shape[1]}-d features" + (
             f"\n5-NN accuracy in the map: {score:.3f}" if score is not None else "")
-        _draw(ax, embedding, rows.labels, class_names, title,
-              _thumbnails(thumbnails, rows.paths, seed) if thumbnails else [])
+        _draw(ax, embedding, rows.labels, class_names, title=title,
+              thumbnails=_thumbnails(thumbnails, rows.paths, seed) if thumbnails else [])
     _save(fig, out, overwrite)
     return scores
 
 
-def prediction_grid(predictions_csv: Path | str, source_spec: str, out: Path, n: int = 40, columns: int = 10,
+def prediction_grid(predictions_csv: Path | str, source_spec: str, out: Path, *, n: int = 40, columns: int = 10,
                     overwrite: bool = False) -> tuple[int, int]:
     """`n` predicted images of SOURCE, spread evenly over the CSV, with their predicted labels, wrong ones in red
     with the true label beside. `predictions_csv` is `predict`'s CSV (`-`: stdin). Returns

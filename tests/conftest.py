@@ -52,7 +52,7 @@ def tiny_checkpoint(tmp_path_factory, mnist_train_pixels):
     out = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     train = TrainConfig(steps=30, batch_size=32, warmup=5, save_every=30)
     train_backbone(mnist_train_pixels, DDPMConfig(unet=TINY_UNET), train, out,
-                   torch.device("cpu"), {"source": "mnist-sample:train", "images": 512})
+                   torch.device("cpu"), data={"source": "mnist-sample:train", "images": 512})
     return out
 
 

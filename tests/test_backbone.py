@@ -105,7 +105,8 @@ def test_loss_targets_and_min_snr_weights(prediction):
     abar = alphas_cumprod(DiffusionConfig()).float()
     silent = lambda x, t: torch.zeros_like(x)  # noqa: E731  (its error is the target itself)
     x0 = torch.rand(64, 1, 4, 4) * 2 - 1
-    plain, weighted = (training_loss(silent, x0, abar, torch.Generator().manual_seed(0), prediction, gamma)
+    plain, weighted = (training_loss(silent, x0, abar, torch.Generator().manual_seed(0), prediction=prediction,
+                                     min_snr=gamma)
                        for gamma in (0, 5))
     gen = torch.Generator().manual_seed(0)  # the same draws as the loss makes
     t = torch.randint(0, 1000, (64,), generator=gen)
@@ -125,7 +126,8 @@ def test_v_prediction_converts_back_to_the_noise():
     x_t = q_sample(x0, abar, noise)
     torch.testing.assert_close(predicted_noise(v_target(x0, abar, noise), x_t, abar, Prediction.v), noise)
     assert predicted_noise(noise, x_t, abar, Prediction.eps) is noise
-    config = DDPMConfig.from_options(28, 1, 8, (1, 2), prediction=Prediction.v, min_snr=5)
+    config = DDPMConfig.from_options(image_size=28, channels=1, width=8, channel_mults=(1, 2), prediction=Prediction.v,
+                                     min_snr=5)
     raw = json.loads(json.dumps(asdict(config)))
     assert DDPMConfig.from_dict(raw) == config
     del raw["diffusion"]["prediction"], raw["diffusion"]["min_snr"]  # a checkpoint from before these options
@@ -134,7 +136,7 @@ def test_v_prediction_converts_back_to_the_noise():
 
 def _train(pixels, out, steps, compiled=False, **kw):
     train = TrainConfig(steps=steps, batch_size=32, warmup=5, save_every=10, **kw)
-    return train_backbone(pixels, DDPMConfig(unet=TINY_UNET), train, out, CPU, DATA, compiled=compiled)
+    return train_backbone(pixels, DDPMConfig(unet=TINY_UNET), train, out, CPU, data=DATA, compiled=compiled)
 
 
 def test_short_training_loss_falls_and_checkpoint_round_trips(mnist_train_pixels, tmp_path):
@@ -157,7 +159,7 @@ def test_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train_pix
     config, train, state = plan_run(tmp_path / "resumed.ckpt", DDPMConfig(),
                                     TrainConfig(steps=20), DATA["source"], resume=True, overwrite=False)
     assert state.step == 10 and train.batch_size == 32 and train.augment_shift == 1
-    resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, DATA, state)
+    resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, data=DATA, state=state)
     assert resumed.step == 20
     for name in full.model:
         assert torch.equal(full.model[name], again.model[name])

@@ -96,12 +96,13 @@ def test_a_new_kind_defined_in_one_place_trains_samples_exports_and_featurizes(m
     config = backbone_config.BACKBONES["toy"].from_options(image_size=8, channels=1, width=32, channel_mults=(1,))
     train = TrainConfig(steps=20, batch_size=32, warmup=2, save_every=20)
     train_backbone(images, config, train, tmp_path / "toy.ckpt", torch.device("cpu"),
-                   {"source": "digits:train", "images": len(images)})
+                   data={"source": "digits:train", "images": len(images)})
     ckpt = load_checkpoint(tmp_path / "toy.ckpt")
     assert ckpt.config == config and ckpt.step == 20
 
-    sample_to_png(tmp_path / "toy.ckpt", tmp_path / "grid.png", 4, None, None, Weights.ema, torch.device("cpu"), 0,
-                  False)
+    sample_to_png(tmp_path / "toy.ckpt", tmp_path / "grid.png", 4, ddim_steps=None, out_dir=None, weights=Weights.ema,
+                  device=torch.device("cpu"), seed=0,
+                  overwrite=False)
     meta = export_onnx(tmp_path / "toy.ckpt", tmp_path / "toy.onnx", ExtractorSpec(pool=2))
     assert meta["backbone_kind"] == "toy" and meta["feature_dim"] == 8 * 2 * 2
     featurize(open_source("digits:test"), tmp_path / "toy.h5", tmp_path / "toy.onnx")

@@ -58,9 +58,9 @@ def test_draws_repeat_for_a_seed_and_differ_between_seeds():
     test = Split(np.zeros((40, 1, 8, 8), np.uint8), labels[80:], [f"t{i}" for i in range(40)])
     sets = [FeatureSet("toy", features[:80], features[80:])]
     protocol = Protocol(per_class=(2,), draws=3, draws_few_labels=3, heads=(HeadKind.logreg,), seed=0, cnn_steps=0)
-    rows_a, draws_a = run_protocol(sets, pool, test, protocol)
-    rows_b, draws_b = run_protocol(sets, pool, test, protocol)
-    rows_c, draws_c = run_protocol(sets, pool, test, Protocol(**{**protocol.__dict__, "seed": 1}))
+    rows_a, draws_a = run_protocol(sets, pool, test, protocol=protocol)
+    rows_b, draws_b = run_protocol(sets, pool, test, protocol=protocol)
+    rows_c, draws_c = run_protocol(sets, pool, test, protocol=Protocol(**{**protocol.__dict__, "seed": 1}))
     assert draws_a == draws_b and rows_a == rows_b
     assert draws_a != draws_c
     assert len({tuple(v) for v in draws_a.values()}) == 3  # the draws of one K differ
@@ -86,7 +86,7 @@ def test_draws_at_few_labels_per_class_are_more():
     split = Split(np.zeros((90, 1, 8, 8), np.uint8), labels)
     sets = [FeatureSet("toy", np.eye(3)[labels], np.eye(3)[labels])]
     protocol = Protocol(per_class=(1, 2, 5), draws=2, draws_few_labels=7, heads=(HeadKind.logreg,), cnn_steps=0)
-    rows, _ = run_protocol(sets, split, split, protocol)
+    rows, _ = run_protocol(sets, split, split, protocol=protocol)
     assert [sum(r["per_class"] == k for r in rows) for k in (1, 2, 5)] == [7, 7, 2]
 
 

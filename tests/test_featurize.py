@@ -44,7 +44,7 @@ def test_class_tree_labels_paths_and_skipped(cli, class_tree, tiny_onnx, tmp_pat
 
 def test_features_equal_the_onnx_model_on_the_same_batch(class_tree, tiny_onnx, tmp_path):
     source = open_source(str(class_tree))
-    featurize(source, tmp_path / "f.h5", tiny_onnx, Device.cpu, batch_size=4)
+    featurize(source, tmp_path / "f.h5", tiny_onnx, device=Device.cpu, batch_size=4)
     batch = next(iter_batches(source, 28, 1, batch_size=100))
     direct = run_onnx(tiny_onnx, batch.images.astype(np.float32) / 255)
     np.testing.assert_allclose(read_features(tmp_path / "f.h5").features, direct, atol=1e-5)

@@ -135,7 +135,7 @@ def test_predict_from_images_streams_and_checks_the_extractor(cli, digits_head, 
     loads = []
     real_load = source.load
     source.load = lambda i: loads.append(i) or real_load(i)
-    names, chunks = heads.predict_images(source, digits_head / "head.skops", tiny_onnx, batch_size=32,
+    names, chunks = heads.predict_images(source, digits_head / "head.skops", model=tiny_onnx, batch_size=32,
                                          workers=0)
     assert names == [str(d) for d in range(10)]
     first = next(chunks)

@@ -27,7 +27,7 @@ def test_labeled_map_with_thumbnails_and_score(cli, digit_files, tmp_path):
 def test_unlabeled_map_with_umap(digit_files, tmp_path):
     ff = read_features(digit_files["test"])
     flat = write_feature_file(tmp_path / "u.h5", ff.features[:60], -np.ones(60, int), ff.paths[:60], [])
-    scores = plot_feature_map(flat, tmp_path / "u.png", Projection.umap)
+    scores = plot_feature_map(flat, tmp_path / "u.png", method=Projection.umap)
     assert scores == {str(flat): None}
     _is_png(tmp_path / "u.png")
 

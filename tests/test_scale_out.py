@@ -93,7 +93,7 @@ def test_merge_refuses_missing_duplicate_and_foreign_parts(cli, big_tree, tiny_o
 
 def test_interrupted_shard_resumes(tiny_onnx, tmp_path, monkeypatch):
     source = open_source("digits:test")
-    featurize(source, tmp_path / "clean.h5", tiny_onnx, Device.cpu, batch_size=32, shard=Shard(1, 2))
+    featurize(source, tmp_path / "clean.h5", tiny_onnx, device=Device.cpu, batch_size=32, shard=Shard(1, 2))
     import diffclass_cli.features.extract as run
 
     real, calls = run.ExtractorSession.__call__, []
@@ -106,9 +106,9 @@ def test_interrupted_shard_resumes(tiny_onnx, tmp_path, monkeypatch):
 
     monkeypatch.setattr(run.ExtractorSession, "__call__", failing)
     with pytest.raises(KeyboardInterrupt):
-        featurize(source, tmp_path / "cut.h5", tiny_onnx, Device.cpu, batch_size=32, shard=Shard(1, 2))
+        featurize(source, tmp_path / "cut.h5", tiny_onnx, device=Device.cpu, batch_size=32, shard=Shard(1, 2))
     monkeypatch.setattr(run.ExtractorSession, "__call__", real)
-    featurize(source, tmp_path / "cut.h5", tiny_onnx, Device.cpu, batch_size=32, shard=Shard(1, 2), resume=True)
+    featurize(source, tmp_path / "cut.h5", tiny_onnx, device=Device.cpu, batch_size=32, shard=Shard(1, 2), resume=True)
     assert_same_feature_file(tmp_path / "cut.h5", tmp_path / "clean.h5")
 
 
@@ -129,7 +129,7 @@ def test_ray_engine_shard_merges_into_the_single_process_file(local_ray, cli, bi
                  "--workers", 2, "--shard", "0/2")
     assert result.exit_code == 0, result.output
     assert "2 actor(s)" in result.stderr and "skipped" in result.stderr
-    featurize(open_source(str(big_tree)), tmp_path / "p1.h5", tiny_onnx, Device.cpu, batch_size=5,
+    featurize(open_source(str(big_tree)), tmp_path / "p1.h5", tiny_onnx, device=Device.cpu, batch_size=5,
               shard=Shard(1, 2))
     assert cli("merge", tmp_path / "m.h5", tmp_path / "p1.h5", on_ray).exit_code == 0
     assert_same_feature_file(tmp_path / "m.h5", whole)

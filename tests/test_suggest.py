@@ -116,7 +116,7 @@ def test_the_benchmark_can_label_what_suggest_picks():
     feature_set = FeatureSet("blobs", features[half], features[~half])
     protocol = Protocol(per_class=(1,), draws_few_labels=3, heads=(HeadKind.logreg,), cnn_steps=0,
                         labels=LabelChoice.suggest)
-    rows, draws = run_protocol([feature_set], Split(None, groups[half]), Split(None, groups[~half]), protocol)
+    rows, draws = run_protocol([feature_set], Split(None, groups[half]), Split(None, groups[~half]), protocol=protocol)
     assert len(rows) == 3 and all(r["accuracy"] == 1.0 for r in rows)  # one image of each group, named
     assert set(draws) == {"blobs/1/0", "blobs/1/1", "blobs/1/2"} and all(len(d) == 4 for d in draws.values())
 

@@ -25,7 +25,7 @@ TINY_VAE = VAEConfig(image_size=28, channels=1, width=8, channel_mults=(1, 2, 2)
 
 def _train(pixels, out, steps, config=TINY_VAE, **kw):
     train = TrainConfig(steps=steps, batch_size=32, warmup=5, save_every=10, lr=2e-3, **kw)
-    return train_backbone(pixels, config, train, out, CPU, DATA)
+    return train_backbone(pixels, config, train, out, CPU, data=DATA)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_vae_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train
     config, train, state = plan_run(tmp_path / "resumed.ckpt", VAEConfig(), TrainConfig(steps=20),
                                     DATA["source"], resume=True, overwrite=False)
     assert config == TINY_VAE and state.step == 10
-    resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, DATA, state)
+    resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, data=DATA, state=state)
     for name in full.model:
         assert torch.equal(full.model[name], again.model[name])
         torch.testing.assert_close(full.model[name], resumed.model[name], rtol=1e-5, atol=1e-6)

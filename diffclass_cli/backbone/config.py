@@ -216,14 +216,16 @@ class DDPMConfig:
         from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range, training_loss
 
         abar = alphas_cumprod(self.diffusion).float().to(device)
+        diffusion = self.diffusion
         return lambda model, pixels, generator: training_loss(model, to_model_range(pixels), abar, generator,
-                                                              self.diffusion.prediction, self.diffusion.min_snr)
+                                                              prediction=diffusion.prediction,
+                                                              min_snr=diffusion.min_snr)
 
     def sample(self, model, n: int, generator, ddim_steps: int | None):
         from diffclass_cli.backbone.diffusion import alphas_cumprod, sample
 
         return sample(model, alphas_cumprod(self.diffusion), self.diffusion.prediction,
-                      (n, self.channels, self.image_size, self.image_size), generator, ddim_steps)
+                      (n, self.channels, self.image_size, self.image_size), generator, ddim_steps=ddim_steps)
 
     def extractor(self, network, spec):
         from diffclass_cli.backbone.diffusion import alphas_cumprod

@@ -122,10 +122,10 @@ class DiffusersConfig:
 
         abar = self.alphas_cumprod().float().to(device)
         return lambda model, pixels, generator: training_loss(model, to_model_range(pixels), abar, generator,
-                                                              self.prediction, self.min_snr)
+                                                              prediction=self.prediction, min_snr=self.min_snr)
 
     def sample(self, model, n: int, generator, ddim_steps: int | None):
         from diffclass_cli.backbone.diffusion import sample
 
         return sample(model, self.alphas_cumprod(), self.prediction,
-                      (n, self.channels, self.image_size, self.image_size), generator, ddim_steps)
+                      (n, self.channels, self.image_size, self.image_size), generator, ddim_steps=ddim_steps)

@@ -60,7 +60,7 @@ def predicted_noise(output: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tenso
 
 
 def training_loss(model: nn.Module, x0: torch.Tensor, abar: torch.Tensor, generator: torch.Generator,
-                  prediction: Prediction = Prediction.eps, min_snr: float = 0.0) -> torch.Tensor:
+                  *, prediction: Prediction = Prediction.eps, min_snr: float = 0.0) -> torch.Tensor:
     """MSE of the noise (or v) prediction at uniformly drawn timesteps. With `min_snr` = gamma > 0
     each image's error is weighted by min(SNR_t, gamma) / SNR_t for noise targets and
     min(SNR_t, gamma) / (SNR_t + 1) for v targets (Min-SNR-gamma), which takes weight off the
@@ -78,7 +78,7 @@ def training_loss(model: nn.Module, x0: torch.Tensor, abar: torch.Tensor, genera
 
 @torch.no_grad()
 def sample(model: nn.Module, abar: torch.Tensor, prediction: Prediction, shape: tuple[int, ...],
-           generator: torch.Generator, ddim_steps: int | None = None) -> torch.Tensor:
+           generator: torch.Generator, *, ddim_steps: int | None = None) -> torch.Tensor:
     """Generate images `[N, C, H, W]` in [-1, 1] with the schedule `abar` `[T]` (float64):
     ancestral DDPM over all steps, or deterministic DDIM (eta = 0) over `ddim_steps` evenly
     spaced steps."""

@@ -15,7 +15,7 @@ def grid_columns(n: int) -> int:
     return max(1, round(n ** 0.5))
 
 
-def sample_to_png(checkpoint: Path, out: Path, n: int, ddim_steps: int | None, out_dir: Path | None,
+def sample_to_png(checkpoint: Path, out: Path, n: int, *, ddim_steps: int | None, out_dir: Path | None,
                   weights: Weights, device: torch.device, seed: int, overwrite: bool) -> None:
     """Sample `n` images (DDPM/DDIM steps, or VAE prior draws) and save them as one grid PNG
     (and one PNG each in `out_dir`)."""

@@ -58,7 +58,7 @@ def snapshot_path(out: Path, step: int) -> Path:
     return out.with_name(f"{out.stem}-step{step}{out.suffix}")
 
 
-def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, resume: bool,
+def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, *, resume: bool,
              overwrite: bool) -> tuple[Backbone, TrainConfig, Checkpoint | None]:
     """With --resume and an existing `out`, the checkpoint's config and options win (only
     `steps` may grow); otherwise `out` must not exist unless `overwrite`."""
@@ -134,7 +134,7 @@ def _image_shape(source: ImageSource, image_size: int | None, channels: int | No
 
 
 def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out: Path,
-                   device: torch.device, data: dict, state: Checkpoint | None = None,
+                   device: torch.device, *, data: dict, state: Checkpoint | None = None,
                    launch: Launch = Launch(), compiled: bool = False,
                    initial: dict[str, torch.Tensor] | None = None) -> Checkpoint:
     """Train on uint8 `images` `[N, C, H, W]`, writing checkpoints to `out`; returns the last.
@@ -225,14 +225,14 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
 
 
 def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out: Path,
-                 device: torch.device, resume: bool = False, overwrite: bool = False, workers: int = 0,
+                 device: torch.device, *, resume: bool = False, overwrite: bool = False, workers: int = 0,
                  epochs: float | None = None, compiled: bool = False,
                  initial: dict[str, torch.Tensor] | None = None) -> Checkpoint:
     """Load the images of `source` and train on them, from `initial` weights if given (a resumed
     run continues from its checkpoint instead); under torchrun each rank loads and trains on its
     own shard (see `train_backbone`)."""
     launch = detect_launch()
-    config, train, state = plan_run(out, config, train, source.spec, resume, overwrite)
+    config, train, state = plan_run(out, config, train, source.spec, resume=resume, overwrite=overwrite)
     if compiled:
         _check_compiler(device)
     if launch.is_distributed:
@@ -249,8 +249,9 @@ def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out:
             train = TrainConfig(**{**asdict(train), "steps": steps})
         data = {"source": source.spec, "images": n_images, "skipped": sum_over_ranks(len(skipped), launch, device),
                 "processes": launch.world_size}
-        return train_backbone(images, config, train, out, device, data, state, launch, compiled,
-                              initial if state is None else None)
+        return train_backbone(images, config, train, out, device, data=data, state=state, launch=launch,
+                              compiled=compiled,
+                              initial=initial if state is None else None)
     finally:
         stop(launch)
 

@@ -29,7 +29,7 @@ class SmallCNN(nn.Module):
 
 
 def cnn_accuracy(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
-                 test_labels: np.ndarray, seed: int, steps: int = 300, batch_size: int = 64) -> float:
+                 test_labels: np.ndarray, *, seed: int, steps: int = 300, batch_size: int = 64) -> float:
     """Train on uint8 `[n, C, H, W]` images with labels 0..K-1 (light shift augmentation),
     return accuracy on the test images."""
     torch.manual_seed(seed)

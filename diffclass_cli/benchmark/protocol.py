@@ -51,7 +51,7 @@ def draw_seed(seed: int, per_class: int, draw: int) -> int:
 
 
 def head_accuracy(features: FeatureSet, kind: HeadKind, labels: np.ndarray, labeled: np.ndarray,
-                  test_labels: np.ndarray, seed: int, C: float = 1.0) -> float:
+                  *, test_labels: np.ndarray, seed: int, C: float = 1.0) -> float:
     labeled = labeled[labels[labeled] != UNLABELED]  # a chosen image of no known class adds no label
     present = np.unique(labels[labeled])
     if len(present) < 2:  # a choice that found one class only: a head can only answer that class
@@ -64,7 +64,7 @@ def head_accuracy(features: FeatureSet, kind: HeadKind, labels: np.ndarray, labe
     return float((head.predict(features.test) == test_labels).mean())
 
 
-def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, protocol: Protocol,
+def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, *, protocol: Protocol,
                  sweep: str = "main", heads: tuple[HeadKind, ...] | None = None,
                  cnn: bool = True) -> tuple[list[dict], dict]:
     """Result rows (one per feature set, head, K and draw) and the labeled pool ids of each draw."""
@@ -87,13 +87,14 @@ def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, proto
                         key = f"{k}/{draw}"  # every feature set and head sees the same labeled rows
                     labeled_ids[key] = [pool.ids[i] for i in labeled] if pool.ids else labeled.tolist()
                     for kind in heads:
-                        accuracy = head_accuracy(features, kind, pool.labels, labeled, test.labels, seed)
+                        accuracy = head_accuracy(features, kind, pool.labels, labeled, test_labels=test.labels,
+                                                 seed=seed)
                         rows.append({"feature_set": features.name, "head": kind.value, **common,
                                      "accuracy": accuracy})
                         bar.update()
                 if with_cnn:
                     accuracy = cnn_accuracy(pool.images[labeled], pool.labels[labeled], test.images, test.labels,
-                                            seed, protocol.cnn_steps)
+                                            seed=seed, steps=protocol.cnn_steps)
                     rows.append({"feature_set": CNN_NAME, "head": "supervised", **common, "accuracy": accuracy})
                     bar.update()
     return rows, labeled_ids

@@ -116,7 +116,7 @@ def feature_set_name(model: Path) -> str:
 
 
 def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: Protocol,
-                  train: str = "mnist-sample:train", test: str = "mnist-sample:test",
+                  *, train: str = "mnist-sample:train", test: str = "mnist-sample:test",
                   baselines: tuple[str, ...] = ("pixels", "pca"), sweep_timesteps: tuple[tuple[int, ...], ...] = (),
                   sweep_taps: bool = False, sweep_pool: bool = False, quick: bool = False,
                   data_root: Path | None = None, on_validation: bool = False, overwrite: bool = False) -> str:
@@ -146,7 +146,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         feature_sets.append(pixel_features(train_split.images, held_out.images))
     if "pca" in baselines:
         feature_sets.append(pca_features(train_split.images, held_out.images, protocol.seed))
-    rows, draws = run_protocol(feature_sets, train_split, held_out, protocol, cnn="cnn" in baselines)
+    rows, draws = run_protocol(feature_sets, train_split, held_out, protocol=protocol, cnn="cnn" in baselines)
 
     # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
     if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
@@ -163,7 +163,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         if variants:
             sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
                     for name, variant in variants]
-            sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol, sweep=sweep,
+            sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol=protocol, sweep=sweep,
                                          heads=(HeadKind.logreg,), cnn=False)
             rows += sweep_rows
 

@@ -122,7 +122,7 @@ class DecodePool:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def iter_batches(source: ImageSource, size: int, channels: int, batch_size: int,
+def iter_batches(source: ImageSource, size: int, channels: int, *, batch_size: int,
                  workers: int = 0, rows: np.ndarray | None = None) -> Iterator[Batch]:
     """Yield preprocessed batches of `rows` (default: all) in order; decoding runs in
     `workers` processes ahead of the consumer."""

@@ -74,7 +74,7 @@ def label_free_score(first: np.ndarray, second: np.ndarray) -> float:
 
 
 
-def choose_unlabeled(checkpoint: Path, spec: ExtractorSpec, timestep: bool, taps: bool, images: str | None = None,
+def choose_unlabeled(checkpoint: Path, spec: ExtractorSpec, *, timestep: bool, taps: bool, images: str | None = None,
                      data_root: Path | None = None) -> tuple[ExtractorSpec, dict]:
     """`spec` with the candidate timestep (then, at it, the tap set) that has the best
     `label_free_score` on a sample of the unlabeled `images` (default: the source the backbone

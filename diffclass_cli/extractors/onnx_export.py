@@ -47,7 +47,7 @@ def pytorch_features(checkpoint: Path, spec: ExtractorSpec, weights: Weights = W
     return run
 
 
-def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weights = Weights.ema,
+def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, *, weights: Weights = Weights.ema,
                 opset: int = 18, overwrite: bool = False, notes: dict | None = None) -> dict:
     """Export the extractor of `checkpoint` to `out`; returns the metadata written (with `notes`,
     such as how an option was chosen, added)."""
@@ -64,7 +64,8 @@ def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, weights: Weigh
         "backbone_config": json.loads(config_to_json(ckpt.config)),
         **(notes or {}),
     }
-    return _write_onnx(extractor, ckpt.config.image_size, ckpt.config.channels, described, out, opset, overwrite)
+    return _write_onnx(extractor, ckpt.config.image_size, ckpt.config.channels, described, out, opset=opset,
+                       overwrite=overwrite)
 
 
 class PixelExtractor(torch.nn.Module):
@@ -81,11 +82,11 @@ def export_pixels(out: Path, image_size: int, channels: int, opset: int = 18, ov
     dim = channels * image_size * image_size
     described = {"backbone_kind": "pixels", "timesteps": [], "taps": [], "pool": "none",
                  "feature_groups": [{"name": "pixels", "start": 0, "stop": dim}]}
-    return _write_onnx(PixelExtractor(), image_size, channels, described, out, opset, overwrite)
+    return _write_onnx(PixelExtractor(), image_size, channels, described, out, opset=opset, overwrite=overwrite)
 
 
 def _write_onnx(module: torch.nn.Module, image_size: int, channels: int, described: dict, out: Path,
-                opset: int, overwrite: bool) -> dict:
+                *, opset: int, overwrite: bool) -> dict:
     """Export `module` with a dynamic batch, add the metadata, check, write atomically."""
     if not 17 <= opset <= MAX_OPSET:
         raise DiffclassError(f"--opset must be between 17 and {MAX_OPSET}, not {opset}")

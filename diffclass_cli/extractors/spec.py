@@ -51,7 +51,7 @@ class ExtractorSpec:
             raise DiffclassError(f"--shifts must be between 1 and {len(SHIFT_OFFSETS)}, not {self.shifts}")
 
     @classmethod
-    def from_options(cls, timestep: int | None = None, timesteps: tuple[int, ...] = (), taps: str | None = None,
+    def from_options(cls, *, timestep: int | None = None, timesteps: tuple[int, ...] = (), taps: str | None = None,
                      pool: str | None = None, noise_seed: int = 0, noise_draws: int = 1,
                      shifts: int = 1) -> "ExtractorSpec":
         """From the extractor options of `export` and `benchmark` (`taps` and `pool` as typed;

@@ -66,7 +66,7 @@ def source_fingerprint(source: ImageSource) -> str:
     return hashlib.sha256("\n".join(source.ids).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def featurize(source: ImageSource, out: Path, model: Path, device: Device = Device.auto,
+def featurize(source: ImageSource, out: Path, model: Path, *, device: Device = Device.auto,
               batch_size: int = 256, threads: int | None = None, workers: int = 0,
               overwrite: bool = False, resume: bool = False, strict: bool = False,
               shard: Shard = Shard(), engine: Engine = Engine.local,
@@ -94,9 +94,10 @@ def featurize(source: ImageSource, out: Path, model: Path, device: Device = Devi
                 else:
                     from diffclass_cli.features.ray_engine import ray_feature_batches
 
-                    batches = ray_feature_batches(source, model, meta, batch_size, workers,
-                                                  writer.source_rows_done, device)
-                summary = _write_batches(source, batches, writer, strict, shard, model, engine, workers)
+                    batches = ray_feature_batches(source, model, meta, batch_size=batch_size, workers=workers,
+                                                  start=writer.source_rows_done, device=device)
+                summary = _write_batches(source, batches, writer, strict=strict, shard=shard, model=model,
+                                         engine=engine, workers=workers)
             except DiffclassError as err:
                 writer.close()
                 if not (err.resumable or writer.resumed):
@@ -128,7 +129,7 @@ def _file_attrs(source: ImageSource, model: Path, meta: dict, shard: Shard) -> d
     }
 
 
-def _write_batches(source: ImageSource, batches: Iterator[FeatureBatch], writer: FeatureWriter, strict: bool,
+def _write_batches(source: ImageSource, batches: Iterator[FeatureBatch], writer: FeatureWriter, *, strict: bool,
                    shard: Shard, model: Path, engine: Engine, workers: int) -> dict:
     """Append every batch to `writer`; report what was skipped; refuse a run that read nothing."""
     start = writer.source_rows_done

@@ -39,7 +39,7 @@ class ExtractActor:
                 "features": out, "provider": np.array([self.session.provider] * len(rows), dtype=object)}
 
 
-def ray_feature_batches(source: ImageSource, model: Path, meta: dict, batch_size: int, workers: int,
+def ray_feature_batches(source: ImageSource, model: Path, meta: dict, *, batch_size: int, workers: int,
                         start: int, device: Device) -> Iterator[FeatureBatch]:
     """Feature batches of rows `start..` in source order, computed by `workers` actors."""
     if start >= len(source):

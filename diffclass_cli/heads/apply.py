@@ -123,7 +123,7 @@ def head_extractor(info: dict, head_path: Path, model: Path | None = None) -> Pa
                          "pass it with --model")
 
 
-def predict_images(source: ImageSource, head_path: Path, model: Path | None = None, batch_size: int = 256,
+def predict_images(source: ImageSource, head_path: Path, *, model: Path | None = None, batch_size: int = 256,
                    workers: int = 1, device: Device = Device.auto, threads: int | None = None
                    ) -> tuple[list[str], Iterator[Predictions]]:
     """The head's class names, and the predictions of the images of `source`, batch by batch,
@@ -248,11 +248,12 @@ def evaluate(features: Path, head_path: Path) -> dict:
     return score(head.class_names, present, _predicted_chunks(features, head))
 
 
-def evaluate_images(source: ImageSource, head_path: Path, model: Path | None = None, batch_size: int = 256,
+def evaluate_images(source: ImageSource, head_path: Path, *, model: Path | None = None, batch_size: int = 256,
                     workers: int = 1, device: Device = Device.auto) -> dict:
     """evaluate() for labeled images, featurized in memory."""
     present = [source.class_names[label] for label in np.unique(source.labels[source.labels != UNLABELED])]
-    names, chunks = predict_images(source, head_path, model, batch_size, workers, device)
+    names, chunks = predict_images(source, head_path, model=model, batch_size=batch_size, workers=workers,
+                                   device=device)
     check_overlap(names, present, source.spec, head_path)
     return score(names, present, chunks)
 

@@ -19,9 +19,9 @@ from diffclass_cli.heads.store import save_head
 from diffclass_cli.heads.suggest import suspicious_labels
 
 
-def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_class: int | None = None,
+def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, *, per_class: int | None = None,
              seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
-             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False, *, unlabeled: Sequence[Path] = (),
+             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False, unlabeled: Sequence[Path] = (),
              labels: Path | None = None, strict_labels: bool = False) -> dict:
     """Fit a head on the labeled rows of a feature file (and, for semi / auto, a sample of at
     most `max_unlabeled` of its other rows and of every row of the `unlabeled` files) and save it;
@@ -37,12 +37,13 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, per_clas
         if labels is not None:
             own_labels, class_names = labels_for(main.paths(), read_labels_table(labels), labels)
         every_label = np.concatenate([own_labels, *(np.full(r.rows, UNLABELED, np.int64) for r in readers[1:])])
-        rows, targets = training_labels(every_label, kind, per_class, seed, cv, max_unlabeled, class_names)
+        rows, targets = training_labels(every_label, kind, per_class, seed=seed, cv=cv, max_unlabeled=max_unlabeled,
+                                        class_names=class_names)
         table = take_across(readers, rows)
         attrs = main.attrs
     check_finite(table, features)
     suspicious = _check_labels(table, targets, class_names, strict_labels)
-    head = make_head(kind, C, alpha, hidden, cv, seed)
+    head = make_head(kind, C=C, alpha=alpha, hidden=hidden, cv=cv, seed=seed)
     head.fit(table.features, targets)
     params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
     if cv:  # keep the refitted best model only: a plain Pipeline, nothing of the search

@@ -307,7 +307,7 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         return self.classes_[proba.argmax(axis=1)]
 
 
-def make_head(kind: HeadKind, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
+def make_head(kind: HeadKind, *, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
               seed: int = 0) -> Pipeline:
     """An unfitted head. `semi` and `auto` learn from rows labeled -1 too; the others never see them."""
     if kind in SEMI_SUPERVISED and cv:
@@ -348,7 +348,7 @@ def draw_per_class(labels: np.ndarray, per_class: int, seed: int,
     return np.sort(np.concatenate(chosen))
 
 
-def training_labels(labels: np.ndarray, kind: HeadKind, per_class: int | None, seed: int,
+def training_labels(labels: np.ndarray, kind: HeadKind, per_class: int | None, *, seed: int,
                     cv: int | None, max_unlabeled: int = MAX_UNLABELED,
                     class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The rows a head is fitted on and their targets (-1 = unlabeled, used by `semi` only)."""
