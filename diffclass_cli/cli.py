@@ -557,7 +557,9 @@ def fit(
 def export_classifier_cmd(
     head: Annotated[Path, typer.Argument(help="A head file made by `diffclass fit`.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Classifier file to write (.onnx).")],
-    model: HeadModelOpt = None,
+    model: Annotated[Path | None, typer.Option(
+        help="The extractor (.onnx) the head was fitted on, checked by sha256 (default: found where featurize "
+        "ran it, or the shipped one).")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Join a head and the extractor it was fitted on into one ONNX file: images in, class
