@@ -182,3 +182,19 @@ def test_the_readmes_plain_onnxruntime_example_runs_and_agrees(cli, tiny_feature
     expected = list(csv.reader(io.StringIO(cli("predict", image, "--head", classifier).stdout)))[1]
     label, confidence = result.stdout.split()
     assert label == expected[1] and abs(float(confidence) - float(expected[2])) < 1e-5
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_two_class_heads_convert_too(kind, tmp_path):
+    """scikit-learn's binary logistic regression has one decision column; the graph gives two."""
+    from tests.conftest import write_feature_file
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (60, 20)), rng.normal(1.5, 1, (60, 20))]).astype(np.float32)
+    labeled = write_feature_file(tmp_path / "two.h5", features, np.repeat([0, 1], 60),
+                                 [f"{i}.png" for i in range(120)], ["a", "b"])
+    fit_head(labeled, tmp_path / "h.skops", kind, per_class=5)
+    head = SkopsHead(tmp_path / "h.skops")
+    session = ort.InferenceSession(head_graph(head.pipeline, 20, 18, 10).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"features": features})[0], head.predict_proba(features), atol=1e-5)
