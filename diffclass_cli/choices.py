@@ -13,6 +13,9 @@ class HeadKind(str, Enum):
     mlp = "mlp"
     semi = "semi"
 
+    def __str__(self) -> str:  # as its value in messages ("auto: semi (...)"), as a str would be
+        return self.value
+
 
 class Projection(str, Enum):
     """See plot.py."""

@@ -54,8 +54,8 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, *, per_c
     labeled = int((targets != UNLABELED).sum())
     if kind == HeadKind.auto:
         chooser = head.steps[-1][1]
-        params |= {"choice": chooser.choice_, "reason": chooser.reason_}
-        log.info(f"auto: {chooser.choice_} ({chooser.reason_})")
+        params |= {"choice": chooser.choice_.value, "reason": chooser.reason_}
+        log.info(f"auto: {chooser.choice_.value} ({chooser.reason_})")
     info = {
         "head": kind.value,
         "params": params,

@@ -223,34 +223,34 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         _class_codes(semi, X, y)
         labeled = targets != UNLABELED
         if labeled.all():
-            return self._choose(X, targets, None, semi, "logreg", "no unlabeled rows")
+            return self._choose(X, targets, None, semi, HeadKind.logreg, "no unlabeled rows")
         space = semi.cluster_space(X, len(self.classes_))
         per_class = np.bincount(targets[labeled]).min()
         if per_class >= 2:
             choice, reason = self._decide_with_labels(X, targets, space, semi, min(self.folds, per_class))
         else:
             stability = self._stability(X, semi)
-            choice = "semi" if stability >= self.min_stability else "logreg"
-            reason = (f"one label per class; clusters {'stable' if choice == 'semi' else 'unstable'} "
+            choice = HeadKind.semi if stability >= self.min_stability else HeadKind.logreg
+            reason = (f"one label per class; clusters {'stable' if choice == HeadKind.semi else 'unstable'} "
                       f"across subsets of the rows (ARI {stability:.2f})")
         return self._choose(X, targets, space, semi, choice, reason)
 
-    def _decide_with_labels(self, X, targets, space, semi, n_folds: int) -> tuple[str, str]:
+    def _decide_with_labels(self, X, targets, space, semi, n_folds: int) -> tuple[HeadKind, str]:
         alignment = self.alignment(space, targets)
         if alignment >= self.aligned_from:
-            return "semi", f"classes and clusters found without labels align (NMI {alignment:.2f})"
+            return HeadKind.semi, f"classes and clusters found without labels align (NMI {alignment:.2f})"
         if alignment < self.misaligned_below:
-            return "logreg", f"classes and clusters found without labels do not align (NMI {alignment:.2f})"
+            return HeadKind.logreg, f"classes and clusters found without labels do not align (NMI {alignment:.2f})"
         semi_hits, logreg_hits = self.cross_validate(X, targets, space, semi, n_folds)
         semi_score, logreg_score = semi_hits.mean(), logreg_hits.mean()
-        return ("semi" if semi_score >= logreg_score else "logreg",
+        return (HeadKind.semi if semi_score >= logreg_score else HeadKind.logreg,
                 f"classes and clusters partly align (NMI {alignment:.2f}); cross-validation over the labeled "
                 f"rows: semi {semi_score:.3f}, logreg {logreg_score:.3f}")
 
-    def _choose(self, X, targets, space, semi, choice: str, reason: str) -> "AutoHead":
+    def _choose(self, X, targets, space, semi, choice: HeadKind, reason: str) -> "AutoHead":
         self.choice_, self.reason_ = choice, reason
         labeled = targets != UNLABELED
-        self.model_ = (semi.fit_in_space(X, targets, space) if choice == "semi" else
+        self.model_ = (semi.fit_in_space(X, targets, space) if choice == HeadKind.semi else
                        self._logreg().fit(X[labeled], self.classes_[targets[labeled]]))
         return self
 
