@@ -12,6 +12,7 @@ import pytest
 import diffclass_cli
 from diffclass_cli import evaluate, export, featurize, fit, load_extractor, load_head, predict, train
 from diffclass_cli.data.sources import open_source
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.features.h5 import read_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +75,5 @@ def test_train_and_export_from_python(tmp_path, mnist_train_pixels):
     ckpt = train(tmp_path, tmp_path / "bb.ckpt", steps=2, batch_size=8, width=8, channel_mults=(1, 2))
     meta = export(ckpt, tmp_path / "bb.onnx", timestep=50, taps="mid", pool="global")
     assert meta["timesteps"] == [50] and meta["taps"] == ["mid"] and meta["image_size"] == 28
+    with pytest.raises(DiffclassError, match="unknown training option.* stepz"):
+        train(tmp_path, tmp_path / "typo.ckpt", stepz=2)

@@ -5,6 +5,7 @@ Each step's batch rows and the loss's randomness (timesteps and noise, latent dr
 """
 
 import copy
+import inspect
 import math
 import os
 import shutil
@@ -19,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffclass_cli.backbone.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from diffclass_cli.backbone.config import (
+    BACKBONES,
     Backbone,
     BackboneKind,
     LevelsConfig,
@@ -90,6 +92,12 @@ def plan_config(source: ImageSource, init: str | None = None, kind: str = Backbo
     run, from `train-backbone`'s options: the TrainConfig fields (None: its default) and the
     backbone kind's (width, channel_mults, ...; the LevelsConfig defaults where left out).
     `init='diffusers:PATH'` starts from a pretrained model, whose own shape and schedule win."""
+    known = TRAIN_FIELDS | {name for kind in BACKBONES.values()
+                             for name, p in inspect.signature(kind.from_options).parameters.items()
+                             if p.kind == p.KEYWORD_ONLY or p.kind == p.POSITIONAL_OR_KEYWORD}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise DiffclassError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     train = TrainConfig(**{k: v for k, v in options.items() if k in TRAIN_FIELDS and v is not None})
     backbone_options = {k: v for k, v in options.items() if k not in TRAIN_FIELDS}
     if init is not None:
