@@ -258,7 +258,8 @@ def train_backbone_cmd(
     ema_decay: Annotated[float, typer.Option(help="Decay of the weight average.", callback=in_range(0, 1))
                          ] = TrainConfig.ema_decay,
     augment_shift: Annotated[int, typer.Option(
-        help="Move each training image by up to N pixels each way (0: off).")] = TrainConfig.augment_shift,
+        help="Move each training image by up to N pixels each way (0: off; less than the image size).",
+        callback=at_least(0, high=4096))] = TrainConfig.augment_shift,
     save_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.",
         callback=at_least(1, high=10**9))] = TrainConfig.save_every,
     snapshot_every: Annotated[int, typer.Option(

@@ -115,6 +115,7 @@ def test_forged_extractor_metadata_and_head_fields_are_one_line(world):
 @pytest.mark.parametrize("command, option, value", [
     ("featurize", "--shard", "²/3"), ("featurize", "--threads", "99999999999999"),
     ("featurize", "--threads", "100000"),
+    ("train-backbone", "--augment-shift", "99999999999999999999"), ("train-backbone", "--augment-shift", "28"),
     ("fit", "--C", "nan"), ("fit", "--seed", "-1"), ("fit", "--seed", "100000000000000000000"),
     ("train-backbone", "--epochs", "nan"), ("train-backbone", "--lr", "inf"), ("export", "--timestep", "²"),
     ("export", "--pool", "²x²"), ("predict", "--min-confidence", "nan")])

@@ -154,7 +154,7 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
     (the same weights and checkpoints; a run can switch it on or off when it resumes)."""
     if len(images) == 0:
         raise DiffclassError("no readable images to train on")
-    _check_images(images, config)
+    _check_images(images, config, train)
     torch.manual_seed(train.seed)
     model = config.build()
     if initial is not None:
@@ -274,10 +274,13 @@ def _check_memory(n_images: int, config: Backbone) -> None:
                              "use a smaller --image-size or fewer images")
 
 
-def _check_images(images: np.ndarray, config: Backbone) -> None:
+def _check_images(images: np.ndarray, config: Backbone, train: TrainConfig) -> None:
     expected = (config.channels, config.image_size, config.image_size)
     if images.shape[1:] != expected:
         raise DiffclassError(f"images are {images.shape[1:]} but the backbone expects {expected}")
+    if train.augment_shift >= config.image_size:  # it would move every image out of itself
+        raise DiffclassError(f"--augment-shift {train.augment_shift} must be less than the image size "
+                             f"{config.image_size}")
 
 
 def _check_compiler(device: torch.device) -> None:
