@@ -61,11 +61,10 @@ def train(images, out: Path, *, init: str | None = None, device: Device = Device
     from diffclass_cli.backbone.train import plan_config, run_training
     from diffclass_cli.device import torch_device
 
-    source = _source(images)
+    device, source = torch_device(device), _source(images)  # a device that cannot run: said before any loading
     config, train_config, initial = plan_config(source, init, **options)
-    run_training(source, config, train_config, Path(out), torch_device(device), resume=resume, overwrite=overwrite,
-                 workers=workers, epochs=epochs,
-                 compiled=compiled, initial=initial)
+    run_training(source, config, train_config, Path(out), device, resume=resume, overwrite=overwrite,
+                 workers=workers, epochs=epochs, compiled=compiled, initial=initial)
     return Path(out)
 
 
@@ -133,12 +132,10 @@ def predict(inputs, *, head: Path, model: Path | None = None, batch_size: int = 
 
     if isinstance(inputs, np.ndarray):
         loaded = load_head(head)
-        proba = loaded.predict_proba(inputs)
-        names, chunks = loaded.class_names, [apply.Predictions(
-            [str(i) for i in range(len(inputs))], [loaded.class_names[i] for i in proba.argmax(axis=1)],
-            proba.max(axis=1), proba, loaded.class_names, np.full(len(inputs), -1), [])]
-    elif _feature_files(inputs) is not None:
-        names, chunks = apply.predict(_feature_files(inputs), Path(head))
+        names, chunks = loaded.class_names, [apply.predictions(loaded, inputs, [str(i) for i in range(len(inputs))],
+                                                               np.full(len(inputs), -1), [])]
+    elif (files := _feature_files(inputs)) is not None:
+        names, chunks = apply.predict(files, Path(head))
     else:
         names, chunks = apply.predict_images(_source(inputs), Path(head), model=model, batch_size=batch_size, workers=0)
     for chunk in chunks:
@@ -159,10 +156,10 @@ def evaluate(inputs, *, head: Path, model: Path | None = None) -> dict:
 
 
 def _feature_files(inputs) -> list[Path] | None:
-    """`inputs` as feature files when they are (HDF5 files), else None."""
-    from diffclass_cli.describe import kind_of
+    """`inputs` as feature files when they are, None for images (describe.feature_files)."""
+    from diffclass_cli.data.sources import ImageSource
+    from diffclass_cli.describe import feature_files
 
-    paths = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    if all(isinstance(p, str | Path) and Path(p).is_file() and kind_of(Path(p)) == "features" for p in paths):
-        return [Path(p) for p in paths]
-    return None
+    if isinstance(inputs, ImageSource):
+        return None
+    return feature_files([inputs] if isinstance(inputs, str | Path) else list(inputs))

@@ -629,18 +629,6 @@ InputsArg = Annotated[list[str], typer.Argument(
     "true classes), '-' for paths on standard input, or one built-in source.", show_default=False)]
 
 
-def _feature_files(inputs: list[str]) -> list[Path] | None:
-    """The inputs as feature files when they all are, None when none is; a mix is refused."""
-    from diffclass_cli.describe import kind_of
-
-    kinds = [Path(i).is_file() and kind_of(Path(i)) == "features" for i in inputs]
-    if all(kinds):
-        return [Path(i) for i in inputs]
-    if any(kinds):
-        raise DiffclassError("give feature files or images, not both")
-    return None
-
-
 @app.command()
 def predict(
     inputs: InputsArg,
@@ -681,7 +669,9 @@ def predict(
     from diffclass_cli.heads import apply as heads
 
     style = heads.PredictionFormat(output_format, top_k, proba, min_confidence, header=not no_header)
-    features = _feature_files(inputs)
+    from diffclass_cli.describe import feature_files
+
+    features = feature_files(inputs)
     if features is not None:
         if model is not None:
             raise DiffclassError(f"{inputs[0]} is a feature file; --model is for images")
@@ -726,9 +716,10 @@ def evaluate_cmd(
     """
     import json
 
+    from diffclass_cli.describe import feature_files
     from diffclass_cli.heads.apply import evaluate, evaluate_images, format_report
 
-    features = _feature_files(inputs)
+    features = feature_files(inputs)
     if features is not None:
         if len(features) > 1 or model is not None:
             raise DiffclassError("evaluate takes one feature file (and --model only with images)")

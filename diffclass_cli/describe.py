@@ -4,6 +4,7 @@ imports torch."""
 
 import json
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,16 @@ def kind_of(path: Path) -> str:
     if len(start) >= 9 and start[8:9] == b"{":  # safetensors: an 8-byte header length, then JSON
         return "checkpoint"
     return "extractor"
+
+
+def feature_files(inputs: Sequence[str | Path]) -> list[Path] | None:
+    """The inputs as feature files when they all are, None when none is; a mix is refused."""
+    kinds = [Path(i).is_file() and kind_of(Path(i)) == "features" for i in inputs]
+    if all(kinds):
+        return [Path(i) for i in inputs]
+    if any(kinds):
+        raise DiffclassError("give feature files or images, not both")
+    return None
 
 
 def describe(path: Path) -> dict:

@@ -22,6 +22,20 @@ class BackboneKind(str, Enum):
     vae = "vae"
 
 
+def level_tap_names(levels: int, kinds: tuple[str, str, str]) -> list[str]:
+    """The taps of a network of `levels` levels in forward order: `{encoder}0..`, the middle one,
+    `{decoder}{levels-1}..{decoder}0` (`kinds`: encoder prefix, middle tap, decoder prefix)."""
+    encoder, middle, decoder = kinds
+    return [f"{encoder}{i}" for i in range(levels)] + [middle] + [f"{decoder}{i}" for i in reversed(range(levels))]
+
+
+def level_tap_groups(names: list[str], middle: str) -> dict[str, list[str]]:
+    """Names that stand for several taps in `--taps`: up to and including the middle tap
+    (`encoder`), after it (`decoder`) and `all`; each kind adds its `default` (what extractors use)."""
+    cut = names.index(middle) + 1
+    return {"encoder": names[:cut], "decoder": names[cut:], "all": names}
+
+
 @dataclass(frozen=True)
 class LevelsConfig:
     """Input images and the channels of each level (each level halves the size), and the names
@@ -63,18 +77,11 @@ class LevelsConfig:
 
     @property
     def tap_names(self) -> list[str]:
-        """The taps in forward order."""
-        encoder, middle, decoder = self.tap_kinds
-        levels = range(len(self.channel_mults))
-        return [f"{encoder}{i}" for i in levels] + [middle] + [f"{decoder}{i}" for i in reversed(levels)]
+        return level_tap_names(len(self.channel_mults), self.tap_kinds)
 
     @property
     def tap_groups(self) -> dict[str, list[str]]:
-        """Names that stand for several taps in `--taps`: up to and including the middle tap
-        (`encoder`), after it (`decoder`), `all`, and `default` (what extractors use)."""
-        names = self.tap_names
-        cut = names.index(self.tap_kinds[1]) + 1
-        groups = {"encoder": names[:cut], "decoder": names[cut:], "all": names}
+        groups = level_tap_groups(self.tap_names, self.tap_kinds[1])
         return {**groups, "default": self.default_taps(groups)}
 
     def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
@@ -176,8 +183,9 @@ class DDPMConfig:
     noised: ClassVar[bool] = True
 
     @classmethod
-    def from_options(cls, image_size: int, channels: int, width: int, channel_mults: tuple[int, ...],
-                     blocks_per_level: int = 1, mid_attention: bool = False, schedule: Schedule = Schedule.linear,
+    def from_options(cls, image_size: int, channels: int, width: int = UNetConfig.width,
+                     channel_mults: tuple[int, ...] = UNetConfig.channel_mults, blocks_per_level: int = 1,
+                     mid_attention: bool = False, schedule: Schedule = Schedule.linear,
                      prediction: Prediction = Prediction.eps, min_snr: float = 0.0, **_) -> "DDPMConfig":
         return cls(unet=UNetConfig(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
                                    blocks_per_level=blocks_per_level, mid_attention=mid_attention),
@@ -252,8 +260,9 @@ class VAEConfig(LevelsConfig):
             raise DiffclassError(f"--beta must be positive, not {self.beta}")
 
     @classmethod
-    def from_options(cls, image_size: int, channels: int, width: int, channel_mults: tuple[int, ...],
-                     latent_dim: int = 32, beta: float = 1.0, **_) -> "VAEConfig":
+    def from_options(cls, image_size: int, channels: int, width: int = LevelsConfig.width,
+                     channel_mults: tuple[int, ...] = LevelsConfig.channel_mults, latent_dim: int = 32,
+                     beta: float = 1.0, **_) -> "VAEConfig":
         return cls(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
                    latent_dim=latent_dim, beta=beta)
 

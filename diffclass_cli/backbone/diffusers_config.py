@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from diffclass_cli.backbone.config import Prediction, register_backbone
+from diffclass_cli.backbone.config import (
+    Prediction,
+    UNetConfig,
+    level_tap_groups,
+    level_tap_names,
+    register_backbone,
+)
 from diffclass_cli.errors import DiffclassError
 
 PREFIX = "diffusers:"
@@ -85,14 +91,12 @@ class DiffusersConfig:
 
     @property
     def tap_names(self) -> list[str]:
-        levels = range(self.levels)
-        return [f"down{i}" for i in levels] + ["mid"] + [f"up{i}" for i in reversed(levels)]
+        return level_tap_names(self.levels, UNetConfig.tap_kinds)
 
     @property
     def tap_groups(self) -> dict[str, list[str]]:
-        names = self.tap_names
-        cut = names.index("mid") + 1
-        return {"encoder": names[:cut], "decoder": names[cut:], "all": names, "default": ["mid", *names[cut:]]}
+        groups = level_tap_groups(self.tap_names, "mid")
+        return {**groups, "default": ["mid", *groups["decoder"]]}  # as our UNet's
 
     @property
     def prediction(self) -> Prediction:

@@ -110,15 +110,14 @@ def load_pretrained(ref: str):
     config = DiffusersConfig(unet=json.loads(json.dumps(dict(model.config))), scheduler=_scheduler_config(folder),
                              source=name)
     weights = {f"model.{key}": value for key, value in model.state_dict().items()}
+    config_sha256 = hashlib.sha256(json.dumps(config.unet, sort_keys=True).encode()).hexdigest()
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     digest = hashlib.sha256()
-    for file in files or []:
+    for file in files:
         digest.update(file.read_bytes())
-    if not files:
-        digest.update(json.dumps(config.unet, sort_keys=True).encode())
-    data = {"source": name, "config_sha256": hashlib.sha256(json.dumps(config.unet, sort_keys=True).encode())
-            .hexdigest()}
-    return Checkpoint(config, 0, weights, dict(weights), training={"data": data}, sha256=digest.hexdigest())
+    data = {"source": name, "config_sha256": config_sha256}
+    return Checkpoint(config, 0, weights, dict(weights), training={"data": data},
+                      sha256=digest.hexdigest() if files else config_sha256)
 
 
 def _scheduler_config(folder: Path) -> dict:

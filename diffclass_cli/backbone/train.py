@@ -23,7 +23,6 @@ from diffclass_cli.backbone.config import (
     BACKBONES,
     Backbone,
     BackboneKind,
-    LevelsConfig,
     LRSchedule,
     TrainConfig,
     backbone_class,
@@ -90,7 +89,7 @@ def plan_config(source: ImageSource, init: str | None = None, kind: str = Backbo
                 **options) -> tuple[Backbone, TrainConfig, dict[str, torch.Tensor] | None]:
     """The backbone config, the training config and the initial weights (None: random) of a new
     run, from `train-backbone`'s options: the TrainConfig fields (None: its default) and the
-    backbone kind's (width, channel_mults, ...; the LevelsConfig defaults where left out).
+    backbone kind's (width, channel_mults, ...; the kind's defaults where left out).
     `init='diffusers:PATH'` starts from a pretrained model, whose own shape and schedule win."""
     known = TRAIN_FIELDS | {name for kind in BACKBONES.values()
                              for name, p in inspect.signature(kind.from_options).parameters.items()
@@ -104,8 +103,7 @@ def plan_config(source: ImageSource, init: str | None = None, kind: str = Backbo
         config, initial = _pretrained(init, image_size, channels)
         return config, train, initial
     size, chans = _image_shape(source, image_size, channels)
-    defaults = {"width": LevelsConfig.width, "channel_mults": LevelsConfig.channel_mults}
-    config = backbone_class(kind).from_options(image_size=size, channels=chans, **{**defaults, **backbone_options})
+    config = backbone_class(kind).from_options(image_size=size, channels=chans, **backbone_options)
     return config, train, None
 
 

@@ -189,22 +189,31 @@ def feature_batches(pool: DecodePool, session: ExtractorSession, batch_size: int
         yield FeatureBatch(batch.rows, features, batch.skipped, session.provider)
 
 
+def source_batches(source: ImageSource, session: ExtractorSession, batch_size: int, workers: int, desc: str,
+                   skipped: list[tuple[str, str]]) -> Iterator[FeatureBatch]:
+    """feature_batches of every image of `source`, decoded in `workers` processes, with a progress
+    bar; (path, reason) of each image that could not be read (the source's own first) is added to
+    `skipped`, and all of them are reported at the end. Nothing is written."""
+    skipped += source.skipped
+    meta = session.metadata
+    with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
+            progress(total=len(source), desc=desc, unit="img") as bar:
+        for batch in feature_batches(pool, session, batch_size):
+            skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
+            bar.update(len(batch.rows) + len(batch.skipped))
+            yield batch
+    report_skipped(skipped)
+
+
 def features_in_memory(source: ImageSource, model: Path, batch_size: int = 256, workers: int = 0,
                        device: Device = Device.auto) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """The features `[N, D]` of every readable image of `source`, the source rows they are of, and
     (path, reason) of the images that could not be read; nothing written."""
-    session = ExtractorSession(model, device)
-    meta = session.metadata
-    parts, rows, skipped = [np.empty((0, meta["feature_dim"]), np.float32)], [np.empty(0, np.int64)], []
-    with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
-            progress(total=len(source), desc="featurizing", unit="img") as bar:
-        for batch in feature_batches(pool, session, batch_size):
-            parts.append(batch.features)
-            rows.append(batch.rows)
-            skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
-            bar.update(len(batch.rows) + len(batch.skipped))
-    skipped = list(source.skipped) + skipped
-    report_skipped(skipped)
+    session, skipped = ExtractorSession(model, device), []
+    parts, rows = [np.empty((0, session.metadata["feature_dim"]), np.float32)], [np.empty(0, np.int64)]
+    for batch in source_batches(source, session, batch_size, workers, "featurizing", skipped):
+        parts.append(batch.features)
+        rows.append(batch.rows)
     return np.concatenate(parts), np.concatenate(rows), skipped
 
 

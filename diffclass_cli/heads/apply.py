@@ -16,10 +16,9 @@ import numpy as np
 
 from diffclass_cli.choices import Device, OutputFormat
 from diffclass_cli.console import log, progress
-from diffclass_cli.data.loading import DecodePool, report_skipped
 from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.features.extract import DEFAULT_MODEL, feature_batches
+from diffclass_cli.features.extract import DEFAULT_MODEL, source_batches
 from diffclass_cli.features.h5 import FeatureReader, check_finite, open_feature_file, storable
 from diffclass_cli.features.runtime import ExtractorSession
 from diffclass_cli.files import existing_file, sha256_file
@@ -101,7 +100,7 @@ def _predicted_chunks(features: Path, head: Head) -> Iterator[Predictions]:
         names = reader.class_names
         for rows in reader.chunks():
             check_finite(rows, features)
-            yield _predictions(head, rows.features, rows.paths, rows.labels, names)
+            yield predictions(head, rows.features, rows.paths, rows.labels, names)
             bar.update(len(rows.paths))
 
 
@@ -136,21 +135,15 @@ def predict_images(source: ImageSource, head_path: Path, *, model: Path | None =
 
 def _predict_batches(source: ImageSource, session: ExtractorSession, head: Head, batch_size: int,
                      workers: int) -> Iterator[Predictions]:
-    meta = session.metadata
-    skipped = list(source.skipped)
-    with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
-            progress(total=len(source), desc="predicting", unit="img") as bar:
-        for batch in feature_batches(pool, session, batch_size):
-            skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
-            bar.update(len(batch.rows) + len(batch.skipped))
-            if len(batch.rows):
-                yield _predictions(head, batch.features, [source.ids[row] for row in batch.rows],
-                                   source.labels[batch.rows], source.class_names)
-    report_skipped(skipped)
+    for batch in source_batches(source, session, batch_size, workers, "predicting", skipped=[]):
+        if len(batch.rows):
+            yield predictions(head, batch.features, [source.ids[row] for row in batch.rows],
+                              source.labels[batch.rows], source.class_names)
 
 
-def _predictions(head: Head, features: np.ndarray, paths: list[str], truth: np.ndarray,
-                 truth_names: list[str]) -> Predictions:
+def predictions(head: Head, features: np.ndarray, paths: list[str], truth: np.ndarray,
+                truth_names: list[str]) -> Predictions:
+    """The head's predictions of the rows `features`, with their paths and true classes."""
     names = head.class_names
     proba = head.predict_proba(features) if len(features) else np.empty((0, len(names)))
     best = proba.argmax(axis=1)

@@ -59,9 +59,7 @@ def joined_graph(extractor: onnx.ModelProto, head_model: onnx.ModelProto) -> onn
     """images -> (probabilities, features): the head's graph fed by the extractor's features,
     its names prefixed so that none meets one of the extractor's."""
     head_part = onnx.compose.add_prefix(head_model, "head/")
-    for node in head_part.graph.node:
-        node.output[:] = [PROBABILITIES if o == f"head/{PROBABILITIES}" else o for o in node.output]
-    head_part.graph.output[0].name = PROBABILITIES
+    _rename(head_part.graph, f"head/{PROBABILITIES}", PROBABILITIES)
     joined = onnx.compose.merge_models(extractor, head_part, io_map=[(OUTPUT_NAME, f"head/{OUTPUT_NAME}")],
                                        outputs=[PROBABILITIES, OUTPUT_NAME], producer_name="diffclass",
                                        producer_version=__version__)
@@ -83,10 +81,8 @@ def head_graph(head: Pipeline, feature_dim: int, opset: int, ir_version: int) ->
     del graph.value_info[:]  # inferred again below, after the renaming
     graph.input[0].CopyFrom(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", feature_dim]))
     graph.node.insert(0, helper.make_node("Cast", [OUTPUT_NAME], ["scaled_input"], to=TensorProto.DOUBLE))
-    graph.output[0].name = "probabilities_f64"
-    for node in graph.node:
-        node.output[:] = ["probabilities_f64" if o == PROBABILITIES else o for o in node.output]
     last = "probabilities_f64"
+    _rename(graph, PROBABILITIES, last)
     if columns is not None:  # a classifier that saw fewer classes: its columns placed among all classes
         graph.initializer.append(numpy_helper.from_array(columns, "head_columns"))
         graph.node.append(helper.make_node("MatMul", [last, "head_columns"], ["placed_f64"]))
@@ -98,6 +94,15 @@ def head_graph(head: Pipeline, feature_dim: int, opset: int, ir_version: int) ->
     converted.ir_version = ir_version
     onnx.checker.check_model(converted, full_check=True)
     return converted
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename the value `old` where it is made (a node's output, a graph output); nothing reads it."""
+    for node in graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+    for output in graph.output:
+        if output.name == old:
+            output.name = new
 
 
 def plain_pipeline(head: Pipeline) -> tuple[Pipeline, np.ndarray | None]:
