@@ -40,7 +40,8 @@ def export_classifier(head_path: Path, out: Path, model: Path | None = None, ove
     head_model = head_graph(head, info["feature_dim"], opset, extractor.ir_version)
     joined = joined_graph(extractor, head_model)
     names = [info["class_names"][c] for c in head.classes_]
-    described = {"class_names": names, "head": info["head"], "extractor_sha256": sha256_file(extractor_path),
+    # head_extractor found the file by the head's extractor_sha256, so that is the file's
+    described = {"class_names": names, "head": info["head"], "extractor_sha256": info["extractor_sha256"],
                  "extractor_name": info.get("extractor_name") or extractor_path.stem,
                  "head_sha256": sha256_file(head_path),
                  "head_info": {k: info[k] for k in ("params", "fitted_on", "created") if k in info},
