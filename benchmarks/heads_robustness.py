@@ -122,7 +122,7 @@ def load_data(name: str, model: Path, on_validation: bool) -> tuple[Labeled, Lab
         features = pixel_features(train.images, held_out.images)
     else:
         features = extractor_features(model.stem, model, ExtractorSpec(), train.images, held_out.images)
-    return Labeled(features.pool, train.labels), Labeled(features.test, held_out.labels)
+    return Labeled(features.train, train.labels), Labeled(features.test, held_out.labels)
 
 
 def run_scenario(name: str, pool: Labeled, test: Labeled, protocol: Protocol, largest: int = 100) -> list[dict]:

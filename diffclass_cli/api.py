@@ -13,13 +13,14 @@ Nothing heavy is imported until a function is called: `import diffclass_cli` sta
 `diffclass --version`.
 """
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from diffclass_cli.choices import Device, HeadKind
+from diffclass_cli.choices import Device
+from diffclass_cli.runs import ExportRun, FeaturizeRun, FitRun, PredictRun, TrainRun
 
 
 @dataclass
@@ -41,6 +42,15 @@ class Prediction:
     proba: dict[str, float]
 
 
+def _spec(images) -> str:
+    """How a run records its SOURCE."""
+    from diffclass_cli.data.sources import ImageSource
+
+    if isinstance(images, ImageSource):
+        return images.spec
+    return str(images) if isinstance(images, str | Path) else " ".join(map(str, images))
+
+
 def _source(images, data_root: Path | None = None):
     """A SOURCE as the commands take it: a folder, image files, '-', or a built-in name."""
     from diffclass_cli.data.sources import ImageSource, open_inputs
@@ -51,61 +61,56 @@ def _source(images, data_root: Path | None = None):
     return open_inputs(specs, data_root)
 
 
-def train(images, out: Path, *, init: str | None = None, device: Device = Device.auto, resume: bool = False,
-          overwrite: bool = False, workers: int = 0, epochs: float | None = None, compiled: bool = False,
-          **options) -> Path:
+def train(images, out: Path, **options) -> Path:
     """Train a backbone on unlabeled `images` (any SOURCE) and write its checkpoint to `out`,
     as `diffclass train-backbone`; `init='diffusers:PATH'` fine-tunes a pretrained model.
-    `options`: the fields of backbone.config.TrainConfig (steps, batch_size, lr, ...) and of the
-    backbone kind (kind, image_size, channels, width, channel_mults, ...)."""
-    from diffclass_cli.backbone.train import plan_config, run_training
+    `options`: train-backbone's, by their Python names: runs.TrainRun's (kind, init, epochs,
+    image_size, channels, resume, compiled, device, workers, overwrite), the training loop's
+    (backbone.config.TrainConfig: steps, batch_size, lr, ...) and the backbone kind's (width,
+    channel_mults, ...)."""
+    from diffclass_cli.backbone.train import train_run
     from diffclass_cli.device import torch_device
 
-    device, source = torch_device(device), _source(images)  # a device that cannot run: said before any loading
-    config, train_config, initial = plan_config(source, init, **options)
-    run_training(source, config, train_config, Path(out), device, resume=resume, overwrite=overwrite,
-                 workers=workers, epochs=epochs, compiled=compiled, initial=initial)
-    return Path(out)
+    own = {f.name for f in fields(TrainRun)}
+    run = TrainRun.of(source=_spec(images), out=Path(out), **{k: v for k, v in options.items() if k in own})
+    torch_device(run.device)  # a device that cannot run: said before any loading
+    train_run(run, _source(images, run.data_root), **{k: v for k, v in options.items() if k not in own})
+    return run.out
 
 
-def export(checkpoint: Path | str, out: Path, *, timestep: int | None = None, timesteps: Sequence[int] = (),
-           taps: str | None = None, pool: str | None = None, shifts: int = 1, noise_draws: int = 1,
-           noise_seed: int = 0, overwrite: bool = False) -> dict:
+def export(checkpoint: Path | str, out: Path, **options) -> dict:
     """Freeze a checkpoint (or `diffusers:PATH`) into an ONNX extractor at `out`, as `diffclass
-    export`; returns its metadata."""
-    from diffclass_cli.extractors.onnx_export import export_onnx
-    from diffclass_cli.extractors.spec import ExtractorSpec
+    export`; returns its metadata. `options`: export's (runs.ExportRun: timestep, which may be
+    'auto', timesteps, taps, pool, shifts, noise_draws, noise_seed, weights, opset, overwrite, ...)."""
+    from diffclass_cli.extractors.onnx_export import export_run
 
-    spec = ExtractorSpec.from_options(timestep=timestep, timesteps=tuple(timesteps), taps=taps, pool=pool,
-                                      noise_seed=noise_seed, noise_draws=noise_draws, shifts=shifts)
-    return export_onnx(Path(checkpoint), Path(out), spec, overwrite=overwrite)
+    return export_run(ExportRun.of(checkpoint=Path(checkpoint), out=Path(out), **options))
 
 
-def featurize(images, out: Path | None = None, *, model: Path | None = None, batch_size: int = 256,
-              workers: int = 0, device: Device = Device.auto, overwrite: bool = False) -> Features | Path:
+def featurize(images, out: Path | None = None, **options) -> Features | Path:
     """The features of `images` (any SOURCE) by the extractor `model` (default: the shipped one):
-    written to the feature file `out` as `diffclass featurize`, or, without `out`, returned."""
-    from diffclass_cli.features.extract import features_in_memory, resolve_model
-    from diffclass_cli.features.extract import featurize as featurize_to_file
+    written to the feature file `out` as `diffclass featurize`, or, without `out`, returned.
+    `options`: featurize's (runs.FeaturizeRun: model, batch_size, workers, device, ...)."""
+    from diffclass_cli.features.extract import features_in_memory, featurize_run, resolve_model
 
-    source, model = _source(images), resolve_model(model)
+    run = FeaturizeRun.of(source=_spec(images), out=Path(out or "."), **options)
+    source = _source(images, run.data_root)
     if out is not None:
-        featurize_to_file(source, Path(out), model, device=device, batch_size=batch_size, workers=workers,
-                          overwrite=overwrite)
-        return Path(out)
-    features, rows, skipped = features_in_memory(source, model, batch_size, workers, device)
+        featurize_run(run, source)
+        return run.out
+    features, rows, skipped = features_in_memory(source, resolve_model(run.model), run.batch_size, run.workers,
+                                                 run.device)
     return Features(features, [source.ids[r] for r in rows], source.labels[rows], list(source.class_names),
                     skipped)
 
 
-def fit(features: Path, out: Path, *, head: HeadKind | str = HeadKind.auto, per_class: int | None = None,
-        seed: int = 0, unlabeled: Sequence[Path] = (), labels: Path | None = None, overwrite: bool = False) -> dict:
+def fit(features: Path, out: Path, **options) -> dict:
     """Fit a head on the labeled rows of a feature file and save it (skops), as `diffclass fit`;
-    returns what it recorded (classes, what auto chose, the extractor, ...)."""
+    returns what it recorded (classes, what auto chose, the extractor, ...). `options`: fit's
+    (runs.FitRun: head, per_class, seed, unlabeled, labels, C, ...)."""
     from diffclass_cli.heads.fit import fit_head
 
-    return fit_head(Path(features), Path(out), HeadKind(head), per_class=per_class, seed=seed, overwrite=overwrite,
-                    unlabeled=[Path(u) for u in unlabeled], labels=labels)
+    return FitRun.of(features=Path(features), out=Path(out), **options).call(fit_head)
 
 
 def load_extractor(path: Path | None = None, *, device: Device = Device.auto):
@@ -125,7 +130,8 @@ def load_head(path: Path):
     return load_any_head(Path(path))
 
 
-def predict(inputs, *, head: Path, model: Path | None = None, batch_size: int = 256) -> Iterator[Prediction]:
+def predict(inputs, *, head: Path, model: Path | None = None,
+            batch_size: int = PredictRun.batch_size) -> Iterator[Prediction]:
     """Predictions for `inputs`: a feature array `[N, D]`, feature files, or images (any SOURCE,
     featurized with the extractor the head was fitted on, or `model`), as `diffclass predict`."""
     from diffclass_cli.heads import apply

@@ -29,9 +29,10 @@ def _parameters(function) -> list[tuple[str, type, OptionInfo | ArgumentInfo, ob
     hints = typing.get_type_hints(function, include_extras=True)
     found = []
     for name, parameter in inspect.signature(function).parameters.items():
-        base, *extras = typing.get_args(hints[name])
-        info = next(extra for extra in extras if isinstance(extra, OptionInfo | ArgumentInfo))
-        found.append((name, base, info, parameter.default))
+        base, *extras = typing.get_args(hints[name]) or (hints[name],)
+        info = next((extra for extra in extras if isinstance(extra, OptionInfo | ArgumentInfo)), None)
+        if info is not None:  # not the Context a command may take
+            found.append((name, base, info, parameter.default))
     return found
 
 

@@ -34,9 +34,9 @@ def options(command: str) -> list[tuple[str, object]]:
     hints = typing.get_type_hints(function, include_extras=True)
     found = []
     for name in inspect.signature(function).parameters:
-        base, *extras = typing.get_args(hints[name])
-        info = next(e for e in extras if isinstance(e, OptionInfo | ArgumentInfo))
-        if isinstance(info, ArgumentInfo):
+        base, *extras = typing.get_args(hints[name]) or (hints[name],)
+        info = next((e for e in extras if isinstance(e, OptionInfo | ArgumentInfo)), None)
+        if not isinstance(info, OptionInfo):  # an argument, or the Context a command takes
             continue
         bare = next((a for a in typing.get_args(base) if a is not type(None)), base) if typing.get_args(base) else base
         if bare is bool or name in SKIPPED_OPTIONS:

@@ -1,26 +1,32 @@
 """The backbone contract: a new kind, defined here and registered as a kind's module registers
-itself, trains, checkpoints, samples, exports and featurizes without a line elsewhere."""
+itself, trains, checkpoints, samples, exports and featurizes without a line elsewhere, and its
+own options (declared on its config) reach the Python API's `train`."""
 
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffclass_cli import train
 from diffclass_cli.backbone import config as backbone_config
 from diffclass_cli.backbone.blocks import Tap
 from diffclass_cli.backbone.checkpoint import load_checkpoint
-from diffclass_cli.backbone.config import TrainConfig, Weights
+from diffclass_cli.backbone.config import TrainConfig, Weights, picked
 from diffclass_cli.backbone.sampling import sample_to_png
 from diffclass_cli.backbone.train import train_backbone
 from diffclass_cli.data.sources import open_source
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractors.extractor import TapExtractor
 from diffclass_cli.extractors.onnx_export import export_onnx
 from diffclass_cli.extractors.spec import ExtractorSpec
 from diffclass_cli.features.extract import featurize
 from diffclass_cli.features.h5 import read_features
+from diffclass_cli.options import check_options, option, option_fields
+from diffclass_cli.runs import training_options
 
 
 class ToyAutoencoder(nn.Module):
@@ -29,11 +35,12 @@ class ToyAutoencoder(nn.Module):
     def __init__(self, config: "ToyConfig"):
         super().__init__()
         self.config = config
-        self.encode = nn.Conv2d(config.channels, 8, 3, padding=1)
-        self.decode = nn.Conv2d(8, config.channels, 3, padding=1)
+        self.encode = nn.Conv2d(config.channels, config.hidden, 3, padding=1)
+        self.decode = nn.Conv2d(config.hidden, config.channels, 3, padding=1)
 
     def taps(self) -> list[Tap]:
-        return [Tap("enc", 8, self.config.image_size), Tap("dec", self.config.channels, self.config.image_size)]
+        size = self.config.image_size
+        return [Tap("enc", self.config.hidden, size), Tap("dec", self.config.channels, size)]
 
     def prune_intermediate_layers(self, taps) -> None:
         pass
@@ -51,16 +58,25 @@ class ToyAutoencoder(nn.Module):
 class ToyConfig:
     image_size: int = 8
     channels: int = 1
+    hidden: int = option("toy: channels of its one hidden layer.", 8, low=1, high=64)
     kind: str = "toy"
     feature_family: ClassVar[str] = "toy"
+    summary: ClassVar[str] = "a one-layer autoencoder"
     noised: ClassVar[bool] = False
     tap_names: ClassVar[list[str]] = ["enc", "dec"]
     tap_groups: ClassVar[dict[str, list[str]]] = {"encoder": ["enc"], "decoder": ["dec"], "all": ["enc", "dec"],
                                                   "default": ["enc"]}
 
+    def __post_init__(self):
+        check_options(self)
+
     @classmethod
-    def from_options(cls, image_size: int, channels: int, **_) -> "ToyConfig":
-        return cls(image_size, channels)
+    def train_options(cls) -> list:
+        return option_fields(cls)
+
+    @classmethod
+    def from_options(cls, *, image_size: int, channels: int, **options) -> "ToyConfig":
+        return cls(image_size, channels, **picked(options, cls))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ToyConfig":
@@ -109,3 +125,14 @@ def test_a_new_kind_defined_in_one_place_trains_samples_exports_and_featurizes(m
     features = read_features(tmp_path / "toy.h5").features
     assert features.shape == (len(open_source("digits:test")), 32) and np.isfinite(features).all()
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_a_new_kinds_own_option_reaches_the_python_api(monkeypatch, tmp_path):
+    monkeypatch.setitem(backbone_config.BACKBONES, "toy", ToyConfig)
+    assert "hidden" in {f.name for f in training_options()}
+
+    train("digits:train", tmp_path / "toy.ckpt", kind="toy", hidden=4, steps=4, batch_size=32, warmup=1)
+    config = load_checkpoint(tmp_path / "toy.ckpt").config
+    assert config == ToyConfig(image_size=8, channels=1, hidden=4)
+    with pytest.raises(DiffclassError, match="--hidden must be at most 64, not 65"):
+        train("digits:train", tmp_path / "bad.ckpt", kind="toy", hidden=65, steps=1)

@@ -7,14 +7,16 @@ import sys
 import numpy as np
 import pytest
 from sklearn import metrics
+from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from diffclass_cli.features.h5 import read_features
+from diffclass_cli.heads import models
 from diffclass_cli.heads.apply import evaluate, predict
 from diffclass_cli.heads.fit import fit_head
-from diffclass_cli.heads.models import AutoHead, HeadKind, SpectralPseudoLabels, draw_per_class, fit_rows
+from diffclass_cli.heads.models import AutoHead, HeadKind, SpaceCache, SpectralPseudoLabels, draw_per_class, fit_rows
 from diffclass_cli.heads.store import FORMAT, load_head, sio
 from tests.conftest import assert_one_line_error, write_feature_file
 
@@ -47,15 +49,31 @@ def test_self_training_corrects_pseudo_labels(digit_files):
     # Raw 8x8 pixels cluster imperfectly; the classifier fitted on the pseudo-labels, in all the
     # features, relabels some of what the clusters got wrong.
     train, test = read_features(digit_files["train"]), read_features(digit_files["test"])
-    scores = {0: [], 3: []}
+    scores, memory = {0: [], 3: []}, SpaceCache()  # the same rows each time: one clustering space
     for seed in range(5):
         rows, targets = fit_rows(train.labels, draw_per_class(train.labels, 3, seed), HeadKind.semi)
         for rounds in scores:
             head = Pipeline([("scale", StandardScaler()),
-                             ("semi", SpectralPseudoLabels(self_training_rounds=rounds))])
+                             ("semi", SpectralPseudoLabels(self_training_rounds=rounds, memory=memory))])
             head.fit(train.features[rows], targets)
             scores[rounds].append((head.predict(test.features) == test.labels).mean())
     assert np.mean(scores[3]) > np.mean(scores[0]) + 0.005, scores
+
+
+def test_the_clustering_space_is_cached_only_where_asked(digit_files, monkeypatch):
+    X = StandardScaler().fit_transform(read_features(digit_files["train"]).features)
+    calls, embedding = [], models.embedding
+    monkeypatch.setattr(models, "embedding", lambda *args: calls.append(args[1:]) or embedding(*args))
+    SpectralPseudoLabels().cluster_space(X, 10)
+    SpectralPseudoLabels().cluster_space(X, 10)
+    assert len(calls) == 2  # no state outside a head: each computes its own
+    memory = SpaceCache()
+    head = SpectralPseudoLabels(memory=memory)
+    space = head.cluster_space(X, 10)
+    copy = clone(head)  # as AutoHead's folds and scikit-learn's tools copy a head
+    assert copy.memory is memory and copy.cluster_space(X, 10) is space
+    assert calls[2:] == [(10, 32, 15)] and head.cluster_space(X, 9) is not space
+    np.testing.assert_array_equal(space, embedding(X, 10, 32, 15))
 
 
 def test_per_class_draws_exactly_k_reproducibly():

@@ -5,11 +5,12 @@ import it; each config builds its network and its loss (importing torch) only wh
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field
 from enum import Enum
 from typing import ClassVar, Protocol
 
 from diffclass_cli.errors import DiffclassError
+from diffclass_cli.options import SEED_HIGH, check_options, option, option_fields, parse_ints
 
 
 class Weights(str, Enum):
@@ -17,9 +18,7 @@ class Weights(str, Enum):
     raw = "raw"
 
 
-class BackboneKind(str, Enum):
-    ddpm = "ddpm"
-    vae = "vae"
+DEFAULT_KIND = "ddpm"
 
 
 def level_tap_names(levels: int, kinds: tuple[str, str, str]) -> list[str]:
@@ -44,10 +43,11 @@ class LevelsConfig:
     tap_kinds: ClassVar[tuple[str, str, str]]  # (encoder prefix, middle tap, decoder prefix)
     image_size: int = 28
     channels: int = 1
-    width: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2)
+    width: int = option("Channels of the first level.", 32, low=8, high=4096)
+    channel_mults: tuple[int, ...] = option("Width multiplier per level.", (1, 2, 2), text=parse_ints)
 
     def __post_init__(self):
+        check_options(self)
         if self.image_size < 8 or self.image_size % 4:
             raise DiffclassError(
                 f"image size {self.image_size} is not supported: use a multiple of 4 that is at "
@@ -91,14 +91,10 @@ class LevelsConfig:
 @dataclass(frozen=True)
 class UNetConfig(LevelsConfig):
     tap_kinds = ("down", "mid", "up")
-    blocks_per_level: int = 1
+    blocks_per_level: int = option("ddpm: ResBlocks per UNet level.", 1, low=1, high=64)
     dropout: float = 0.0
-    mid_attention: bool = False  # self-attention in the middle block (at the lowest resolution)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.blocks_per_level < 1:
-            raise DiffclassError(f"--blocks-per-level must be at least 1, not {self.blocks_per_level}")
+    mid_attention: bool = option("ddpm: self-attention in the middle block, at the lowest resolution.", False,
+                                 negatable=True)
 
     def default_taps(self, groups: dict[str, list[str]]) -> list[str]:
         """The bottleneck and every decoder block."""
@@ -121,11 +117,18 @@ class Prediction(str, Enum):
 @dataclass(frozen=True)
 class DiffusionConfig:
     num_timesteps: int = 1000
-    schedule: Schedule = Schedule.linear
+    schedule: Schedule = option("ddpm: noise schedule.", Schedule.linear)
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    prediction: Prediction = Prediction.eps
-    min_snr: float = 0.0  # > 0: Min-SNR-gamma loss weighting (Hang et al. 2023) with this gamma; 0: plain MSE
+    prediction: Prediction = option(
+        "ddpm: train the UNet to predict the noise (eps) or v = sqrt(abar) noise - sqrt(1 - abar) image.",
+        Prediction.eps)
+    min_snr: float = option(  # Min-SNR-gamma loss weighting (Hang et al. 2023)
+        "ddpm: weigh each image's loss by min(SNR, GAMMA) / SNR (/ (SNR + 1) with --prediction v): Min-SNR-gamma, "
+        "e.g. 5; 0: off.", 0.0, low=0, metavar="GAMMA")
+
+    def __post_init__(self):
+        check_options(self)
 
 
 class Backbone(Protocol):
@@ -136,6 +139,7 @@ class Backbone(Protocol):
 
     kind: str  # stored in checkpoints and extractor metadata
     feature_family: ClassVar[str]  # what benchmark tables call its features
+    summary: ClassVar[str]  # what `train-backbone --kind` says of it
     noised: ClassVar[bool]  # whether its features depend on a diffusion timestep (and noise)
     image_size: int
     channels: int
@@ -143,8 +147,13 @@ class Backbone(Protocol):
     tap_groups: dict[str, list[str]]
 
     @classmethod
-    def from_options(cls, **options) -> "Backbone":
-        """From `train-backbone`'s options (each kind takes the ones it knows)."""
+    def train_options(cls) -> list[Field]:
+        """The config fields `train-backbone` offers for this kind (made with options.option)."""
+
+    @classmethod
+    def from_options(cls, *, image_size: int, channels: int, **options) -> "Backbone":
+        """From `train-backbone`'s options: those of `train_options()` that are given (the rest
+        keep their defaults), and the input shape."""
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Backbone":
@@ -161,6 +170,11 @@ class Backbone(Protocol):
 
     def extractor(self, network, spec):
         """The frozen feature extractor (export.extractor.TapExtractor) of its built `network`."""
+
+
+def picked(options: dict, config: type) -> dict:
+    """The given (not None) values of `options` that are option fields of `config`."""
+    return {f.name: options[f.name] for f in option_fields(config) if options.get(f.name) is not None}
 
 
 BACKBONES: dict[str, type[Backbone]] = {}  # each kind's config class, by its `kind`
@@ -180,16 +194,17 @@ class DDPMConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     kind: str = "ddpm"
     feature_family: ClassVar[str] = "diffusion"
+    summary: ClassVar[str] = "a diffusion UNet"
     noised: ClassVar[bool] = True
 
     @classmethod
-    def from_options(cls, image_size: int, channels: int, width: int = UNetConfig.width,
-                     channel_mults: tuple[int, ...] = UNetConfig.channel_mults, blocks_per_level: int = 1,
-                     mid_attention: bool = False, schedule: Schedule = Schedule.linear,
-                     prediction: Prediction = Prediction.eps, min_snr: float = 0.0, **_) -> "DDPMConfig":
-        return cls(unet=UNetConfig(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
-                                   blocks_per_level=blocks_per_level, mid_attention=mid_attention),
-                   diffusion=DiffusionConfig(schedule=schedule, prediction=prediction, min_snr=min_snr))
+    def train_options(cls) -> list[Field]:
+        return option_fields(UNetConfig) + option_fields(DiffusionConfig)
+
+    @classmethod
+    def from_options(cls, *, image_size: int, channels: int, **options) -> "DDPMConfig":
+        return cls(unet=UNetConfig(image_size=image_size, channels=channels, **picked(options, UNetConfig)),
+                   diffusion=DiffusionConfig(**picked(options, DiffusionConfig)))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "DDPMConfig":
@@ -246,25 +261,19 @@ class DDPMConfig:
 @dataclass(frozen=True)
 class VAEConfig(LevelsConfig):
     tap_kinds = ("enc", "latent", "dec")
-    latent_dim: int = 32
-    beta: float = 1.0  # weight of the KL term in the ELBO
+    latent_dim: int = option("vae: size of the latent vector.", 32, low=1, high=65_536)
+    beta: float = option("vae: weight of the KL term of the ELBO.", 1.0, low=0, above=True)
     kind: str = "vae"
     feature_family: ClassVar[str] = "vae"
+    summary: ClassVar[str] = "a convolutional VAE (the research's comparison)"
     noised: ClassVar[bool] = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.latent_dim < 1:
-            raise DiffclassError(f"--latent-dim must be at least 1, not {self.latent_dim}")
-        if self.beta <= 0:
-            raise DiffclassError(f"--beta must be positive, not {self.beta}")
+    @classmethod
+    def train_options(cls) -> list[Field]:
+        return option_fields(cls)
 
     @classmethod
-    def from_options(cls, image_size: int, channels: int, width: int = LevelsConfig.width,
-                     channel_mults: tuple[int, ...] = LevelsConfig.channel_mults, latent_dim: int = 32,
-                     beta: float = 1.0, **_) -> "VAEConfig":
-        return cls(image_size=image_size, channels=channels, width=width, channel_mults=channel_mults,
-                   latent_dim=latent_dim, beta=beta)
+    def from_options(cls, *, image_size: int, channels: int, **options) -> "VAEConfig":
+        return cls(image_size=image_size, channels=channels, **picked(options, cls))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "VAEConfig":
@@ -318,26 +327,22 @@ class LRSchedule(str, Enum):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: LRSchedule = LRSchedule.cosine
-    warmup: int = 100
-    ema_decay: float = 0.999
+    """The training loop's settings; each is a `train-backbone` option."""
+
+    steps: int = option("Optimizer steps.", 3000, low=1, high=10**9)
+    batch_size: int = option("Images per step.", 128, low=1, high=1_000_000)
+    lr: float = option("Peak learning rate (AdamW).", 1e-3, low=0, above=True)
+    lr_schedule: LRSchedule = option("After warm-up.", LRSchedule.cosine)
+    warmup: int = option("Linear warm-up steps.", 100, low=0, high=10**9)
+    ema_decay: float = option("Decay of the weight average (below 1).", 0.999, low=0, high=1)
     grad_clip: float = 1.0
-    augment_shift: int = 0  # each training image moved by up to this many pixels each way
-    seed: int = 0
-    save_every: int = 500
-    snapshot_every: int = 0  # also keep CKPT-step{N} copies, to pick a checkpoint by a probe later
+    augment_shift: int = option("Move each training image by up to N pixels each way (0: off; less than the image "
+                                "size).", 0, low=0, high=4096)
+    seed: int = option("Random seed; the same seed gives the same result.", 0, low=0, high=SEED_HIGH)
+    save_every: int = option("Write a checkpoint every N steps.", 500, low=1, high=10**9)
+    snapshot_every: int = option("Also keep a copy CKPT-step{N} every N steps (0: none).", 0, low=0, high=10**9)
 
     def __post_init__(self):
-        for option, value, smallest in (("steps", self.steps, 1), ("batch-size", self.batch_size, 1),
-                                        ("save-every", self.save_every, 1), ("warmup", self.warmup, 0),
-                                        ("snapshot-every", self.snapshot_every, 0),
-                                        ("augment-shift", self.augment_shift, 0)):
-            if value < smallest:
-                raise DiffclassError(f"--{option} must be at least {smallest}, not {value}")
-        if not self.lr > 0:
-            raise DiffclassError(f"--lr must be above 0, not {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise DiffclassError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
+        check_options(self)
+        if self.ema_decay == 1:
+            raise DiffclassError("--ema-decay must be below 1 (at 1 the average never moves)")

@@ -45,6 +45,7 @@ class DiffusersConfig:
     min_snr: float = 0.0  # as DiffusionConfig.min_snr, for fine-tuning
     kind: str = "diffusers"
     feature_family: ClassVar[str] = "diffusion"
+    summary: ClassVar[str] = "a pretrained diffusers UNet2DModel, fine-tuned: give --init diffusers:PATH"
     noised: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -62,6 +63,10 @@ class DiffusersConfig:
         for bad, what in problems:
             if bad:
                 raise DiffclassError(f"{self.source or 'this diffusers model'} is not supported: {what}")
+
+    @classmethod
+    def train_options(cls) -> list:
+        return []  # its shape and schedule are the pretrained model's
 
     @classmethod
     def from_options(cls, **_) -> "DiffusersConfig":

@@ -5,7 +5,6 @@ Each step's batch rows and the loss's randomness (timesteps and noise, latent dr
 """
 
 import copy
-import inspect
 import math
 import os
 import shutil
@@ -21,8 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from diffclass_cli.backbone.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from diffclass_cli.backbone.config import (
     BACKBONES,
+    DEFAULT_KIND,
     Backbone,
-    BackboneKind,
     LRSchedule,
     TrainConfig,
     backbone_class,
@@ -33,8 +32,10 @@ from diffclass_cli.backbone.shifts import random_shifts
 from diffclass_cli.console import configure, log, progress
 from diffclass_cli.data.loading import load_all, to_unit_range
 from diffclass_cli.data.sources import ImageSource, UnreadableImage
+from diffclass_cli.device import torch_device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
+from diffclass_cli.runs import TrainRun
 
 ESTIMATE_AFTER = 20  # steps timed before the expected duration is said (the first ones include warm-up)
 
@@ -84,16 +85,14 @@ def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, *, re
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 
-def plan_config(source: ImageSource, init: str | None = None, kind: str = BackboneKind.ddpm,
+def plan_config(source: ImageSource, init: str | None = None, kind: str = DEFAULT_KIND,
                 image_size: int | None = None, channels: int | None = None,
                 **options) -> tuple[Backbone, TrainConfig, dict[str, torch.Tensor] | None]:
     """The backbone config, the training config and the initial weights (None: random) of a new
     run, from `train-backbone`'s options: the TrainConfig fields (None: its default) and the
     backbone kind's (width, channel_mults, ...; the kind's defaults where left out).
     `init='diffusers:PATH'` starts from a pretrained model, whose own shape and schedule win."""
-    known = TRAIN_FIELDS | {name for kind in BACKBONES.values()
-                             for name, p in inspect.signature(kind.from_options).parameters.items()
-                             if p.kind == p.KEYWORD_ONLY or p.kind == p.POSITIONAL_OR_KEYWORD}
+    known = TRAIN_FIELDS | {f.name for kind in BACKBONES.values() for f in kind.train_options()}
     unknown = sorted(set(options) - known)
     if unknown:
         raise DiffclassError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -228,6 +227,18 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
         ckpt = checkpoint(start)
     log.info(f"wrote {out} (step {ckpt.step}, recent loss {losses[-1][1]:.4f})" if losses else f"wrote {out}")
     return ckpt
+
+
+def train_run(run: TrainRun, source: ImageSource, **options) -> Checkpoint:
+    """`train-backbone`: a backbone trained on `source` as `run` says, written to `run.out`.
+    `options`: the given ones of TrainConfig's fields and the backbone kind's (the rest keep
+    their configs' defaults)."""
+    if run.epochs is not None and options.get("steps") is not None:
+        raise DiffclassError("give --steps or --epochs, not both")
+    device = torch_device(run.device)  # a device that cannot run: said before any loading
+    config, train, initial = plan_config(source, run.init, kind=run.kind, image_size=run.image_size,
+                                         channels=run.channels, **options)
+    return run.call(run_training, source=source, config=config, train=train, device=device, initial=initial)
 
 
 def run_training(source: ImageSource, config: Backbone, train: TrainConfig, out: Path,

@@ -1,4 +1,4 @@
-"""Feature sets compared by the benchmark: each maps the pool and test images to feature
+"""Feature sets compared by the benchmark: each maps the train and test images to feature
 matrices without ever seeing a label. Adding one is adding one function here."""
 
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ PCA_COMPONENTS = 50
 @dataclass
 class FeatureSet:
     name: str
-    pool: np.ndarray  # [N_pool, D]
+    train: np.ndarray  # [N_train, D]
     test: np.ndarray  # [N_test, D]
 
 
@@ -43,7 +43,7 @@ def model_input_shape(model: Path) -> tuple[int, int]:
     return config.image_size, config.channels
 
 
-def extractor_features(name: str, model: Path, spec: ExtractorSpec, pool: np.ndarray,
+def extractor_features(name: str, model: Path, spec: ExtractorSpec, train: np.ndarray,
                        test: np.ndarray) -> FeatureSet:
     """Features of an exported extractor (run by onnxruntime) or of a checkpoint with `spec`
     (run by the same PyTorch module that export writes out)."""
@@ -53,16 +53,16 @@ def extractor_features(name: str, model: Path, spec: ExtractorSpec, pool: np.nda
         features = pytorch_features(model, spec)
         run = lambda batch: features(torch.from_numpy(batch))  # noqa: E731
 
-    return FeatureSet(name, _in_batches(run, pool), _in_batches(run, test))
+    return FeatureSet(name, _in_batches(run, train), _in_batches(run, test))
 
 
-def pixel_features(pool: np.ndarray, test: np.ndarray) -> FeatureSet:
+def pixel_features(train: np.ndarray, test: np.ndarray) -> FeatureSet:
     flat = lambda images: to_unit_range(images.reshape(len(images), -1))  # noqa: E731
-    return FeatureSet("pixels", flat(pool), flat(test))
+    return FeatureSet("pixels", flat(train), flat(test))
 
 
-def pca_features(pool: np.ndarray, test: np.ndarray, seed: int = 0) -> FeatureSet:
-    """PCA of raw pixels, fitted on the (unlabeled) pool."""
-    pixels = pixel_features(pool, test)
-    pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.pool.shape), random_state=seed).fit(pixels.pool)
-    return FeatureSet(f"pca{pca.n_components_}", pca.transform(pixels.pool), pca.transform(pixels.test))
+def pca_features(train: np.ndarray, test: np.ndarray, seed: int = 0) -> FeatureSet:
+    """PCA of raw pixels, fitted on the train images (no labels)."""
+    pixels = pixel_features(train, test)
+    pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.train.shape), random_state=seed).fit(pixels.train)
+    return FeatureSet(f"pca{pca.n_components_}", pca.transform(pixels.train), pca.transform(pixels.test))

@@ -1,6 +1,6 @@
 """The few-shot protocol. For each K labels per class and each seeded draw, K labeled rows
-per class are drawn from the pool (the train split; its other rows are the unlabeled set of
-the semi head), a head is fitted, and accuracy is measured on the whole test split, which
+per class are drawn from the train split (its other rows are the unlabeled set of the semi
+head), a head is fitted, and accuracy is measured on the whole test split, which
 is never used to choose anything."""
 
 import warnings
@@ -14,7 +14,7 @@ from diffclass_cli.benchmark.features import FeatureSet
 from diffclass_cli.choices import LabelChoice
 from diffclass_cli.console import progress
 from diffclass_cli.data.sources import UNLABELED
-from diffclass_cli.heads.models import HeadKind, draw_per_class, fit_rows, make_head
+from diffclass_cli.heads.models import HeadKind, SpaceCache, draw_per_class, fit_rows, make_head
 from diffclass_cli.heads.suggest import suggest_rows
 
 CNN_NAME = "cnn"
@@ -51,49 +51,52 @@ def draw_seed(seed: int, per_class: int, draw: int) -> int:
 
 
 def head_accuracy(features: FeatureSet, kind: HeadKind, labels: np.ndarray, labeled: np.ndarray,
-                  *, test_labels: np.ndarray, seed: int, C: float = 1.0) -> float:
+                  *, test_labels: np.ndarray, seed: int, C: float = 1.0,
+                  memory: SpaceCache | None = None) -> float:
     labeled = labeled[labels[labeled] != UNLABELED]  # a chosen image of no known class adds no label
     present = np.unique(labels[labeled])
     if len(present) < 2:  # a choice that found one class only: a head can only answer that class
         return float((test_labels == present[0]).mean()) if len(present) else 0.0
     rows, targets = fit_rows(labels, labeled, kind)
-    head = make_head(kind, C=C, seed=seed)
+    head = make_head(kind, C=C, seed=seed, memory=memory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        head.fit(features.pool[rows], targets)
+        head.fit(features.train[rows], targets)
     return float((head.predict(features.test) == test_labels).mean())
 
 
-def run_protocol(feature_sets: list[FeatureSet], pool: Split, test: Split, *, protocol: Protocol,
+def run_protocol(feature_sets: list[FeatureSet], train: Split, test: Split, *, protocol: Protocol,
                  sweep: str = "main", heads: tuple[HeadKind, ...] | None = None,
                  cnn: bool = True) -> tuple[list[dict], dict]:
-    """Result rows (one per feature set, head, K and draw) and the labeled pool ids of each draw."""
+    """Result rows (one per feature set, head, K and draw) and the ids of the labeled train images of each draw."""
     heads = heads or protocol.heads
     with_cnn = cnn and protocol.cnn_steps > 0
     total = sum(map(protocol.draws_at, protocol.per_class)) * (len(feature_sets) * len(heads) + with_cnn)
     rows, labeled_ids = [], {}
+    memory = SpaceCache(kept=4 * len(feature_sets))  # the draws refit on the same rows
     with progress(total=total, desc=f"benchmark ({sweep})", unit="fit") as bar:
         for k in protocol.per_class:
             for draw in range(protocol.draws_at(k)):
                 seed = draw_seed(protocol.seed, k, draw)
-                labeled = draw_per_class(pool.labels, k, seed, pool.class_names or None)
+                labeled = draw_per_class(train.labels, k, seed, train.class_names or None)
                 common = {"sweep": sweep, "per_class": k, "draw": draw, "seed": seed}
                 for features in feature_sets:
                     if protocol.labels == LabelChoice.suggest:  # chosen from each feature set's own clusters
-                        budget = k * len(np.unique(pool.labels[pool.labels != UNLABELED]))
-                        labeled = np.sort([s.row for s in suggest_rows(features.pool, budget, seed=draw)])
+                        budget = k * len(np.unique(train.labels[train.labels != UNLABELED]))
+                        chosen = suggest_rows(features.train, budget, seed=draw, memory=memory)
+                        labeled = np.sort([s.row for s in chosen])
                         key = f"{features.name}/{k}/{draw}"
                     else:
                         key = f"{k}/{draw}"  # every feature set and head sees the same labeled rows
-                    labeled_ids[key] = [pool.ids[i] for i in labeled] if pool.ids else labeled.tolist()
+                    labeled_ids[key] = [train.ids[i] for i in labeled] if train.ids else labeled.tolist()
                     for kind in heads:
-                        accuracy = head_accuracy(features, kind, pool.labels, labeled, test_labels=test.labels,
-                                                 seed=seed)
+                        accuracy = head_accuracy(features, kind, train.labels, labeled, test_labels=test.labels,
+                                                 seed=seed, memory=memory)
                         rows.append({"feature_set": features.name, "head": kind.value, **common,
                                      "accuracy": accuracy})
                         bar.update()
                 if with_cnn:
-                    accuracy = cnn_accuracy(pool.images[labeled], pool.labels[labeled], test.images, test.labels,
+                    accuracy = cnn_accuracy(train.images[labeled], train.labels[labeled], test.images, test.labels,
                                             seed=seed, steps=protocol.cnn_steps)
                     rows.append({"feature_set": CNN_NAME, "head": "supervised", **common, "accuracy": accuracy})
                     bar.update()

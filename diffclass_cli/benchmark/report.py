@@ -39,7 +39,7 @@ def summary_markdown(rows: list[dict], preamble: str = "", scored_on: str | None
         keys = [key for key in stats if key[0] == sweep]
         ks = sorted({k for key in keys for k in stats[key]})
         held_out = scored_on or ("the main grid's held-out split" if sweep == "main"
-                                 else "the validation part of the pool")
+                                 else "the validation part of the train split")
         lines += [f"## {sweep}", "", f"Accuracy on {held_out}, mean ± std over draws (worst draw), by labels per "
                   "class.", "",
                   "| feature set | head | " + " | ".join(str(k) for k in ks) + " |",

@@ -31,11 +31,13 @@ from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.extractors.spec import ExtractorSpec, pool_name, timesteps_name
 from diffclass_cli.files import atomic_folder, refuse_folder
 from diffclass_cli.heads.models import HeadKind, draw_per_class
+from diffclass_cli.options import parse_ints
+from diffclass_cli.runs import BenchmarkRun
 
 DEFAULT_HEADS = (HeadKind.auto, HeadKind.logreg, HeadKind.semi)
 QUICK = Protocol(per_class=(1, 10), draws=2, heads=(HeadKind.auto, HeadKind.logreg), cnn_steps=40,
                  draws_few_labels=2)
-QUICK_POOL_PER_CLASS, QUICK_TEST_PER_CLASS = 100, 30
+QUICK_TRAIN_PER_CLASS, QUICK_TEST_PER_CLASS = 100, 30
 SWEEP_POOLS = (1, 2, 3)
 
 
@@ -51,23 +53,23 @@ def _rows(split: Split, rows: np.ndarray) -> Split:
     return Split(split.images[rows], split.labels[rows], [split.ids[i] for i in rows], split.class_names)
 
 
-def aligned_classes(held_out: Split, pool: Split, test: str, train: str) -> Split:
-    """The held-out split with its labels numbered as the pool's classes (matched by name)."""
-    if held_out.class_names == pool.class_names:
+def aligned_classes(held_out: Split, train_split: Split, test: str, train: str) -> Split:
+    """The held-out split with its labels numbered as the train split's classes (matched by name)."""
+    if held_out.class_names == train_split.class_names:
         return held_out
-    unknown = sorted(set(held_out.class_names) - set(pool.class_names))
+    unknown = sorted(set(held_out.class_names) - set(train_split.class_names))
     if unknown:
         raise DiffclassError(f"{test} has classes that {train} has no labeled images of: {', '.join(unknown)}")
-    codes = np.array([pool.class_names.index(name) for name in held_out.class_names])
-    return replace(held_out, labels=codes[held_out.labels], class_names=pool.class_names)
+    codes = np.array([train_split.class_names.index(name) for name in held_out.class_names])
+    return replace(held_out, labels=codes[held_out.labels], class_names=train_split.class_names)
 
 
-def labels_per_class(pool: Split, asked: tuple[int, ...], train: str) -> tuple[int, ...]:
-    """The K values to draw: as asked, each checked against the smallest class of the pool, or by
+def labels_per_class(train_split: Split, asked: tuple[int, ...], train: str) -> tuple[int, ...]:
+    """The K values to draw: as asked, each checked against the smallest class of the train split, or by
     default those of the standard grid that every class can give."""
-    counts = np.bincount(pool.labels, minlength=len(pool.class_names))
+    counts = np.bincount(train_split.labels, minlength=len(train_split.class_names))
     smallest = int(np.argmin(counts))
-    name = repr(pool.class_names[smallest]) if pool.class_names else str(smallest)
+    name = repr(train_split.class_names[smallest]) if train_split.class_names else str(smallest)
     if asked:
         if max(asked) > counts[smallest]:
             raise DiffclassError(f"class {name} has {counts[smallest]} labeled images in {train}, fewer than the "
@@ -88,9 +90,9 @@ def _subset(split: Split, per_class: int) -> Split:
 def refuse_shared_images(train_split: Split, held_out: Split, train: str, test: str) -> None:
     """The test split must be held out: compared by decoded pixels, so files that merely share
     names (`A/cat/001.png`, `B/cat/001.png`) pass and one image under two names does not."""
-    in_pool = {hashlib.sha256(image.tobytes()).digest(): i for i, image in enumerate(train_split.images)}
-    shared = [(train_split.ids[in_pool[key]], held_out.ids[j]) for j, image in enumerate(held_out.images)
-              if (key := hashlib.sha256(image.tobytes()).digest()) in in_pool]
+    in_train = {hashlib.sha256(image.tobytes()).digest(): i for i, image in enumerate(train_split.images)}
+    shared = [(train_split.ids[in_train[key]], held_out.ids[j]) for j, image in enumerate(held_out.images)
+              if (key := hashlib.sha256(image.tobytes()).digest()) in in_train]
     if shared:
         examples = ", ".join(f"{a} = {b}" for a, b in shared[:3])
         raise DiffclassError(f"{train} and {test} share {len(shared)} image(s) ({examples}"
@@ -98,7 +100,7 @@ def refuse_shared_images(train_split: Split, held_out: Split, train: str, test: 
 
 
 def validation_split(train_split: Split) -> tuple[Split, Split]:
-    """Sweeps choose settings, so they are measured on a validation part of the pool (the
+    """Sweeps choose settings, so they are measured on a validation part of the train split (the
     same stratified 80/20 rule as the built-in splits), never on the test split."""
     fit_rows, validation_rows = stratified_split(train_split.labels)
     return _rows(train_split, fit_rows), _rows(train_split, validation_rows)
@@ -113,6 +115,19 @@ def feature_set_name(model: Path) -> str:
 
         kind = json.loads(read_checkpoint_metadata(model)["config"])["kind"]
     return f"{BACKBONES[kind].feature_family if kind in BACKBONES else kind}:{model.stem}"
+
+
+def benchmark_run(run: BenchmarkRun) -> str:
+    """`benchmark`: `run_benchmark` with the grid, heads and baselines `run` names."""
+    try:
+        heads = (tuple(HeadKind(h.strip()) for h in run.heads.split(",") if h.strip()) if run.heads
+                 else QUICK.heads if run.quick else DEFAULT_HEADS)
+    except ValueError:
+        raise DiffclassError(f"--heads takes {', '.join(h.value for h in HeadKind)}, not {run.heads!r}") from None
+    protocol = Protocol(per_class=parse_ints(run.per_class, "--per-class") if run.per_class else (), draws=run.draws,
+                        heads=heads, seed=run.seed, cnn_steps=run.cnn_steps, draws_few_labels=run.draws_few,
+                        labels=run.labels)
+    return run.call(run_benchmark, spec=run.spec(), protocol=protocol, baselines=run.baseline_names)
 
 
 def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: Protocol,
@@ -135,7 +150,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws,
                            draws_few_labels=QUICK.draws_few_labels,
                            cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
-        train_split = _subset(train_split, QUICK_POOL_PER_CLASS)
+        train_split = _subset(train_split, QUICK_TRAIN_PER_CLASS)
         held_out = _subset(held_out, QUICK_TEST_PER_CLASS)
     protocol = replace(protocol, per_class=labels_per_class(train_split, protocol.per_class, train))
     refuse_shared_images(train_split, held_out, train, test)
@@ -158,23 +173,23 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         if sweep_taps else [],
         "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
     }
-    sweep_pool_split, validation = validation_split(train_split)
+    sweep_train, validation = validation_split(train_split)
     for sweep, variants in sweeps.items():
         if variants:
-            sets = [extractor_features(name, models[0], variant, sweep_pool_split.images, validation.images)
+            sets = [extractor_features(name, models[0], variant, sweep_train.images, validation.images)
                     for name, variant in variants]
-            sweep_rows, _ = run_protocol(sets, sweep_pool_split, validation, protocol=protocol, sweep=sweep,
+            sweep_rows, _ = run_protocol(sets, sweep_train, validation, protocol=protocol, sweep=sweep,
                                          heads=(HeadKind.logreg,), cnn=False)
             rows += sweep_rows
 
     minutes = (time.perf_counter() - began) / 60
-    preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train pool {train} "
+    preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train split {train} "
                 f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
                 f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); "
                 f"{_describe(spec, models)}; "
                 f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from "
-                f"{len(sweep_pool_split.labels)} pool images and are scored on the other {len(validation.labels)} "
-                "pool images (a validation split), never on the test split.\n")
+                f"{len(sweep_train.labels)} train images and are scored on the other {len(validation.labels)} "
+                "train images (a validation split), never on the test split.\n")
     summary = summary_markdown(rows, preamble)
     with atomic_folder(out, overwrite) as folder:
         _write_outputs(folder, rows, draws=draws, summary=summary, test=test, train=train, sweeps=sweeps)

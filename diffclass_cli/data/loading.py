@@ -77,7 +77,7 @@ def _decode_in_worker(rows: np.ndarray, size: int, channels: int) -> Batch:
     return decode_rows(_worker_source, rows, size, channels)
 
 
-class DecodePool:
+class Decoders:
     """Worker processes that decode batches ahead of the consumer, in source order.
 
     Start it before opening any output file or onnxruntime session: the workers are forked at
@@ -101,7 +101,7 @@ class DecodePool:
             yield from (decode_rows(self.source, chunk, self.size, self.channels) for chunk in chunks)
             return
         pending = deque()
-        try:  # a dead worker breaks the pool: seen by the next submit or by a result, whichever comes first
+        try:  # a dead worker breaks the executor: seen by the next submit or by a result, whichever comes first
             for chunk in chunks:
                 pending.append(self.executor.submit(_decode_in_worker, chunk, self.size, self.channels))
                 if len(pending) > self.ahead:
@@ -112,7 +112,7 @@ class DecodePool:
             raise RunInterrupted("a decoding worker died (killed by the system: out of memory?); featurize "
                                  "keeps its partial file for --resume") from None
 
-    def __enter__(self) -> "DecodePool":
+    def __enter__(self) -> "Decoders":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -127,8 +127,8 @@ def iter_batches(source: ImageSource, size: int, channels: int, *, batch_size: i
     """Yield preprocessed batches of `rows` (default: all) in order; decoding runs in
     `workers` processes ahead of the consumer."""
     rows = np.arange(len(source)) if rows is None else rows
-    with DecodePool(source, size, channels, workers) as pool:
-        yield from pool.batches(rows, batch_size)
+    with Decoders(source, size, channels, workers) as decoders:
+        yield from decoders.batches(rows, batch_size)
 
 
 def load_all(source: ImageSource, size: int, channels: int, workers: int = 0):

@@ -23,6 +23,7 @@ from diffclass_cli.extractor_format import FORMAT, FORMAT_VERSION, INPUT_NAME, O
 from diffclass_cli.extractors.extractor import make_extractor
 from diffclass_cli.extractors.spec import ExtractorSpec
 from diffclass_cli.files import atomic_output, refuse_overwrite
+from diffclass_cli.runs import ExportRun
 
 MAX_OPSET = 20  # GroupNorm becomes GroupNormalization at 21, which not every provider runs
 
@@ -66,6 +67,21 @@ def export_onnx(checkpoint: Path, out: Path, spec: ExtractorSpec, *, weights: We
     }
     return _write_onnx(extractor, ckpt.config.image_size, ckpt.config.channels, described, out, opset=opset,
                        overwrite=overwrite)
+
+
+def export_run(run: ExportRun) -> dict:
+    """`export` of a checkpoint: its extractor as `run` says, with the timestep and taps chosen
+    from unlabeled images first where `run` asks for `auto`."""
+    if (run.choose_on or run.data_root) and not (run.auto_timestep or run.auto_taps):
+        raise DiffclassError("--choose-on and --data-root are for --timestep auto and --taps auto")
+    spec, notes = run.spec(), {}
+    if run.auto_timestep or run.auto_taps:
+        from diffclass_cli.extractors.choose import choose_unlabeled
+
+        refuse_overwrite(run.out, run.overwrite)  # before minutes of choosing, not after
+        spec, notes = choose_unlabeled(run.checkpoint, spec, timestep=run.auto_timestep, taps=run.auto_taps,
+                                       images=run.choose_on, data_root=run.data_root)
+    return run.call(export_onnx, spec=spec, notes=notes)
 
 
 class PixelExtractor(torch.nn.Module):

@@ -14,7 +14,7 @@ import numpy as np
 from diffclass_cli import __version__
 from diffclass_cli.choices import Engine, FeatureDtype
 from diffclass_cli.console import log, progress
-from diffclass_cli.data.loading import DecodePool, report_skipped, to_unit_range
+from diffclass_cli.data.loading import Decoders, report_skipped, to_unit_range
 from diffclass_cli.data.sources import ImageSource
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
@@ -22,6 +22,7 @@ from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.features.h5 import FeatureWriter
 from diffclass_cli.features.runtime import ExtractorSession, FeatureBatch
 from diffclass_cli.files import atomic_output, refuse_overwrite, sha256_file
+from diffclass_cli.runs import FeaturizeRun
 
 # The shipped extractor: package data (in the repository, diffclass_cli/exports links to exports/).
 DEFAULT_MODEL = Path(str(files("diffclass_cli") / "exports" / "mnist-sample-ddpm.onnx"))
@@ -58,6 +59,15 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+def featurize_run(run: FeaturizeRun, source: ImageSource) -> dict:
+    """`featurize`: the features of `source` (labeled by the table `run.labels` where given)
+    written to `run.out` as `run` says."""
+    if run.labels is not None:
+        source = source.relabeled(run.labels)
+    return run.call(featurize, source=source, model=resolve_model(run.model),
+                    shard=Shard.parse(run.shard) if run.shard else Shard())
+
+
 NO_PROVIDER = "none"  # the provider of a file to which no batch was written
 
 
@@ -72,8 +82,8 @@ def featurize(source: ImageSource, out: Path, model: Path, *, device: Device = D
               shard: Shard = Shard(), engine: Engine = Engine.local,
               dtype: FeatureDtype = FeatureDtype.float32) -> dict:
     """Write the features of every readable image of `source` (or of its `shard`) to `out`, stored
-    as `dtype`; returns a summary. `engine` ray runs decoding and onnxruntime in a Ray Data actor pool of
-    `workers` actors; local decodes in `workers` processes and runs one session here."""
+    as `dtype`; returns a summary. `engine` ray runs decoding and onnxruntime in `workers` Ray
+    Data actors; local decodes in `workers` processes and runs one session here."""
     refuse_overwrite(out, overwrite)
     meta = read_metadata(model)
     attrs = _file_attrs(source, model, meta, shard)
@@ -82,7 +92,7 @@ def featurize(source: ImageSource, out: Path, model: Path, *, device: Device = D
     local = engine == Engine.local
     # The decoding workers start before the output is opened, so they never hold it; the session
     # (which may refuse the device) starts before the output is touched.
-    with DecodePool(source, meta["image_size"], meta["channels"], workers if local else 0) as pool:
+    with Decoders(source, meta["image_size"], meta["channels"], workers if local else 0) as decoders:
         session = ExtractorSession(model, device, threads) if local else None
         with atomic_output(out, overwrite, keep_partial=True) as partial:
             if partial.stat().st_size and not resume:
@@ -90,7 +100,7 @@ def featurize(source: ImageSource, out: Path, model: Path, *, device: Device = D
             writer = FeatureWriter(partial, meta["feature_dim"], attrs, source.class_names, resume, dtype)
             try:
                 if local:
-                    batches = feature_batches(pool, session, batch_size, writer.source_rows_done)
+                    batches = feature_batches(decoders, session, batch_size, writer.source_rows_done)
                 else:
                     from diffclass_cli.features.ray_engine import ray_feature_batches
 
@@ -179,12 +189,12 @@ def bounded_batch(batch_size: int, meta: dict) -> int:
     return bounded
 
 
-def feature_batches(pool: DecodePool, session: ExtractorSession, batch_size: int,
+def feature_batches(decoders: Decoders, session: ExtractorSession, batch_size: int,
                     start: int = 0) -> Iterator[FeatureBatch]:
-    """The features of the pool's source from row `start` on: decoded in the pool's processes,
+    """The features of the decoders' source from row `start` on: decoded in their processes,
     computed by the session in this one, in batches of at most `batch_size` (bounded_batch)."""
     empty = np.empty((0, session.metadata["feature_dim"]), np.float32)
-    for batch in pool.batches(np.arange(start, len(pool.source)), bounded_batch(batch_size, session.metadata)):
+    for batch in decoders.batches(np.arange(start, len(decoders.source)), bounded_batch(batch_size, session.metadata)):
         features = session(to_unit_range(batch.images)) if len(batch.rows) else empty
         yield FeatureBatch(batch.rows, features, batch.skipped, session.provider)
 
@@ -196,9 +206,9 @@ def source_batches(source: ImageSource, session: ExtractorSession, batch_size: i
     `skipped`, and all of them are reported at the end. Nothing is written."""
     skipped += source.skipped
     meta = session.metadata
-    with DecodePool(source, meta["image_size"], meta["channels"], workers) as pool, \
+    with Decoders(source, meta["image_size"], meta["channels"], workers) as decoders, \
             progress(total=len(source), desc=desc, unit="img") as bar:
-        for batch in feature_batches(pool, session, batch_size):
+        for batch in feature_batches(decoders, session, batch_size):
             skipped += [(source.ids[row], reason) for row, reason in batch.skipped]
             bar.update(len(batch.rows) + len(batch.skipped))
             yield batch

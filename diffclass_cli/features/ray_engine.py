@@ -1,4 +1,4 @@
-"""`featurize --engine ray`: the same decoding and onnxruntime session, run by a pool of
+"""`featurize --engine ray`: the same decoding and onnxruntime session, run by
 Ray Data actors (`map_batches`), one session per actor, GPUs as actor resources.
 
 With RAY_ADDRESS set (e.g. `auto` on a cluster node) it joins that cluster; otherwise it

@@ -19,15 +19,16 @@ from diffclass_cli.heads.store import save_head
 from diffclass_cli.heads.suggest import suspicious_labels
 
 
-def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, *, per_class: int | None = None,
+def fit_head(features: Path, out: Path, head: HeadKind | str = HeadKind.auto, *, per_class: int | None = None,
              seed: int = 0, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
-             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False, unlabeled: Sequence[Path] = (),
+             max_unlabeled: int = MAX_UNLABELED, overwrite: bool = False, unlabeled: Sequence[Path] | None = (),
              labels: Path | None = None, strict_labels: bool = False) -> dict:
     """Fit a head on the labeled rows of a feature file (and, for semi / auto, a sample of at
     most `max_unlabeled` of its other rows and of every row of the `unlabeled` files) and save it;
     returns its info. Only those rows are read. `labels`: a `path,label` table that labels the
     rows instead of their class folders. Labeled rows that sit with another class are reported
     (an error with `strict_labels`)."""
+    kind, unlabeled = HeadKind(head), [Path(u) for u in unlabeled or ()]
     refuse_overwrite(out, overwrite, inputs=(features, *unlabeled))
     if unlabeled and kind not in SEMI_SUPERVISED:
         log.warning(f"the {kind.value} head fits on labeled rows only: --unlabeled is used by auto and semi")
@@ -43,17 +44,17 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, *, per_c
         attrs = main.attrs
     check_finite(table, features)
     suspicious = _check_labels(table, targets, class_names, strict_labels)
-    head = make_head(kind, C=C, alpha=alpha, hidden=hidden, cv=cv, seed=seed)
-    head.fit(table.features, targets)
+    estimator = make_head(kind, C=C, alpha=alpha, hidden=hidden, cv=cv, seed=seed)
+    estimator.fit(table.features, targets)
     params = {"C": C, "alpha": alpha, "hidden": hidden, "cv": cv}
     if cv:  # keep the refitted best model only: a plain Pipeline, nothing of the search
-        search = head.steps[-1][1]
-        head.steps[-1] = ("classify", search.best_estimator_)
+        search = estimator.steps[-1][1]
+        estimator.steps[-1] = ("classify", search.best_estimator_)
         params |= {k: float(v) for k, v in search.best_params_.items()}
         log.info(f"cross-validation chose {search.best_params_}")
     labeled = int((targets != UNLABELED).sum())
     if kind == HeadKind.auto:
-        chooser = head.steps[-1][1]
+        chooser = estimator.steps[-1][1]
         params |= {"choice": chooser.choice_.value, "reason": chooser.reason_}
         log.info(f"auto: {chooser.choice_.value} ({chooser.reason_})")
     info = {
@@ -72,7 +73,7 @@ def fit_head(features: Path, out: Path, kind: HeadKind = HeadKind.auto, *, per_c
         "diffclass_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_head(out, head, info, overwrite)
+    save_head(out, estimator, info, overwrite)
     log.info(f"wrote {out}: {kind.value} head on {labeled} labeled rows"
              + (f" and {len(rows) - labeled} unlabeled ones" if kind in SEMI_SUPERVISED else ""))
     return info

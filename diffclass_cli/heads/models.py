@@ -27,9 +27,30 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.heads import MAX_UNLABELED
 
 SEMI_SUPERVISED = frozenset({HeadKind.semi, HeadKind.auto})  # heads that learn from unlabeled rows too
-# The last few clustering spaces computed: benchmark draws and auto's folds refit on the same rows.
-_SPACES: dict[tuple, np.ndarray] = {}
-_SPACES_KEPT = 3
+
+
+class SpaceCache:
+    """The last few clustering spaces, kept in memory and keyed by the rows themselves: pass one
+    as `memory` to heads fitted again and again on the same rows (a benchmark's draws). It has
+    joblib.Memory's interface (`cache(function)`), so a joblib.Memory works too; the copies
+    scikit-learn's `clone` makes of a head share it."""
+
+    def __init__(self, kept: int = 3):
+        self.kept, self.spaces = kept, {}
+
+    def cache(self, function):
+        def cached(X: np.ndarray, *args):
+            key = (hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest(), X.shape, *args)
+            if key not in self.spaces:
+                if len(self.spaces) >= self.kept:
+                    del self.spaces[next(iter(self.spaces))]
+                self.spaces[key] = function(X, *args)
+            return self.spaces[key]
+
+        return cached
+
+    def __deepcopy__(self, memo) -> "SpaceCache":
+        return self
 
 
 def _class_codes(estimator: BaseEstimator, X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +88,7 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
 
     def __init__(self, n_components: int = 32, n_neighbors: int = 15, seed_from: int = 2,
                  confident_fraction: float = 0.7, self_training_rounds: int = 3,
-                 self_training_fraction: float = 0.9, C: float = 0.1, random_state: int = 0):
+                 self_training_fraction: float = 0.9, C: float = 0.1, random_state: int = 0, memory=None):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.seed_from = seed_from
@@ -76,6 +97,7 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
         self.self_training_fraction = self_training_fraction
         self.C = C
         self.random_state = random_state
+        self.memory = memory  # None, or where clustering spaces are cached (SpaceCache, joblib.Memory)
 
     def fit(self, X, y):
         X, targets = _class_codes(self, X, y)
@@ -98,7 +120,7 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
     def _fit_confident(self, X: np.ndarray, targets: np.ndarray, pseudo: np.ndarray, margin: np.ndarray,
                        fraction: float) -> LogisticRegression:
         """A logistic regression on the labeled rows and the `fraction` of unlabeled rows with the
-        largest margin, weighing classes equally (the pseudo-labels inherit the pool's class sizes,
+        largest margin, weighing classes equally (the pseudo-labels inherit the unlabeled rows' class sizes,
         the labeled draw does not)."""
         unlabeled = np.flatnonzero(targets == UNLABELED)
         keep = unlabeled[np.argsort(-margin[unlabeled], kind="stable")][:int(fraction * len(unlabeled))]
@@ -153,28 +175,8 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
     def cluster_space(self, X: np.ndarray, n_classes: int) -> np.ndarray:
         """The rows `[N, D]` in the space they are clustered in `[N, n_classes]` (or the PCA
         projection); computed without labels, and the same for every random_state."""
-        key = (hashlib.sha1(np.ascontiguousarray(X).tobytes()).hexdigest(), X.shape, n_classes,
-               self.n_components, self.n_neighbors)
-        if key not in _SPACES:
-            if len(_SPACES) >= _SPACES_KEPT:
-                del _SPACES[next(iter(_SPACES))]
-            _SPACES[key] = self._embed(X, n_classes)
-        return _SPACES[key]
-
-    def _embed(self, X: np.ndarray, n_classes: int) -> np.ndarray:
-        n = len(X)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            projected = PCA(max(1, min(self.n_components, X.shape[1], n - 1)), whiten=True,
-                            random_state=0).fit_transform(X)
-        space = normalize(np.nan_to_num(projected))
-        if n <= 3:  # too few rows for an embedding with more dimensions than rows
-            return space
-        graph = kneighbors_graph(space, min(self.n_neighbors, n - 1), include_self=True)
-        affinity = 0.5 * (graph + graph.T)
-        if connected_components(affinity, directed=False)[0] > 1:
-            return space  # the embedding of a graph in pieces loses pieces; clusters that far apart need none
-        dims = min(n_classes, n - 2)
-        return normalize(spectral_embedding(affinity, n_components=dims, random_state=0))
+        embed = embedding if self.memory is None else self.memory.cache(embedding)
+        return embed(X, n_classes, self.n_components, self.n_neighbors)
 
     def predict_proba(self, X):
         check_is_fitted(self)
@@ -188,6 +190,22 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
         return self.classes_[proba.argmax(axis=1)]
 
 
+def embedding(X: np.ndarray, n_classes: int, n_components: int, n_neighbors: int) -> np.ndarray:
+    """SpectralPseudoLabels' clustering space of the rows `X` (see there)."""
+    n = len(X)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        projected = PCA(max(1, min(n_components, X.shape[1], n - 1)), whiten=True, random_state=0).fit_transform(X)
+    space = normalize(np.nan_to_num(projected))
+    if n <= 3:  # too few rows for an embedding with more dimensions than rows
+        return space
+    graph = kneighbors_graph(space, min(n_neighbors, n - 1), include_self=True)
+    affinity = 0.5 * (graph + graph.T)
+    if connected_components(affinity, directed=False)[0] > 1:
+        return space  # the embedding of a graph in pieces loses pieces; clusters that far apart need none
+    dims = min(n_classes, n - 2)
+    return normalize(spectral_embedding(affinity, n_components=dims, random_state=0))
+
+
 class AutoHead(ClassifierMixin, BaseEstimator):
     """The semi head where the unlabeled rows help, else logistic regression on the labeled
     rows, decided from the rows it is fitted on (targets -1 = unlabeled; never a test split).
@@ -199,7 +217,7 @@ class AutoHead(ClassifierMixin, BaseEstimator):
     several clusters each): logistic regression. In between, cross-validation over the labeled
     rows decides, each fold's held-out labeled rows turned unlabeled for the semi head; ties go
     to the semi head. (Cross-validation alone judges by a few rows, and its semi score is
-    optimistic: the held-out rows stay in the clustered pool.) The thresholds were chosen on
+    optimistic: the held-out rows stay among the clustered rows.) The thresholds were chosen on
     validation parts of the robustness scenarios (`benchmarks/auto_rule_probe.py`).
 
     With one label per class there is nothing to hold out: the semi head is kept if its clusters
@@ -209,16 +227,17 @@ class AutoHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 1.0, folds: int = 5, min_stability: float = 0.5, aligned_from: float = 0.7,
-                 misaligned_below: float = 0.4, random_state: int = 0):
+                 misaligned_below: float = 0.4, random_state: int = 0, memory=None):
         self.C = C
         self.folds = folds
         self.min_stability = min_stability
         self.aligned_from = aligned_from
         self.misaligned_below = misaligned_below
         self.random_state = random_state
+        self.memory = memory  # passed on to the semi head it tries
 
     def fit(self, X, y):
-        semi = SpectralPseudoLabels(random_state=self.random_state)
+        semi = SpectralPseudoLabels(random_state=self.random_state, memory=self.memory)
         X, targets = _class_codes(self, X, y)
         _class_codes(semi, X, y)
         labeled = targets != UNLABELED
@@ -308,15 +327,17 @@ class AutoHead(ClassifierMixin, BaseEstimator):
 
 
 def make_head(kind: HeadKind, *, C: float = 1.0, alpha: float = 1e-3, hidden: int = 128, cv: int | None = None,
-              seed: int = 0) -> Pipeline:
-    """An unfitted head. `semi` and `auto` learn from rows labeled -1 too; the others never see them."""
+              seed: int = 0, memory=None) -> Pipeline:
+    """An unfitted head. `semi` and `auto` learn from rows labeled -1 too; the others never see them.
+    `memory`: where semi and auto cache their clustering space (SpaceCache; not for heads to save)."""
     if kind in SEMI_SUPERVISED and cv:
         raise DiffclassError(f"--cv picks --C / --alpha of the logreg and mlp heads, not of the {kind.value} head; "
                              "pass --head logreg or --head mlp with it")
     if kind == HeadKind.semi:
-        return Pipeline([("scale", StandardScaler()), ("pseudo_label", SpectralPseudoLabels(random_state=seed))])
+        semi = SpectralPseudoLabels(random_state=seed, memory=memory)
+        return Pipeline([("scale", StandardScaler()), ("pseudo_label", semi)])
     if kind == HeadKind.auto:
-        return Pipeline([("scale", StandardScaler()), ("auto", AutoHead(C=C, random_state=seed))])
+        return Pipeline([("scale", StandardScaler()), ("auto", AutoHead(C=C, random_state=seed, memory=memory))])
     if kind == HeadKind.logreg:
         model, grid = LogisticRegression(C=C, max_iter=2000), {"C": np.logspace(-4, 2, 13)}
     else:

@@ -1,7 +1,7 @@
 """Which images to label first, and which given labels look wrong: both read the clusters the
 unlabeled features fall into (the semi head's clustering space).
 
-`suggest_rows` follows TypiClust (Hacohen et al., ICML 2022): cluster the pool into as many
+`suggest_rows` follows TypiClust (Hacohen et al., ICML 2022): cluster the candidates into as many
 clusters as there will be labeled images (those already labeled plus the budget), and label the
 most typical image (the densest among its neighbours) of each of the largest clusters that no
 labeled image covers yet. With a small budget that is one clean example per large group of
@@ -36,7 +36,7 @@ MIN_CLUSTER = 5  # TypiClust passes over clusters smaller than this while larger
 # How much nearer a labeled row must sit to another class's labeled rows than to its own to be
 # flagged, in units of the distance between the two classes. With 5 of 100 labels flipped on
 # purpose (10 draws, benchmarks/label_check.py): 5.0 of 5 caught and 0.9 clean labels flagged per
-# draw on mnist-sample's training pool, 4.8 and 1.0 on 8x8 digits (0.75: 4.6 / 0.4 and 4.0 / 0.1).
+# draw on mnist-sample's train split, 4.8 and 1.0 on 8x8 digits (0.75: 4.6 / 0.4 and 4.0 / 0.1).
 SUSPICIOUS_MARGIN = 0.5
 
 
@@ -50,11 +50,12 @@ class Suggestion:
     why: str
 
 
-def cluster_space(features: np.ndarray, dims: int) -> np.ndarray:
+def cluster_space(features: np.ndarray, dims: int, memory=None) -> np.ndarray:
     """The rows in the space the semi head clusters them in: standardised, whitened PCA at unit
-    length, spectral embedding of its nearest-neighbour graph in `dims` dimensions."""
+    length, spectral embedding of its nearest-neighbour graph in `dims` dimensions. `memory`:
+    where to cache it (see heads.models.SpaceCache)."""
     scaled = StandardScaler().fit_transform(features)
-    return SpectralPseudoLabels().cluster_space(scaled, max(2, min(dims, MAX_SPACE_DIMS)))
+    return SpectralPseudoLabels(memory=memory).cluster_space(scaled, max(2, min(dims, MAX_SPACE_DIMS)))
 
 
 def representation(features: np.ndarray) -> np.ndarray:
@@ -66,18 +67,19 @@ def representation(features: np.ndarray) -> np.ndarray:
 
 
 def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None = None,
-                 seed: int = 0) -> list[Suggestion]:
+                 seed: int = 0, memory=None) -> list[Suggestion]:
     """`budget` rows of `features` `[N, D]` to label next, best first, none of them in `labeled`
-    (the rows labeled already). Chosen without looking at any label."""
+    (the rows labeled already). Chosen without looking at any label. `memory`: where to cache
+    what depends on the features alone, for several choices from the same rows."""
     labeled = np.zeros(len(features), bool) if labeled is None else np.asarray(labeled, bool)
     candidates = np.flatnonzero(~labeled)
     budget = min(budget, len(candidates))
     if budget <= 0:
         return []
     n_clusters = min(int(labeled.sum()) + budget, len(features))
-    space = cluster_space(features, n_clusters)
+    space = cluster_space(features, n_clusters, memory)
     clusters = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(space)
-    typicality = _typicality(representation(features))
+    typicality = (typicality_of if memory is None else memory.cache(typicality_of))(features)
     sizes = np.bincount(clusters, minlength=n_clusters)
     covered = set(clusters[labeled].tolist())
     uncovered = sorted((c for c in range(n_clusters) if c not in covered and (~labeled[clusters == c]).any()),
@@ -99,6 +101,11 @@ def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None =
                                      float(typicality[row]), f"a typical image of cluster {cluster}, already "
                                      "covered (every cluster holds a labeled or suggested image)"))
     return chosen
+
+
+def typicality_of(features: np.ndarray) -> np.ndarray:
+    """Each row's typicality among `features`, measured in their `representation`."""
+    return _typicality(representation(features))
 
 
 def _typicality(space: np.ndarray) -> np.ndarray:
@@ -137,23 +144,23 @@ def suspicious_labels(features: np.ndarray, targets: np.ndarray, margin: float =
     return sorted(found, key=lambda f: -f["score"])
 
 
-def suggest(pool: Path, budget: int, *, labeled: Path | None = None, seed: int = 0,
+def suggest(candidates: Path, budget: int, *, labeled: Path | None = None, seed: int = 0,
             max_rows: int = MAX_UNLABELED) -> tuple[list[str], list[Suggestion]]:
-    """The paths of the pool's rows and the `budget` of them to label next (suggest_rows), chosen
+    """The paths of the candidates' rows and the `budget` of them to label next (suggest_rows), chosen
     among at most `max_rows` of its unlabeled rows (spread evenly over the file); the rows labeled
-    already (in the pool or in the feature file `labeled`) count as covered."""
-    with open_feature_files(pool, [labeled] if labeled else []) as readers:
+    already (among the candidates or in the feature file `labeled`) count as covered."""
+    with open_feature_files(candidates, [labeled] if labeled else []) as readers:
         own = readers[0].labels
         free = spread_sample(np.flatnonzero(own == UNLABELED), max_rows, seed)
         if len(free) == 0:
-            raise DiffclassError(f"{pool} has no unlabeled rows to choose from")
+            raise DiffclassError(f"{candidates} has no unlabeled rows to choose from")
         known = np.flatnonzero(own != UNLABELED)
         if labeled:
             known = np.concatenate([known, readers[0].rows + np.arange(readers[1].rows)])
         rows = np.sort(np.concatenate([free, known]))
         table = take_across(readers, rows)
         was_labeled = ~np.isin(rows, free)
-    check_finite(table, pool)
+    check_finite(table, candidates)
     chosen = suggest_rows(table.features, budget, was_labeled, seed)
     log.info(f"suggest: {len(chosen)} of {len(free)} unlabeled rows ({int(was_labeled.sum())} rows labeled already)")
     return table.paths, chosen
@@ -176,17 +183,17 @@ def write_suggestions(paths: list[str], chosen: list[Suggestion], stream: TextIO
     writer.writerows(records)
 
 
-def copy_suggested(pool: Path, paths: list[str], chosen: list[Suggestion], folder: Path) -> int:
-    """Lay the suggested images out in `folder` (named as in the pool, to sort into class
-    subfolders), read from the source the pool was featurized from; returns how many."""
+def copy_suggested(candidates: Path, paths: list[str], chosen: list[Suggestion], folder: Path) -> int:
+    """Lay the suggested images out in `folder` (named as in the candidates' file, to sort into class
+    subfolders), read from the source the candidates were featurized from; returns how many."""
     from diffclass_cli.data.sources import open_source
 
-    with open_feature_file(pool) as reader:
+    with open_feature_file(candidates) as reader:
         spec = str(reader.attrs.get("source", ""))
     try:
         source = open_source(spec)
     except DiffclassError as err:
-        raise DiffclassError(f"--copy-to needs the images {pool} was made from ({spec}): {err}") from None
+        raise DiffclassError(f"--copy-to needs the images {candidates} was made from ({spec}): {err}") from None
     where = {name: i for i, name in enumerate(source.ids)}
     for s in chosen:
         name = paths[s.row]
