@@ -5,7 +5,7 @@ of a backbone checkpoint are computed for unlabeled images and for a second view
 (another fixed noise tensor and the image moved by one pixel), and scored without labels
 (extractors/choose.py): how many of each image's nearest neighbours the two views agree on, how far
 apart 20 k-means clusters are (silhouette), and the product of the two, which `export
---timestep auto` (`--taps auto`) maximises. Next to them: the few-shot
+--timestep auto` (`--taps auto`) maximises; and the features' effective rank (RankMe). Next to them: the few-shot
 accuracy of logreg on the validation part (stratified 80/20) of the train split, which the
 label-free choice should track. The test split is not loaded.
 
@@ -29,6 +29,7 @@ from diffclass_cli.data.loading import to_unit_range
 from diffclass_cli.extractors.choose import (
     CHOICE_IMAGES,
     cluster_separation,
+    effective_rank,
     extract,
     neighbour_agreement,
     tap_set_columns,
@@ -70,10 +71,12 @@ def main() -> None:
         agreement, separation = neighbour_agreement(first, second), cluster_separation(first)
         accuracy = [logreg_accuracy(pool, fit.labels, held, validation.labels, k, options.draws // (1 + 2 * (k > 1)))
                     for k in (1, 10)]
-        return " | ".join([name] + [f"{v:.3f}" for v in (agreement, separation, agreement * separation, *accuracy)])
+        rank = effective_rank(first)
+        return " | ".join([name] + [f"{v:.3f}" for v in (agreement, separation, agreement * separation)]
+                          + [f"{rank:.0f}"] + [f"{v:.3f}" for v in accuracy])
 
-    print(f"| {'taps' if options.taps else 'timestep'} | agreement | separation | score (product) | logreg K=1 | K=10 |"
-          "\n|---|---|---|---|---|---|")
+    print(f"| {'taps' if options.taps else 'timestep'} | agreement | separation | score (product) | effective rank "
+          "| logreg K=1 | K=10 |\n|---|---|---|---|---|---|---|")
     if options.taps:
         every = ExtractorSpec(timesteps=(options.timestep,), taps=("all",))
         pool, held = (extract(options.checkpoint, every, images) for images in (pool_images, validation_images))

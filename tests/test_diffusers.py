@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.extractor_format import read_metadata
+from diffclass_cli.extractors.choose import CANDIDATE_TIMESTEPS, MIN_SNR
 from diffclass_cli.features.runtime import ExtractorSession
 from tests.conftest import assert_one_line_error, write_image
 
@@ -94,6 +95,15 @@ def test_list_taps_and_the_pipeline_run_on_a_pretrained_model(cli, pretrained, r
         result = cli(*args)
         assert result.exit_code == 0, (args, result.output)
     assert len(result.stdout.splitlines()) == 13
+
+
+def test_the_label_free_choice_works_on_a_pretrained_model(cli, pretrained, rgb_images, tmp_path):
+    out = tmp_path / "auto.onnx"
+    result = cli("export", f"diffusers:{pretrained}", "--out", out, "--timestep", "auto", "--choose-on", rgb_images)
+    assert result.exit_code == 0, result.output
+    scores = read_metadata(out)["timestep_choice"]["scores"]
+    abar = load_checkpoint(f"diffusers:{pretrained}").config.alphas_cumprod().numpy()  # the model's own schedule
+    assert [int(t) for t in scores] == [t for t in CANDIDATE_TIMESTEPS if abar[t] / (1 - abar[t]) >= MIN_SNR]
 
 
 def test_fine_tuning_trains_resumes_like_one_run_and_exports(cli, pretrained, rgb_images, tmp_path):

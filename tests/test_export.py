@@ -15,6 +15,7 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.extractors.choose import (
     CANDIDATE_TIMESTEPS,
+    _choose,
     candidate_tap_sets,
     cluster_separation,
     neighbour_agreement,
@@ -233,13 +234,23 @@ def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint
     meta = read_metadata(out)
     choice = meta["timestep_choice"]
     assert choice["images"] == str(folder) and choice["sample"] == 60
-    assert [int(t) for t in choice["scores"]] == list(CANDIDATE_TIMESTEPS)
-    assert meta["timesteps"] == [int(max(choice["scores"], key=choice["scores"].get))]
     config = load_checkpoint(tiny_checkpoint).config
-    tap_choice = meta["taps_choice"]
-    assert list(tap_choice["scores"]) == ["+".join(taps) for taps in candidate_tap_sets(config)]
-    best = max(tap_choice["scores"], key=tap_choice["scores"].get)
-    assert meta["taps"] == resolve_taps(config, tuple(best.split("+")))
+    abar = config.alphas_cumprod().numpy()
+    assert [int(t) for t in choice["scores"]] == [t for t in CANDIDATE_TIMESTEPS if abar[t] / (1 - abar[t]) >= 1]
+    assert 500 not in map(int, choice["scores"])  # more noise than image: never a candidate
+    for record, default, chosen in ((choice, "100", str(meta["timesteps"][0])),
+                                    (meta["taps_choice"], "default", None)):
+        best = max(record["scores"], key=record["scores"].get)
+        replicated = all(halves[best] > halves[default]
+                         for halves in ({k: v[i] for k, v in record["half_scores"].items()} for i in (0, 1)))
+        expected = best if replicated else default
+        if chosen is not None:
+            assert chosen == expected
+        else:
+            assert meta["taps"] == resolve_taps(config, tuple(expected.split("+")))
+    tap_sets = list(meta["taps_choice"]["scores"])
+    assert tap_sets == ["+".join(taps) for taps in candidate_tap_sets(config)]
+    assert all(name.startswith("default") or name == "all" for name in tap_sets)  # the default taps are kept
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto"), "--overwrite")
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--timestep", "ten"),
                           "whole number of steps or 'auto'")
@@ -248,3 +259,12 @@ def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint
                           f"not found under {tmp_path}")
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--data-root", tmp_path),
                           "--data-root are for --timestep auto")
+
+
+def test_the_label_free_choice_leaves_the_default_unless_both_halves_agree():
+    by = {"by": "", "images": "x", "sample": torch.zeros(4)}
+    moved, record = _choose("timestep", {100: (0.20, 0.20, 0.20), 250: (0.25, 0.26, 0.24)}, 100, *by.values())
+    assert moved == 250 and record["chose"] == "the best score"
+    kept, record = _choose("timestep", {100: (0.20, 0.20, 0.20), 250: (0.25, 0.31, 0.19)}, 100, *by.values())
+    assert kept == 100 and "not on both halves" in record["chose"]
+    assert record["half_scores"] == {"100": [0.2, 0.2], "250": [0.31, 0.19]}

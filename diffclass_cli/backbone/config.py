@@ -140,7 +140,8 @@ class Backbone(Protocol):
     kind: str  # stored in checkpoints and extractor metadata
     feature_family: ClassVar[str]  # what benchmark tables call its features
     summary: ClassVar[str]  # what `train-backbone --kind` says of it
-    noised: ClassVar[bool]  # whether its features depend on a diffusion timestep (and noise)
+    noised: ClassVar[bool]  # whether its features depend on a diffusion timestep (and noise): then it has
+    # alphas_cumprod(), the `[T]` abar of its noise schedule
     image_size: int
     channels: int
     tap_names: list[str]
@@ -235,26 +236,31 @@ class DDPMConfig:
 
         return UNet(self.unet)
 
-    def loss_fn(self, device) -> Callable:
-        from diffclass_cli.backbone.diffusion import alphas_cumprod, to_model_range, training_loss
+    def alphas_cumprod(self):
+        """`[T]` float64 abar of its noise schedule (torch)."""
+        from diffclass_cli.backbone.diffusion import alphas_cumprod
 
-        abar = alphas_cumprod(self.diffusion).float().to(device)
+        return alphas_cumprod(self.diffusion)
+
+    def loss_fn(self, device) -> Callable:
+        from diffclass_cli.backbone.diffusion import to_model_range, training_loss
+
+        abar = self.alphas_cumprod().float().to(device)
         diffusion = self.diffusion
         return lambda model, pixels, generator: training_loss(model, to_model_range(pixels), abar, generator,
                                                               prediction=diffusion.prediction,
                                                               min_snr=diffusion.min_snr)
 
     def sample(self, model, n: int, generator, ddim_steps: int | None):
-        from diffclass_cli.backbone.diffusion import alphas_cumprod, sample
+        from diffclass_cli.backbone.diffusion import sample
 
-        return sample(model, alphas_cumprod(self.diffusion), self.diffusion.prediction,
+        return sample(model, self.alphas_cumprod(), self.diffusion.prediction,
                       (n, self.channels, self.image_size, self.image_size), generator, ddim_steps=ddim_steps)
 
     def extractor(self, network, spec):
-        from diffclass_cli.backbone.diffusion import alphas_cumprod
         from diffclass_cli.extractors.extractor import DiffusionExtractor
 
-        return DiffusionExtractor(network, alphas_cumprod(self.diffusion), spec)
+        return DiffusionExtractor(network, self.alphas_cumprod(), spec)
 
 
 @register_backbone

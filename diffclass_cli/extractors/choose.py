@@ -33,7 +33,12 @@ NEIGHBOURS = 10
 # export, and over-clustering splits classes into their modes rather than merging classes.
 CLUSTERS = 20
 CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 250, 500)
+# A candidate noises the images at most to equal signal and noise energy (abar / (1 - abar) >= 1: t <= 250 of
+# the linear 1000-step schedule). Past it the features describe what survives heavy noise (colour, background):
+# stable, well clustered and label-free-attractive, and they lost to t = 100 each time auto chose them.
+MIN_SNR = 1.0
 CHOICE_IMAGES = 2000  # a sample of the unlabeled images
+MIN_CHOICE_IMAGES = 8
 
 
 def extract(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor, second_view: bool = False) -> np.ndarray:
@@ -52,7 +57,8 @@ def angular_space(features: np.ndarray) -> np.ndarray:
 
 def neighbour_agreement(first: np.ndarray, second: np.ndarray, k: int = NEIGHBOURS) -> float:
     """The mean fraction of each row's `k` nearest neighbours (by angle, after standardising
-    each column) that the two views of the same rows share."""
+    each column) that the two views of the same rows share (fewer neighbours for very few rows)."""
+    k = min(k, len(first) - 1)
     neighbours = []
     for features in (first, second):
         space = angular_space(features)
@@ -68,54 +74,83 @@ def cluster_separation(features: np.ndarray, clusters: int = CLUSTERS, seed: int
     return float(silhouette_score(space, found, metric="cosine"))
 
 
+def effective_rank(features: np.ndarray) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the standardised features' normalised
+    singular values; low when the features collapse to a few directions."""
+    singular = np.linalg.svd(StandardScaler().fit_transform(features), compute_uv=False)
+    p = singular / singular.sum() + 1e-12
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def label_free_score(first: np.ndarray, second: np.ndarray) -> float:
     """High for features whose neighbours survive a nuisance and whose clusters are apart."""
     return neighbour_agreement(first, second) * cluster_separation(first)
 
 
 
+def candidate_timesteps(config, default: int) -> tuple[int, ...]:
+    """`default` and the CANDIDATE_TIMESTEPS of `config`'s schedule whose signal-to-noise ratio
+    is at least MIN_SNR."""
+    abar = config.alphas_cumprod().numpy()
+    return tuple(sorted({default} | {t for t in CANDIDATE_TIMESTEPS
+                                     if t < len(abar) and abar[t] / (1 - abar[t]) >= MIN_SNR}))
+
+
 def choose_unlabeled(checkpoint: Path, spec: ExtractorSpec, *, timestep: bool, taps: bool, images: str | None = None,
                      data_root: Path | None = None) -> tuple[ExtractorSpec, dict]:
     """`spec` with the candidate timestep (then, at it, the tap set) that has the best
     `label_free_score` on a sample of the unlabeled `images` (default: the source the backbone
-    was trained on), and the record of each choice for the extractor's metadata."""
+    was trained on), where that choice holds on both halves of the sample too (else the
+    default stays), and the record of each choice for the extractor's metadata."""
     ckpt = load_checkpoint(checkpoint)
     images = images or ckpt.training.get("data", {}).get("source")
     if not images:
         raise DiffclassError(f"{checkpoint} does not say which images it was trained on: give --choose-on IMAGES")
     sample = unlabeled_sample(open_source(images, data_root), ckpt.config.image_size, ckpt.config.channels)
+    if len(sample) < MIN_CHOICE_IMAGES:
+        raise DiffclassError(f"{images} has {len(sample)} readable images; the label-free choice needs at least "
+                             f"{MIN_CHOICE_IMAGES} (it compares the two halves of its sample)")
     by = (f"agreement of the {NEIGHBOURS} nearest neighbours with a second view (the next noise seed, moved one "
-          f"pixel) x silhouette of {CLUSTERS} k-means clusters")
+          f"pixel) x silhouette of {CLUSTERS} k-means clusters, on the sample and on each half of it")
     notes = {}
     if timestep:
         if not ckpt.config.noised:
             raise DiffclassError(f"{checkpoint} is a {ckpt.config.kind} backbone: it has no timestep to choose")
-        T = ckpt.config.diffusion.num_timesteps
-        scores = timestep_scores(checkpoint, spec, sample, tuple(t for t in CANDIDATE_TIMESTEPS if t < T))
-        spec = replace(spec, timesteps=(_best("timestep", scores),))
-        notes["timestep_choice"] = _record(by, images, sample, scores)
+        default = spec.diffusion_timesteps[0]
+        scores = timestep_scores(checkpoint, spec, sample, candidate_timesteps(ckpt.config, default))
+        chosen, notes["timestep_choice"] = _choose("timestep", scores, default, by, images, sample)
+        spec = replace(spec, timesteps=(chosen,))
     if taps:
         scores = tap_scores(checkpoint, spec, sample)
-        spec = replace(spec, taps=tuple(_best("taps", scores).split("+")))
-        notes["taps_choice"] = _record(by, images, sample, scores)
+        chosen, notes["taps_choice"] = _choose("taps", scores, DEFAULT_TAP_SET, by, images, sample)
+        spec = replace(spec, taps=tuple(chosen.split("+")))
     return spec, notes
 
 
-def _best(what: str, scores: dict) -> int | str:
-    best = max(scores, key=scores.get)
-    log.info(f"label-free score by {what}: " + ", ".join(f"{k} {s:.3f}" for k, s in scores.items())
-             + f"; chose {best}")
-    return best
+def _choose(what: str, scores: dict, default, by: str, images: str, sample: torch.Tensor) -> tuple:
+    """The candidate with the best score on the whole sample if it also beats `default` on each
+    half of the sample, else `default`; and the record of the choice."""
+    whole = {name: score[0] for name, score in scores.items()}
+    best = max(whole, key=whole.get)
+    held = all(score[best] > score[default] for score in ({n: s[half] for n, s in scores.items()} for half in (1, 2)))
+    chosen = best if held else default
+    why = "the best score" if chosen == best else f"the default: {best} scored best but not on both halves"
+    log.info(f"label-free score by {what}: " + ", ".join(f"{k} {s:.3f}" for k, s in whole.items())
+             + f"; chose {chosen} ({why})")
+    return chosen, {"by": by, "images": images, "sample": len(sample), "chose": why,
+                    "scores": {str(k): round(s, 4) for k, s in whole.items()},
+                    "half_scores": {str(k): [round(s[1], 4), round(s[2], 4)] for k, s in scores.items()}}
 
 
-def _record(by: str, images: str, sample: torch.Tensor, scores: dict) -> dict:
-    return {"by": by, "images": images, "sample": len(sample),
-            "scores": {str(k): round(s, 4) for k, s in scores.items()}}
+DEFAULT_TAP_SET = "default"
 
 
 def candidate_tap_sets(config) -> list[tuple[str, ...]]:
-    """Each tap alone, the default set and all taps."""
-    return [(name,) for name in config.tap_names] + [("default",), ("all",)]
+    """The default set, it with each other tap added, and all taps. A set without the default
+    taps is no candidate: each tap alone lost to the default set every time it was chosen."""
+    default = config.tap_groups["default"]
+    return [(DEFAULT_TAP_SET,)] + [(DEFAULT_TAP_SET, name) for name in config.tap_names if name not in default] \
+        + [("all",)]
 
 
 def unlabeled_sample(source: ImageSource, image_size: int, channels: int, n: int = CHOICE_IMAGES,
@@ -126,22 +161,29 @@ def unlabeled_sample(source: ImageSource, image_size: int, channels: int, n: int
     return torch.from_numpy(to_unit_range(images))
 
 
+def scored(first: np.ndarray, second: np.ndarray) -> tuple[float, float, float]:
+    """`label_free_score` of the two views' rows, of the even rows and of the odd rows (halves of
+    the same make-up: the sample is in source order, which may be class by class)."""
+    return (label_free_score(first, second), label_free_score(first[0::2], second[0::2]),
+            label_free_score(first[1::2], second[1::2]))
+
+
 def timestep_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor,
-                    candidates: tuple[int, ...] = CANDIDATE_TIMESTEPS) -> dict[int, float]:
-    """The label-free score of each candidate timestep's features (two views of `images`)."""
+                    candidates: tuple[int, ...] = CANDIDATE_TIMESTEPS) -> dict[int, tuple[float, float, float]]:
+    """The label-free scores (`scored`) of each candidate timestep's features (two views of `images`)."""
     scores = {}
     for t in progress(candidates, desc="scoring timesteps", unit="timestep"):
         at_t = replace(spec, timesteps=(t,))
         first, second = (extract(checkpoint, at_t, images, second_view) for second_view in (False, True))
-        scores[t] = label_free_score(first, second)
+        scores[t] = scored(first, second)
     return scores
 
 
-def tap_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor) -> dict[str, float]:
-    """The label-free score of each of `candidate_tap_sets`, from one pass per view with every tap."""
+def tap_scores(checkpoint: Path, spec: ExtractorSpec, images: torch.Tensor) -> dict[str, tuple[float, float, float]]:
+    """The label-free scores (`scored`) of each of `candidate_tap_sets`, from one pass per view with every tap."""
     every = replace(spec, taps=("all",))
     first, second = (extract(checkpoint, every, images, second_view) for second_view in (False, True))
-    return {name: label_free_score(first[:, columns], second[:, columns])
+    return {name: scored(first[:, columns], second[:, columns])
             for name, columns in progress(tap_set_columns(checkpoint, every).items(), desc="scoring tap sets",
                                           unit="set")}
 
