@@ -209,13 +209,14 @@ class ExportRun(ExtractorOptions):
     channels: int = option("With --pixels: 1 (gray) or 3 (RGB).", 1, low=1, high=3)
     list_taps: bool = _flag("--list-taps", "Print the backbone's taps and exit.")
     timestep: str | None = option(
-        f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}), or 'auto' (experimental): chosen "
-        "from unlabeled images (--choose-on), no labels: the step whose features keep their nearest neighbours under "
-        "another noise draw and a one-pixel shift and form well-separated clusters (a minute or two). Check its "
-        "choice with labels where you can (docs/guide.md).", None)
+        f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}), or 'auto': chosen from "
+        "unlabeled images (--choose-on), no labels, among the default and the larger steps up to equal signal and "
+        "noise (250 of the default schedule): the step whose features keep their nearest neighbours under another "
+        "noise draw and a one-pixel shift and form well-separated clusters, if it does so on both halves of the "
+        "sample too; else the default (a minute or two; docs/guide.md).", None)
     taps: str | None = option(
-        TAPS_HELP + " Or 'auto' (experimental): chosen from unlabeled images like --timestep auto (after it), among "
-        "each tap alone, the default set and all taps.", None)
+        TAPS_HELP + " Or 'auto': chosen from unlabeled images like --timestep auto (after it), among the default "
+        "set, the default set with one more tap, and all taps.", None)
     choose_on: str | None = option(
         "With --timestep auto or --taps auto: the unlabeled images to choose on, any SOURCE (default: the images the "
         "backbone was trained on).", None)
