@@ -14,7 +14,6 @@ import os
 import sys
 from contextlib import closing
 from dataclasses import MISSING, Field
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -110,18 +109,12 @@ def main(
     configure(quiet, show_progress)
 
 
-def _shown(value) -> str:
-    if isinstance(value, Enum):
-        return value.value
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def _parameter(f: Field) -> inspect.Parameter:
     """The Typer parameter of an option field."""
     meta, kind = f.metadata, f.type
     default = f.default if f.default is not MISSING else inspect.Parameter.empty
     if meta["text"]:
-        kind, default = str, default if default is inspect.Parameter.empty else _shown(default)
+        kind, default = str, default if default is inspect.Parameter.empty else ",".join(map(str, default))
     if meta["argument"]:
         info = typer.Argument(help=meta["help"], show_default=False, metavar=meta["metavar"])
     else:
