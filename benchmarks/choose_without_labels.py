@@ -29,13 +29,20 @@ from diffclass_cli.data.loading import to_unit_range
 from diffclass_cli.extractors.choose import (
     CHOICE_IMAGES,
     cluster_separation,
-    effective_rank,
     extract,
     neighbour_agreement,
     tap_set_columns,
 )
 from diffclass_cli.extractors.spec import ExtractorSpec
 from diffclass_cli.heads.models import draw_per_class
+
+
+def effective_rank(features: np.ndarray) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the standardised features' normalised
+    singular values; low when the features collapse to a few directions."""
+    singular = np.linalg.svd(StandardScaler().fit_transform(features), compute_uv=False)
+    p = singular / singular.sum() + 1e-12
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def logreg_accuracy(pool, pool_labels, validation, validation_labels, k: int, draws: int) -> float:

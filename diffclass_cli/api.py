@@ -69,11 +69,9 @@ def train(images, out: Path, **options) -> Path:
     (backbone.config.TrainConfig: steps, batch_size, lr, ...) and the backbone kind's (width,
     channel_mults, ...)."""
     from diffclass_cli.backbone.train import train_run
-    from diffclass_cli.device import torch_device
 
     own = {f.name for f in fields(TrainRun)}
     run = TrainRun.of(source=_spec(images), out=Path(out), **{k: v for k, v in options.items() if k in own})
-    torch_device(run.device)  # a device that cannot run: said before any loading
     train_run(run, _source(images, run.data_root), **{k: v for k, v in options.items() if k not in own})
     return run.out
 
@@ -98,8 +96,7 @@ def featurize(images, out: Path | None = None, **options) -> Features | Path:
     if out is not None:
         featurize_run(run, source)
         return run.out
-    features, rows, skipped = features_in_memory(source, resolve_model(run.model), run.batch_size, run.workers,
-                                                 run.device)
+    features, rows, skipped = run.call(features_in_memory, source=source, model=resolve_model(run.model))
     return Features(features, [source.ids[r] for r in rows], source.labels[rows], list(source.class_names),
                     skipped)
 

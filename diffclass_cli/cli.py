@@ -174,7 +174,7 @@ def export(run: runs.ExportRun) -> None:
         raise typer.BadParameter("missing: give the ONNX file to write (or --list-taps)", param_hint="'--out'")
     if run.pixels:
         UNetConfig(image_size=run.image_size, channels=run.channels)  # the same size rules as a backbone
-        export_pixels(run.out, run.image_size, run.channels, run.opset, run.overwrite)
+        run.call(export_pixels)
         return
     if run.checkpoint is None:
         raise DiffclassError("give a CHECKPOINT (or --pixels)")

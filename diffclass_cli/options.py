@@ -18,14 +18,25 @@ MAX_PROCESSES = 1024
 
 def option(help: str, default=MISSING, *, low: float | None = None, high: float | None = None, above: bool = False,
            flags: tuple[str, ...] = (), metavar: str | None = None, argument: bool = False, negatable: bool = False,
-           text: Callable | None = None, show_default: bool | str = True, default_factory=MISSING) -> Field:
+           text: Callable | None = None, show_default: bool | str = True) -> Field:
     """A config field that is also an option. `low`/`high`: its range (`above`: low itself is
     refused); `flags`: its spelling (default `--field-name`); `argument`: positional on the command
     line; `negatable`: a flag with a `--no-` form; `text`: it is typed as text and parsed by this
     function (e.g. '1,2,2' -> (1, 2, 2))."""
     metadata = {"help": help, "low": low, "high": high, "above": above, "flags": flags, "metavar": metavar,
                 "argument": argument, "negatable": negatable, "text": text, "show_default": show_default}
-    return field(default=default, default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def seed_option(default: int = 0) -> Field:
+    return option("Random seed; the same seed gives the same result.", default, low=0, high=SEED_HIGH)
+
+
+def refuse_unknown(given, known, what: str = "option") -> None:
+    """One line naming the keyword arguments that are none of `known` (a typo is not ignored)."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise DiffclassError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 def is_option(f: Field) -> bool:

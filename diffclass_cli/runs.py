@@ -16,7 +16,16 @@ from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, LabelC
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractors.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
 from diffclass_cli.heads import MAX_UNLABELED
-from diffclass_cli.options import MAX_PROCESSES, SEED_HIGH, check_options, option, option_fields, parse_ints
+from diffclass_cli.options import (
+    MAX_PROCESSES,
+    SEED_HIGH,
+    check_options,
+    option,
+    option_fields,
+    parse_ints,
+    refuse_unknown,
+    seed_option,
+)
 
 SOURCE_HELP = ("A folder of images (subfolders = classes), '-' for paths on stdin, or a built-in source: "
                "mnist-sample[:train|:test], digits[:train|:test], mnist-sample-colour[:train|:test] (the same digits "
@@ -37,10 +46,6 @@ LABELS_HELP = ("A CSV table of 'path,label' rows (a header is optional) that lab
 
 def _source():
     return option(SOURCE_HELP, argument=True)
-
-
-def _seed(default: int = 0):
-    return option("Random seed; the same seed gives the same result.", default, low=0, high=SEED_HIGH)
 
 
 def _overwrite():
@@ -85,10 +90,7 @@ class Run:
     @classmethod
     def of(cls, **values):
         """From keyword arguments, as the Python API takes them: a name it does not know is an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DiffclassError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        refuse_unknown(values, {f.name for f in fields(cls)})
         return cls(**values)
 
 
@@ -154,7 +156,7 @@ class SampleRun(Run):
     out_dir: Path | None = option("Also save each image as a PNG here.", None)
     weights: Weights = option("The averaged (EMA) or the raw trained weights.", Weights.ema)
     device: Device = _device()
-    seed: int = _seed()
+    seed: int = seed_option()
     overwrite: bool = _overwrite()
 
 
@@ -329,7 +331,7 @@ class FitRun(Run):
         "(pseudo-labels from spectral clustering, named by the labeled rows).", HeadKind.auto)
     per_class: int | None = option("Use only K labeled rows per class, drawn with --seed (the rest count as "
                                    "unlabeled).", None, low=1)
-    seed: int = _seed()
+    seed: int = seed_option()
     C: float = option("logreg: inverse regularisation strength.", 1.0, low=0, above=True, flags=("--C",))
     alpha: float = option("mlp: L2 penalty.", 1e-3, low=0)
     hidden: int = option("mlp: hidden units.", 128, low=1)
@@ -395,7 +397,7 @@ class SuggestRun(Run):
     out: str | None = _out("list")
     copy_to: Path | None = option("Also copy the suggested images into this folder, to sort into class subfolders.",
                                   None)
-    seed: int = _seed()
+    seed: int = seed_option()
     max_rows: int = option("Cluster at most this many unlabeled rows, spread evenly over the file.", MAX_UNLABELED,
                            low=2)
     overwrite: bool = _overwrite()
@@ -497,7 +499,7 @@ class BenchmarkRun(ExtractorOptions):
         "clustering).", LabelChoice.random)
     on_validation: bool = _flag("--on-validation", "Score on a validation part of the train split instead of the "
                                 "test split: use this to choose checkpoints or options.")
-    seed: int = _seed()
+    seed: int = seed_option()
     data_root: Path | None = _data_root()
     overwrite: bool = _flag("--overwrite", "Replace the files of an existing --out folder.")
 
@@ -532,7 +534,7 @@ class PlotRun(Run):
     thumbnails: str | None = option("The SOURCE the features came from: draw a sample of its images at their "
                                     "positions.", None)
     max_points: int | None = option("Plot a reproducible sample of at most N rows.", 5000, low=3)
-    seed: int = _seed()
+    seed: int = seed_option()
     overwrite: bool = _overwrite()
 
 

@@ -10,7 +10,7 @@ from enum import Enum
 from typing import ClassVar, Protocol
 
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.options import SEED_HIGH, check_options, option, option_fields, parse_ints
+from diffclass_cli.options import check_options, option, option_fields, parse_ints, seed_option
 
 
 class Weights(str, Enum):
@@ -344,7 +344,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     augment_shift: int = option("Move each training image by up to N pixels each way (0: off; less than the image "
                                 "size).", 0, low=0, high=4096)
-    seed: int = option("Random seed; the same seed gives the same result.", 0, low=0, high=SEED_HIGH)
+    seed: int = seed_option()
     save_every: int = option("Write a checkpoint every N steps.", 500, low=1, high=10**9)
     snapshot_every: int = option("Also keep a copy CKPT-step{N} every N steps (0: none).", 0, low=0, high=10**9)
 

@@ -35,6 +35,7 @@ from diffclass_cli.data.sources import ImageSource, UnreadableImage
 from diffclass_cli.device import torch_device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import refuse_overwrite
+from diffclass_cli.options import refuse_unknown
 from diffclass_cli.runs import TrainRun
 
 ESTIMATE_AFTER = 20  # steps timed before the expected duration is said (the first ones include warm-up)
@@ -93,9 +94,7 @@ def plan_config(source: ImageSource, init: str | None = None, kind: str = DEFAUL
     backbone kind's (width, channel_mults, ...; the kind's defaults where left out).
     `init='diffusers:PATH'` starts from a pretrained model, whose own shape and schedule win."""
     known = TRAIN_FIELDS | {f.name for kind in BACKBONES.values() for f in kind.train_options()}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise DiffclassError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    refuse_unknown(options, known, "training option")
     train = TrainConfig(**{k: v for k, v in options.items() if k in TRAIN_FIELDS and v is not None})
     backbone_options = {k: v for k, v in options.items() if k not in TRAIN_FIELDS}
     if init is not None:

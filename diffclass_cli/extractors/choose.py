@@ -77,14 +77,6 @@ def cluster_separation(features: np.ndarray, clusters: int = CLUSTERS, seed: int
     return float(silhouette_score(space, found, metric="cosine"))
 
 
-def effective_rank(features: np.ndarray) -> float:
-    """RankMe (Garrido et al. 2023): exp of the entropy of the standardised features' normalised
-    singular values; low when the features collapse to a few directions."""
-    singular = np.linalg.svd(StandardScaler().fit_transform(features), compute_uv=False)
-    p = singular / singular.sum() + 1e-12
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
 def label_free_score(first: np.ndarray, second: np.ndarray) -> float:
     """High for features whose neighbours survive a nuisance and whose clusters are apart."""
     return neighbour_agreement(first, second) * cluster_separation(first)

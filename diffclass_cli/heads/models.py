@@ -53,6 +53,11 @@ class SpaceCache:
         return self
 
 
+def cached(function, memory):
+    """`function`, cached in `memory` (a SpaceCache or joblib.Memory) when there is one."""
+    return function if memory is None else memory.cache(function)
+
+
 def _class_codes(estimator: BaseEstimator, X, y) -> tuple[np.ndarray, np.ndarray]:
     """Validates X and y for a semi-supervised fit, sets `classes_` (the labeled classes) and
     returns X and the targets as class codes (-1 = unlabeled)."""
@@ -175,8 +180,7 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
     def cluster_space(self, X: np.ndarray, n_classes: int) -> np.ndarray:
         """The rows `[N, D]` in the space they are clustered in `[N, n_classes]` (or the PCA
         projection); computed without labels, and the same for every random_state."""
-        embed = embedding if self.memory is None else self.memory.cache(embedding)
-        return embed(X, n_classes, self.n_components, self.n_neighbors)
+        return cached(embedding, self.memory)(X, n_classes, self.n_components, self.n_neighbors)
 
     def predict_proba(self, X):
         check_is_fitted(self)

@@ -28,7 +28,7 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.features.h5 import check_finite, open_feature_file, open_feature_files, take_across
 from diffclass_cli.files import atomic_output
 from diffclass_cli.heads import MAX_UNLABELED
-from diffclass_cli.heads.models import SpectralPseudoLabels, spread_sample
+from diffclass_cli.heads.models import SpectralPseudoLabels, cached, spread_sample
 
 MAX_SPACE_DIMS = 50  # the spectral embedding's dimensions: one per cluster, up to this many
 TYPICALITY_NEIGHBOURS = 20  # TypiClust's K
@@ -79,7 +79,7 @@ def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None =
     n_clusters = min(int(labeled.sum()) + budget, len(features))
     space = cluster_space(features, n_clusters, memory)
     clusters = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(space)
-    typicality = (typicality_of if memory is None else memory.cache(typicality_of))(features)
+    typicality = cached(typicality_of, memory)(features)
     sizes = np.bincount(clusters, minlength=n_clusters)
     covered = set(clusters[labeled].tolist())
     uncovered = sorted((c for c in range(n_clusters) if c not in covered and (~labeled[clusters == c]).any()),
