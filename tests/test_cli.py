@@ -90,3 +90,10 @@ def test_training_says_how_long_the_rest_will_take(cli, tmp_path):
     assert result.exit_code == 0, result.output
     said = [line for line in result.stderr.splitlines() if "s per step so far" in line]
     assert len(said) == 1 and "the 5 steps left will take about" in said[0]
+    # and again at each save before the last, at the pace since the save before
+    result = cli("train-backbone", tmp_path / "imgs", "--out", tmp_path / "bb2.ckpt", "--steps", 25, "--width", 8,
+                 "--channel-mults", "1,2", "--batch-size", 2, "--warmup", 1, "--save-every", 10)
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "since the last save" in line]
+    assert [line.split(",")[0] for line in said] == ["step 10 of 25", "step 20 of 25"]
+    assert all("the rest will take about" in line for line in said)

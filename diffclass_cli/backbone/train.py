@@ -179,6 +179,7 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
     loss_fn = config.loss_fn(device)
     generator = torch.Generator(device)
     window, began = [], time.perf_counter()
+    saved = (start, began)  # the step and time of the last save
 
     def checkpoint(step: int) -> Checkpoint:
         training = {"options": asdict(train), "data": data, "losses": losses}
@@ -212,11 +213,15 @@ def train_backbone(images: np.ndarray, config: Backbone, train: TrainConfig, out
             bar.update()
             done = step + 1
             if done - start == ESTIMATE_AFTER and done < train.steps:
-                _say_expected_duration(elapsed, done - start, train.steps - done)
+                _say_expected_duration(elapsed / (done - start), train.steps - done)
             if done % train.save_every == 0 or done == train.steps:
                 losses.append([done, float(np.mean(window))])
                 window = []
                 ckpt = checkpoint(done)
+                if done < train.steps:  # the pace since the last save: other work on the machine changes it
+                    now = time.perf_counter()
+                    _say_progress(done, train.steps, losses[-1][1], (now - saved[1]) / (done - saved[0]))
+                    saved = (done, now)
             if train.snapshot_every and done % train.snapshot_every == 0:
                 if ckpt is None or ckpt.step != done:
                     ckpt = checkpoint(done)
@@ -299,12 +304,21 @@ def _check_compiler(device: torch.device) -> None:
                              "install one or train without --compile")
 
 
-def _say_expected_duration(elapsed: float, steps_done: int, steps_left: int) -> None:
+def _say_expected_duration(seconds_per_step: float, steps_left: int) -> None:
     """One line, also in logs where no progress bar is drawn: how long the rest will take."""
-    seconds = elapsed / steps_done * steps_left
+    log.info(f"{seconds_per_step:.2f} s per step so far: the {steps_left} steps left will take about "
+             f"{_time_left(seconds_per_step * steps_left)}")
+
+
+def _say_progress(step: int, steps: int, loss: float, seconds_per_step: float) -> None:
+    """At each save: the step, the recent loss and the time left at the pace since the last save."""
+    log.info(f"step {step} of {steps}, loss {loss:.4f}: {seconds_per_step:.2f} s per step since the last save; "
+             f"the rest will take about {_time_left(seconds_per_step * (steps - step))}")
+
+
+def _time_left(seconds: float) -> str:
     finish = datetime.now() + timedelta(seconds=seconds)
-    log.info(f"{elapsed / steps_done:.2f} s per step so far: the {steps_left} steps left will take about "
-             f"{_duration(seconds)} (until about {finish:%H:%M})")
+    return f"{_duration(seconds)} (until about {finish:%H:%M})"
 
 
 def _duration(seconds: float) -> str:
