@@ -1,6 +1,7 @@
 """Training cost per step of backbone variants, measured side by side in one run (batch 128,
-28x28 gray, CPU or the default device): the variants take their steps in turn, so a load that
-comes and goes on a shared machine hits them alike, and the median step of each is reported.
+28x28 gray unless a variant's name says another image size, CPU or the default device): the
+variants take their steps in turn, so a load that comes and goes on a shared machine hits them
+alike, and the median step of each is reported.
 
     python benchmarks/train_speed.py [--steps 20] [--batch-size 128] [--only default,compile]
 """
@@ -22,6 +23,8 @@ VARIANTS = {  # name: (config, options of make_step); the first is the baseline
     "width48": (DDPMConfig(unet=UNetConfig(width=48)), {}),
     "blocks2": (DDPMConfig(unet=UNetConfig(blocks_per_level=2)), {}),  # 2 ResBlocks per level
     "vae": (VAEConfig(), {}),  # width 32, 1,2,2, latent 32
+    "rgb32": (DDPMConfig(unet=UNetConfig(image_size=32, channels=3)), {}),  # the default UNet on other images
+    "rgb64": (DDPMConfig(unet=UNetConfig(image_size=64, channels=3)), {}),
 }
 
 
@@ -48,17 +51,22 @@ def make_step(config, batch: torch.Tensor, channels_last: bool = False, bf16: bo
     return model, step
 
 
+def batch_for(config, batch_size: int) -> torch.Tensor:
+    shape = (batch_size, config.channels, config.image_size, config.image_size)
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--only", help=f"comma-separated variants to run (default: all of {', '.join(VARIANTS)})")
     args = parser.parse_args()
-    batch = torch.rand(args.batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     print(f"batch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.steps} steps each, "
           "taken in turn")
     variants = {name: v for name, v in VARIANTS.items() if not args.only or name in args.only.split(",")}
-    steps = {name: make_step(config, batch, **options) for name, (config, options) in variants.items()}
+    steps = {name: make_step(config, batch_for(config, args.batch_size), **options)
+             for name, (config, options) in variants.items()}
     times = {name: [] for name in variants}
     for _ in range(args.steps):
         for name, (_, step) in steps.items():

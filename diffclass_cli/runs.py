@@ -490,7 +490,8 @@ class BenchmarkRun(ExtractorOptions):
     sweep_timestep: str | None = option("Also compare these timesteps (e.g. 10,25,50,100,250,500; 50+100 "
                                         "concatenates two), logreg head, on a validation part of the train split.",
                                         None)
-    sweep_taps: bool = _flag("--sweep-taps", "Also compare each tap alone.")
+    sweep_taps: bool = _flag("--sweep-taps", "Also compare the tap sets `--taps auto` chooses among: the default "
+                             "taps, them with each other tap, all taps.")
     sweep_pool: bool = _flag("--sweep-pool", "Also compare global, 2x2, 3x3 pooling.")
     quick: bool = _flag("--quick", "A small grid for smoke tests (a couple of minutes).")
     labels: LabelChoice = option(
