@@ -119,7 +119,8 @@ class TrainRun(Run):
         "Side of the square images the backbone sees (a multiple of 4) (default: the first image's).", None,
         low=4, high=4096)
     channels: int | None = option("1 (gray) or 3 (RGB) (default: the first image's).", None, low=1, high=3)
-    resume: bool = _flag("--resume", "Continue from --out if it exists.")
+    resume: bool = _flag("--resume", "Continue from --out if it exists, with its recipe; --steps (which may grow), "
+                         "--save-every and --snapshot-every are this run's.")
     compiled: bool = option(
         "Run the network through torch.compile: shorter steps after a minute of compiling (needs a C++ compiler on "
         "CPU; docs/guide.md). Not part of the recipe: a run may switch it on or off when it resumes.", False,

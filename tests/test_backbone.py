@@ -156,9 +156,10 @@ def test_same_seed_same_weights_and_resume_matches_uninterrupted(mnist_train_pix
     again = _train(mnist_train_pixels, tmp_path / "again.ckpt", steps=20, augment_shift=1)
     # The step-10 snapshot is what a run killed between steps 10 and 20 leaves behind.
     shutil.copy(snapshot_path(tmp_path / "full.ckpt", 10), tmp_path / "resumed.ckpt")
-    config, train, state = plan_run(tmp_path / "resumed.ckpt", DDPMConfig(),
-                                    TrainConfig(steps=20), DATA["source"], resume=True, overwrite=False)
-    assert state.step == 10 and train.batch_size == 32 and train.augment_shift == 1
+    config, train, state = plan_run(tmp_path / "resumed.ckpt", DDPMConfig(), TrainConfig(steps=20, snapshot_every=5),
+                                    DATA["source"], resume=True, overwrite=False)
+    assert state.step == 10 and train.batch_size == 32 and train.augment_shift == 1  # the checkpoint's recipe
+    assert train.snapshot_every == 5  # but this run's snapshots
     resumed = train_backbone(mnist_train_pixels, config, train, tmp_path / "resumed.ckpt", CPU, data=DATA, state=state)
     assert resumed.step == 20
     for name in full.model:

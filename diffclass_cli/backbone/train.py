@@ -61,10 +61,15 @@ def snapshot_path(out: Path, step: int) -> Path:
     return out.with_name(f"{out.stem}-step{step}{out.suffix}")
 
 
+# How long to train and how often to save: a resumed run takes these from its own options, the
+# rest of the recipe from the checkpoint.
+PER_RUN_OPTIONS = ("steps", "save_every", "snapshot_every")
+
+
 def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, *, resume: bool,
              overwrite: bool) -> tuple[Backbone, TrainConfig, Checkpoint | None]:
-    """With --resume and an existing `out`, the checkpoint's config and options win (only
-    `steps` may grow); otherwise `out` must not exist unless `overwrite`."""
+    """With --resume and an existing `out`, the checkpoint's config and options win but for
+    `PER_RUN_OPTIONS` (steps may grow); otherwise `out` must not exist unless `overwrite`."""
     if not (resume and out.exists()):
         refuse_overwrite(out, overwrite)
         return config, train, None
@@ -79,7 +84,8 @@ def plan_run(out: Path, config: Backbone, train: TrainConfig, source: str, *, re
     if trained_on != source:
         log.warning(f"resuming on {source!r}, but {out} was trained on {trained_on!r}")
     options = state.training["options"]
-    options |= {"steps": train.steps, "lr_schedule": LRSchedule(options["lr_schedule"])}
+    options |= {name: getattr(train, name) for name in PER_RUN_OPTIONS}
+    options["lr_schedule"] = LRSchedule(options["lr_schedule"])
     return state.config, TrainConfig(**options), state
 
 
