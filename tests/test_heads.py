@@ -226,6 +226,8 @@ def test_labels_chosen_per_cluster_name_a_class_of_two_clusters():
     head = SpectralPseudoLabels().fit(X, targets)
     assert head.uses_class_means(targets)
     assert (head.predict(X) == truth).mean() > 0.99
+    auto = AutoHead().fit(X, targets)  # says why it could hold nothing out
+    assert auto.choice_ == "semi" and auto.reason_.startswith("a class with one label; clusters stable"), auto.reason_
 
 
 @pytest.mark.parametrize("per_class", [1, 3])

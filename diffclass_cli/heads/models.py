@@ -230,8 +230,9 @@ class AutoHead(ClassifierMixin, BaseEstimator):
     optimistic: the held-out rows stay among the clustered rows.) The thresholds were chosen on
     validation parts of the robustness scenarios (`benchmarks/auto_rule_probe.py`).
 
-    With one label per class there is nothing to hold out: the semi head is kept if its clusters
-    are stable, i.e. the clusterings of two random subsets of the rows agree (adjusted Rand index
+    With one label in some class (one per class, or as `suggest` may choose them) there is nothing
+    to hold out: the semi head is kept if its clusters are stable, i.e. the clusterings of two
+    random subsets of the rows agree (adjusted Rand index
     at least `min_stability`; measured 0.72-0.93 on the robustness scenarios, 0.1-0.4 on
     structureless noise). `choice_` and `reason_` say what was decided and why.
     """
@@ -254,14 +255,15 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         if labeled.all():
             return self._choose(X, targets, None, semi, HeadKind.logreg, "no unlabeled rows")
         space = semi.cluster_space(X, len(self.classes_))
-        per_class = np.bincount(targets[labeled]).min()
-        if per_class >= 2:
-            choice, reason = self._decide_with_labels(X, targets, space, semi, min(self.folds, per_class))
+        counts = np.bincount(targets[labeled])
+        if counts.min() >= 2:
+            choice, reason = self._decide_with_labels(X, targets, space, semi, min(self.folds, counts.min()))
         else:
             stability = self._stability(X, semi)
             choice = HeadKind.semi if stability >= self.min_stability else HeadKind.logreg
-            reason = (f"one label per class; clusters {'stable' if choice == HeadKind.semi else 'unstable'} "
-                      f"across subsets of the rows (ARI {stability:.2f})")
+            reason = (f"{'one label per class' if counts.max() == 1 else 'a class with one label'}; clusters "
+                      f"{'stable' if choice == HeadKind.semi else 'unstable'} across subsets of the rows "
+                      f"(ARI {stability:.2f})")
         return self._choose(X, targets, space, semi, choice, reason)
 
     def _decide_with_labels(self, X, targets, space, semi, n_folds: int) -> tuple[HeadKind, str]:
