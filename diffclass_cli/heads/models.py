@@ -92,8 +92,9 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
     image per cluster, several for a class of several clusters; or images picked at random from
     the pool) break that one-cluster-per-class assumption, and their class means do better (on
     validation parts of the scenarios: imbalanced 0.95 against 0.76 with `suggest`'s 20 labels,
-    open-set 0.99 against 0.85 with 14). The final fit weighs classes equally. Chosen on validation parts of
-    the scenarios in `benchmarks/heads_robustness.py` (see the README's robustness tables).
+    open-set 0.99 against 0.85 with 14). The final fit weighs classes equally. Chosen on
+    validation parts of the scenarios in `benchmarks/heads_robustness.py` (see the README's
+    robustness tables).
     """
 
     def __init__(self, n_components: int = 32, n_neighbors: int = 15, seed_from: int = 2,
@@ -232,9 +233,9 @@ class AutoHead(ClassifierMixin, BaseEstimator):
 
     With one label in some class (one per class, or as `suggest` may choose them) there is nothing
     to hold out: the semi head is kept if its clusters are stable, i.e. the clusterings of two
-    random subsets of the rows agree (adjusted Rand index
-    at least `min_stability`; measured 0.72-0.93 on the robustness scenarios, 0.1-0.4 on
-    structureless noise). `choice_` and `reason_` say what was decided and why.
+    random subsets of the rows agree (adjusted Rand index at least `min_stability`; measured
+    0.72-0.93 on the robustness scenarios, 0.1-0.4 on structureless noise). `choice_` and
+    `reason_` say what was decided and why.
     """
 
     def __init__(self, C: float = 1.0, folds: int = 5, min_stability: float = 0.5, aligned_from: float = 0.7,
