@@ -398,6 +398,9 @@ class SuggestRun(Run):
     out: str | None = _out("list")
     copy_to: Path | None = option("Also copy the suggested images into this folder, to sort into class subfolders.",
                                   None)
+    classes: int | None = option("How many classes the images hold, if you know: the pool is cut into at least "
+                                 "that many clusters, and when the labels cannot cover them all, suggest names the "
+                                 "clusters it leaves without a label.", None, low=2)
     seed: int = seed_option()
     max_rows: int = option("Cluster at most this many unlabeled rows, spread evenly over the file.", MAX_UNLABELED,
                            low=2)

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def blobs(seed: int = 0, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_one_typical_image_of_each_group_largest_group_first():
     features, groups = blobs()
-    chosen = suggest_rows(features, 4, seed=0)
+    chosen, left = suggest_rows(features, 4, seed=0)
+    assert left == []
     assert [groups[s.row] for s in chosen] == [0, 1, 2, 3]  # every group once, by size
     assert [s.rank for s in chosen] == [1, 2, 3, 4]
     assert np.abs(np.array([s.cluster_size for s in chosen]) - SIZES).max() <= 2  # the clusters are the groups
@@ -36,7 +38,7 @@ def test_one_typical_image_of_each_group_largest_group_first():
         members = features[groups == groups[s.row]]
         distances = np.linalg.norm(members - members.mean(axis=0), axis=1)
         assert np.linalg.norm(features[s.row] - members.mean(axis=0)) <= np.median(distances)
-    again = suggest_rows(features, 4, seed=0)
+    again, _ = suggest_rows(features, 4, seed=0)
     assert [s.row for s in again] == [s.row for s in chosen]
 
 
@@ -44,9 +46,18 @@ def test_the_next_batch_goes_to_groups_no_label_covers():
     features, groups = blobs()
     labeled = np.zeros(len(groups), bool)
     labeled[[0, 130]] = True  # groups 0 and 1 have a label each
-    chosen = suggest_rows(features, 2, labeled, seed=0)
+    chosen, _ = suggest_rows(features, 2, labeled, seed=0)
     assert sorted(groups[s.row] for s in chosen) == [2, 3]
     assert not labeled[[s.row for s in chosen]].any()
+
+
+def test_a_budget_below_the_classes_names_the_groups_it_leaves_out():
+    features, groups = blobs()
+    chosen, left = suggest_rows(features, 2, seed=0, classes=4)
+    assert [groups[s.row] for s in chosen] == [0, 1]  # the two largest groups, not two halves of the pool
+    assert [groups[s.row] for s in left] == [2, 3] and [s.rank for s in left] == [3, 4]
+    labeled = np.isin(np.arange(len(groups)), [s.row for s in chosen])
+    assert [groups[s.row] for s in suggest_rows(features, 2, labeled, seed=0, classes=4)[0]] == [2, 3]
 
 
 def test_flipped_labels_are_flagged_and_clean_ones_are_not():
@@ -89,6 +100,17 @@ def test_suggest_lists_what_to_label_and_fit_reads_it_back_filled_in(cli, pool_f
 
     jsonl = cli("suggest", pool, "--budget", 2, "--format", "jsonl", "--out", "-")
     assert [json.loads(line)["rank"] for line in jsonl.stdout.splitlines()] == [1, 2]
+    assert "no label" not in jsonl.stderr
+
+
+def test_suggest_names_the_clusters_a_small_budget_leaves_out(cli, pool_file):
+    pool, groups = pool_file
+    result = cli("suggest", pool, "--budget", 2, "--classes", 4)
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 2
+    warning = next(line for line in result.stderr.splitlines() if "get no label" in line)
+    named = [int(name[3:6]) for name in re.findall(r"img\d{3}\.png", warning)]
+    assert "2 cluster(s)" in warning and sorted(groups[named]) == [2, 3]
 
 
 def test_fit_says_which_labels_look_wrong_and_strict_labels_refuses_them(cli, tmp_path):

@@ -83,7 +83,7 @@ def run_protocol(feature_sets: list[FeatureSet], train: Split, test: Split, *, p
                 for features in feature_sets:
                     if protocol.labels == LabelChoice.suggest:  # chosen from each feature set's own clusters
                         budget = k * len(np.unique(train.labels[train.labels != UNLABELED]))
-                        chosen = suggest_rows(features.train, budget, seed=draw, memory=memory)
+                        chosen, _ = suggest_rows(features.train, budget, seed=draw, memory=memory)
                         labeled = np.sort([s.row for s in chosen])
                         key = f"{features.name}/{k}/{draw}"
                     else:

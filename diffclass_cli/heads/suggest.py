@@ -66,17 +66,19 @@ def representation(features: np.ndarray) -> np.ndarray:
     return PCA(dims, random_state=0).fit_transform(scaled)
 
 
-def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None = None,
-                 seed: int = 0, memory=None) -> list[Suggestion]:
+def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None = None, seed: int = 0,
+                 memory=None, classes: int = 0) -> tuple[list[Suggestion], list[Suggestion]]:
     """`budget` rows of `features` `[N, D]` to label next, best first, none of them in `labeled`
-    (the rows labeled already). Chosen without looking at any label. `memory`: where to cache
-    what depends on the features alone, for several choices from the same rows."""
+    (the rows labeled already), and the most typical row of each cluster they leave without a
+    label: none unless `classes` asks for more clusters than the labeled rows and the budget
+    together. Chosen without looking at any label. `memory`: where to cache what depends on the
+    features alone, for several choices from the same rows."""
     labeled = np.zeros(len(features), bool) if labeled is None else np.asarray(labeled, bool)
     candidates = np.flatnonzero(~labeled)
     budget = min(budget, len(candidates))
     if budget <= 0:
-        return []
-    n_clusters = min(int(labeled.sum()) + budget, len(features))
+        return [], []
+    n_clusters = min(max(int(labeled.sum()) + budget, classes), len(features))
     space = cluster_space(features, n_clusters, memory)
     clusters = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(space)
     typicality = cached(typicality_of, memory)(features)
@@ -84,13 +86,14 @@ def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None =
     covered = set(clusters[labeled].tolist())
     uncovered = sorted((c for c in range(n_clusters) if c not in covered and (~labeled[clusters == c]).any()),
                        key=lambda c: (sizes[c] < MIN_CLUSTER, -sizes[c], c))
-    chosen: list[Suggestion] = []
-    for cluster in uncovered[:budget]:
+    typical = []
+    for cluster in uncovered:
         members = candidates[clusters[candidates] == cluster]
         row = int(members[np.argmax(typicality[members])])
-        chosen.append(Suggestion(row, len(chosen) + 1, cluster, int(sizes[cluster]), float(typicality[row]),
-                                 f"the most typical image of cluster {cluster} ({sizes[cluster]} images), "
-                                 "which no labeled image covers yet"))
+        typical.append(Suggestion(row, len(typical) + 1, cluster, int(sizes[cluster]), float(typicality[row]),
+                                  f"the most typical image of cluster {cluster} ({sizes[cluster]} images), "
+                                  "which no labeled image covers yet"))
+    chosen = typical[:budget]
     taken = {s.row for s in chosen}
     for row in candidates[np.argsort(-typicality[candidates], kind="stable")]:  # only when clusters run out
         if len(chosen) == budget:
@@ -100,7 +103,7 @@ def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None =
             chosen.append(Suggestion(int(row), len(chosen) + 1, cluster, int(sizes[cluster]),
                                      float(typicality[row]), f"a typical image of cluster {cluster}, already "
                                      "covered (every cluster holds a labeled or suggested image)"))
-    return chosen
+    return chosen, typical[budget:]
 
 
 def typicality_of(features: np.ndarray) -> np.ndarray:
@@ -145,10 +148,11 @@ def suspicious_labels(features: np.ndarray, targets: np.ndarray, margin: float =
 
 
 def suggest(candidates: Path, budget: int, *, labeled: Path | None = None, seed: int = 0,
-            max_rows: int = MAX_UNLABELED) -> tuple[list[str], list[Suggestion]]:
+            max_rows: int = MAX_UNLABELED, classes: int | None = None) -> tuple[list[str], list[Suggestion]]:
     """The paths of the candidates' rows and the `budget` of them to label next (suggest_rows), chosen
     among at most `max_rows` of its unlabeled rows (spread evenly over the file); the rows labeled
-    already (among the candidates or in the feature file `labeled`) count as covered."""
+    already (among the candidates or in the feature file `labeled`) count as covered. With `classes`
+    more than the labels can cover, a warning names the clusters left without a label."""
     with open_feature_files(candidates, [labeled] if labeled else []) as readers:
         own = readers[0].labels
         free = spread_sample(np.flatnonzero(own == UNLABELED), max_rows, seed)
@@ -161,9 +165,19 @@ def suggest(candidates: Path, budget: int, *, labeled: Path | None = None, seed:
         table = take_across(readers, rows)
         was_labeled = ~np.isin(rows, free)
     check_finite(table, candidates)
-    chosen = suggest_rows(table.features, budget, was_labeled, seed)
+    chosen, left = suggest_rows(table.features, budget, was_labeled, seed, classes=classes or 0)
     log.info(f"suggest: {len(chosen)} of {len(free)} unlabeled rows ({int(was_labeled.sum())} rows labeled already)")
+    if left:
+        log.warning(uncovered_message(table.paths, classes, left))
     return table.paths, chosen
+
+
+def uncovered_message(paths: list[str], classes: int, left: list[Suggestion]) -> str:
+    """What a budget too small for `classes` leaves out: each uncovered cluster, its size and its most
+    typical image."""
+    clusters = "; ".join(f"cluster {s.cluster} ({s.cluster_size} images, e.g. {paths[s.row]})" for s in left)
+    return (f"suggest: with --classes {classes}, {len(left)} cluster(s) get no label from this budget: {clusters}. "
+            "Raise --budget, or label these images and run suggest again with --labeled")
 
 
 SUGGESTION_COLUMNS = ["path", "rank", "cluster", "cluster_size", "typicality", "label", "why"]
