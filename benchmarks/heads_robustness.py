@@ -144,7 +144,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--on-validation", action="store_true")
     parser.add_argument("--labels", type=LabelChoice, default=LabelChoice.random,
-                        help="random: K per class at random; suggest: K x classes as `diffclass suggest` picks them")
+                        help="random: K per class at random; suggest: K x classes as `diffclass suggest` picks them; "
+                        "pool: K x classes at random from the whole pool")
     parser.add_argument("--max-per-class", type=int, default=max(PER_CLASS), help="the largest K to run")
     args = parser.parse_args()
     protocol = Protocol(heads=tuple(HeadKind(h) for h in args.heads.split(",")), draws=args.draws,

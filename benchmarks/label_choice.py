@@ -1,9 +1,11 @@
 """Labels chosen by `diffclass suggest` against labels drawn at random, side by side: reads the
-results.csv of two runs of the same scenarios (benchmarks/heads_robustness.py or `diffclass
-benchmark`, one with `--labels random`, one with `--labels suggest`) and writes a markdown table of
-mean (worst draw) per scenario, head and budget, with the difference.
+results.csv of runs of the same scenarios (benchmarks/heads_robustness.py or `diffclass
+benchmark`, one with `--labels random`, one with `--labels suggest`, and with `--pool` one with
+`--labels pool`) and writes a markdown table of mean (worst draw) per scenario, head and budget,
+with suggest's difference to each.
 
-    python benchmarks/label_choice.py RANDOM/results.csv SUGGEST/results.csv --out docs/label-choice.md
+    python benchmarks/label_choice.py RANDOM/results.csv SUGGEST/results.csv [--pool POOL/results.csv] \
+        --out docs/label-choice.md
 """
 
 import argparse
@@ -22,28 +24,43 @@ def read(path: Path) -> dict[tuple[str, str, int], list[float]]:
     return cells
 
 
-def table(random: dict, suggest: dict) -> tuple[list[str], list[float]]:
-    lines = ["| scenario | head | labels per class | random: mean (worst) | suggest: mean (worst) | difference |",
-             "|---|---|---|---|---|---|"]
-    differences = []
-    for key in sorted(set(random) & set(suggest), key=lambda k: (k[0], k[1], k[2])):
-        r, s = np.array(random[key]), np.array(suggest[key])
-        differences.append(s.mean() - r.mean())
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {r.mean():.3f} ({r.min():.3f}) | {s.mean():.3f} "
-                     f"({s.min():.3f}) | {s.mean() - r.mean():+.3f} |")
+def cell(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ({np.min(values):.3f})"
+
+
+def table(suggest: dict, baselines: dict[str, dict]) -> tuple[list[str], dict[str, list[float]]]:
+    """One row per cell all runs share; `baselines`: name -> cells, each compared with suggest."""
+    names = list(baselines)
+    lines = ["| scenario | head | labels per class | " + " | ".join(f"{n}: mean (worst)" for n in names)
+             + " | suggest: mean (worst) | " + " | ".join(f"suggest - {n}" for n in names) + " |",
+             "|---|---|---|" + "---|" * (2 * len(names) + 1)]
+    differences = {n: [] for n in names}
+    shared = set(suggest).intersection(*baselines.values())
+    for key in sorted(shared):
+        s = np.mean(suggest[key])
+        for n in names:
+            differences[n].append(s - np.mean(baselines[n][key]))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cell(baselines[n][key]) for n in names)
+                     + f" | {cell(suggest[key])} | " + " | ".join(f"{differences[n][-1]:+.3f}" for n in names) + " |")
     return lines, differences
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("random", type=Path)
+    parser.add_argument("random", type=Path, help="results of --labels random (K per class)")
     parser.add_argument("suggest", type=Path)
+    parser.add_argument("--pool", type=Path, help="results of --labels pool (K x classes from the whole pool)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    lines, differences = table(read(args.random), read(args.suggest))
-    d = np.array(differences)
-    lines += ["", f"{len(d)} cells: suggest higher in {(d > 0).sum()}, lower in {(d < 0).sum()}, "
-              f"more than 0.01 lower in {(d < -0.01).sum()}; mean difference {d.mean():+.4f}."]
+    baselines = {"random per class": read(args.random)}
+    if args.pool:
+        baselines["random from the pool"] = read(args.pool)
+    lines, differences = table(read(args.suggest), baselines)
+    lines.append("")
+    for name, values in differences.items():
+        d = np.array(values)
+        lines.append(f"Against {name}, {len(d)} cells: suggest higher in {(d > 0).sum()}, lower in {(d < 0).sum()}, "
+                     f"more than 0.01 lower in {(d < -0.01).sum()}; mean difference {d.mean():+.4f}.")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -59,3 +59,4 @@ class LabelChoice(str, Enum):
 
     random = "random"  # K per class, drawn at random
     suggest = "suggest"  # K x classes, as `diffclass suggest` picks them from the pool
+    pool = "pool"  # K x classes drawn at random from the whole pool, as a user labels without suggest

@@ -499,9 +499,10 @@ class BenchmarkRun(ExtractorOptions):
     sweep_pool: bool = _flag("--sweep-pool", "Also compare global, 2x2, 3x3 pooling.")
     quick: bool = _flag("--quick", "A small grid for smoke tests (a couple of minutes).")
     labels: LabelChoice = option(
-        "How the labeled images of each draw are chosen: random (K per class) or suggest (K x classes, as `diffclass "
+        "How the labeled images of each draw are chosen: random (K per class), suggest (K x classes, as `diffclass "
         "suggest` picks them from the pool's features, their true labels then revealed; one draw per seed of its "
-        "clustering).", LabelChoice.random)
+        "clustering) or pool (K x classes drawn at random from the whole pool, so a class may get none, as when "
+        "a user labels images without suggest).", LabelChoice.random)
     on_validation: bool = _flag("--on-validation", "Score on a validation part of the train split instead of the "
                                 "test split: use this to choose checkpoints or options.")
     seed: int = seed_option()

@@ -156,3 +156,17 @@ def test_copy_to_lays_the_suggested_images_out_for_labeling(cli, tiny_onnx, tmp_
     assert copied == sorted(p.rsplit("/", 1)[-1] for p in listed)
     for name in listed:
         assert (tmp_path / "to-label" / name.rsplit("/", 1)[-1]).read_bytes() == (folder / name).read_bytes()
+
+
+def test_the_benchmark_can_label_images_drawn_from_the_whole_pool():
+    features, groups = blobs()
+    half = np.arange(len(groups)) % 2 == 0
+    feature_set = FeatureSet("blobs", features[half], features[~half])
+    protocol = Protocol(per_class=(1,), draws_few_labels=5, heads=(HeadKind.logreg,), cnn_steps=0,
+                        labels=LabelChoice.pool)
+    rows, draws = run_protocol([feature_set], Split(None, groups[half]), Split(None, groups[~half]), protocol=protocol)
+    assert all(len(rows_of_draw) == 4 for rows_of_draw in draws.values())  # the same budget: K x classes
+    covered = [len(np.unique(groups[half][rows_of_draw])) for rows_of_draw in draws.values()]
+    assert min(covered) < 4  # not one per class: some draw misses a group
+    assert all(r["accuracy"] == 1.0 for r, n in zip(rows, covered) if n == 4)
+    assert all(r["accuracy"] < 1.0 for r, n in zip(rows, covered) if n < 4)

@@ -80,9 +80,11 @@ def run_protocol(feature_sets: list[FeatureSet], train: Split, test: Split, *, p
                 seed = draw_seed(protocol.seed, k, draw)
                 labeled = draw_per_class(train.labels, k, seed, train.class_names or None)
                 common = {"sweep": sweep, "per_class": k, "draw": draw, "seed": seed}
+                budget = k * len(np.unique(train.labels[train.labels != UNLABELED]))
+                if protocol.labels == LabelChoice.pool:  # some classes may get none, images of no class some
+                    labeled = np.sort(np.random.default_rng(seed).choice(len(train.labels), budget, replace=False))
                 for features in feature_sets:
                     if protocol.labels == LabelChoice.suggest:  # chosen from each feature set's own clusters
-                        budget = k * len(np.unique(train.labels[train.labels != UNLABELED]))
                         chosen, _ = suggest_rows(features.train, budget, seed=draw, memory=memory)
                         labeled = np.sort([s.row for s in chosen])
                         key = f"{features.name}/{k}/{draw}"
