@@ -132,13 +132,21 @@ def test_fit_says_which_labels_look_wrong_and_strict_labels_refuses_them(cli, tm
     assert_one_line_error(cli("fit", data, "--out", tmp_path / "s.skops", "--strict-labels"), "look like another class")
 
 
-def test_the_benchmark_can_label_what_suggest_picks():
+def one_label_per_group(labels: LabelChoice, draws: int) -> tuple[list[dict], dict, np.ndarray]:
+    """The benchmark protocol on the blobs (even rows to label from, odd rows to score), logreg at
+    one label per group: its result rows, its labeled rows per draw, and the groups of the pool."""
     features, groups = blobs()
     half = np.arange(len(groups)) % 2 == 0
     feature_set = FeatureSet("blobs", features[half], features[~half])
-    protocol = Protocol(per_class=(1,), draws_few_labels=3, heads=(HeadKind.logreg,), cnn_steps=0,
-                        labels=LabelChoice.suggest)
-    rows, draws = run_protocol([feature_set], Split(None, groups[half]), Split(None, groups[~half]), protocol=protocol)
+    protocol = Protocol(per_class=(1,), draws_few_labels=draws, heads=(HeadKind.logreg,), cnn_steps=0,
+                        labels=labels)
+    rows, labeled = run_protocol([feature_set], Split(None, groups[half]), Split(None, groups[~half]),
+                                 protocol=protocol)
+    return rows, labeled, groups[half]
+
+
+def test_the_benchmark_can_label_what_suggest_picks():
+    rows, draws, _ = one_label_per_group(LabelChoice.suggest, 3)
     assert len(rows) == 3 and all(r["accuracy"] == 1.0 for r in rows)  # one image of each group, named
     assert set(draws) == {"blobs/1/0", "blobs/1/1", "blobs/1/2"} and all(len(d) == 4 for d in draws.values())
 
@@ -159,14 +167,9 @@ def test_copy_to_lays_the_suggested_images_out_for_labeling(cli, tiny_onnx, tmp_
 
 
 def test_the_benchmark_can_label_images_drawn_from_the_whole_pool():
-    features, groups = blobs()
-    half = np.arange(len(groups)) % 2 == 0
-    feature_set = FeatureSet("blobs", features[half], features[~half])
-    protocol = Protocol(per_class=(1,), draws_few_labels=5, heads=(HeadKind.logreg,), cnn_steps=0,
-                        labels=LabelChoice.pool)
-    rows, draws = run_protocol([feature_set], Split(None, groups[half]), Split(None, groups[~half]), protocol=protocol)
+    rows, draws, pool_groups = one_label_per_group(LabelChoice.pool, 5)
     assert all(len(rows_of_draw) == 4 for rows_of_draw in draws.values())  # the same budget: K x classes
-    covered = [len(np.unique(groups[half][rows_of_draw])) for rows_of_draw in draws.values()]
+    covered = [len(np.unique(pool_groups[rows_of_draw])) for rows_of_draw in draws.values()]
     assert min(covered) < 4  # not one per class: some draw misses a group
     assert all(r["accuracy"] == 1.0 for r, n in zip(rows, covered) if n == 4)
     assert all(r["accuracy"] < 1.0 for r, n in zip(rows, covered) if n < 4)
