@@ -113,6 +113,17 @@ def test_suggest_names_the_clusters_a_small_budget_leaves_out(cli, pool_file):
     assert "2 cluster(s)" in warning and sorted(groups[named]) == [2, 3]
 
 
+def test_without_classes_suggest_names_no_uncovered_cluster(cli, tmp_path):
+    features, groups = blobs()
+    labels = np.full(len(groups), -1)
+    labels[[0, 1]] = 0  # two labeled rows in one group: one cluster of the four is left over
+    paths = [f"img{i:03d}.png" for i in range(len(groups))]
+    pool = write_feature_file(tmp_path / "pool.h5", features, labels, paths, ["a"])
+    result = cli("suggest", pool, "--budget", 2)
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 2 and "get no label" not in result.stderr
+
+
 def test_fit_says_which_labels_look_wrong_and_strict_labels_refuses_them(cli, tmp_path):
     features, groups = blobs(spread=0.5)
     labels = np.full(len(groups), -1)

@@ -70,8 +70,9 @@ def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None =
                  memory=None, classes: int = 0) -> tuple[list[Suggestion], list[Suggestion]]:
     """`budget` rows of `features` `[N, D]` to label next, best first, none of them in `labeled`
     (the rows labeled already), and the most typical row of each cluster they leave without a
-    label: none unless `classes` asks for more clusters than the labeled rows and the budget
-    together. Chosen without looking at any label. `memory`: where to cache what depends on the
+    label (there are such clusters where `classes` asks for more clusters than the labeled rows
+    and the budget together, or where labeled rows share a cluster). Chosen without looking at
+    any label. `memory`: where to cache what depends on the
     features alone, for several choices from the same rows."""
     labeled = np.zeros(len(features), bool) if labeled is None else np.asarray(labeled, bool)
     candidates = np.flatnonzero(~labeled)
@@ -167,7 +168,7 @@ def suggest(candidates: Path, budget: int, *, labeled: Path | None = None, seed:
     check_finite(table, candidates)
     chosen, left = suggest_rows(table.features, budget, was_labeled, seed, classes=classes or 0)
     log.info(f"suggest: {len(chosen)} of {len(free)} unlabeled rows ({int(was_labeled.sum())} rows labeled already)")
-    if left:
+    if left and classes:  # without --classes, clusters several labeled rows share leave some over
         log.warning(uncovered_message(table.paths, classes, left))
     return table.paths, chosen
 
