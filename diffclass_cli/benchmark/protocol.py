@@ -74,13 +74,14 @@ def run_protocol(feature_sets: list[FeatureSet], train: Split, test: Split, *, p
     total = sum(map(protocol.draws_at, protocol.per_class)) * (len(feature_sets) * len(heads) + with_cnn)
     rows, labeled_ids = [], {}
     memory = SpaceCache(kept=4 * len(feature_sets))  # the draws refit on the same rows
+    classes = len(np.unique(train.labels[train.labels != UNLABELED]))  # a budget of K labels per class: K x classes
     with progress(total=total, desc=f"benchmark ({sweep})", unit="fit") as bar:
         for k in protocol.per_class:
             for draw in range(protocol.draws_at(k)):
                 seed = draw_seed(protocol.seed, k, draw)
                 labeled = draw_per_class(train.labels, k, seed, train.class_names or None)
                 common = {"sweep": sweep, "per_class": k, "draw": draw, "seed": seed}
-                budget = k * len(np.unique(train.labels[train.labels != UNLABELED]))
+                budget = k * classes
                 if protocol.labels == LabelChoice.pool:  # some classes may get none, images of no class some
                     labeled = np.sort(np.random.default_rng(seed).choice(len(train.labels), budget, replace=False))
                 for features in feature_sets:
