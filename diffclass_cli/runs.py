@@ -169,7 +169,8 @@ class ExtractorOptions(Run):
     timesteps: str | None = option("Several steps, comma-separated (e.g. 25,100): their features are concatenated.",
                                    None)
     taps: str | None = option(TAPS_HELP, None)
-    pool: str = option("'global' average per block, or an RxR grid of averages such as '2x2'.",
+    pool: str = option("'global' average per block, or an RxR grid of averages such as '2x2' (a block's map "
+                       "smaller than the grid is kept whole).",
                        pool_name(DEFAULT_POOL))
     noise_draws: int = option("Average the features over this many fixed noise tensors.", 1, low=1, high=1024)
     noise_seed: int = option("Seed of the fixed noise stored in the extractor.", 0, low=0, high=SEED_HIGH)

@@ -149,6 +149,20 @@ def test_a_backbone_with_mid_attention_exports_and_matches_pytorch(tmp_path):
     assert np.abs(run_onnx(tmp_path / "att.onnx", images.numpy()) - expected).max() < 1e-4
 
 
+def test_a_map_smaller_than_the_grid_is_kept_whole(tiny_checkpoint):
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    features = {}
+    for grid in ("7x7", "14x14"):
+        spec = ExtractorSpec.from_options(taps="mid,up1", pool=grid)
+        extractor, _ = build_extractor(tiny_checkpoint, spec)
+        features[grid] = pytorch_features(tiny_checkpoint, spec)(images)
+        names = [group.name for group in extractor.feature_groups()]
+    assert names == ["t100/mid/7x7", "t100/up1/14x14"]  # mid's map is 7x7, up1's 14x14
+    mid = 16 * 7 * 7
+    assert np.allclose(features["7x7"][:, :mid], features["14x14"][:, :mid], atol=1e-6)
+    assert features["14x14"].shape[1] == mid + 16 * 14 * 14
+
+
 def test_pool_parsing():
     assert parse_pool("global") == 1 and parse_pool("2x2") == 2 and parse_pool("3") == 3
     for bad in ("2x3", "x", "0x0", "avg"):

@@ -288,9 +288,9 @@ def test_out_of_range_values_are_one_line(cli, args, message, tmp_path, monkeypa
     assert_one_line_error(cli(*args), message)
 
 
-def test_export_refuses_a_pool_finer_than_the_maps_and_needs_out(cli, tiny_checkpoint, tmp_path):
+def test_export_refuses_a_pool_finer_than_the_images_and_needs_out(cli, tiny_checkpoint, tmp_path):
     result = cli("export", tiny_checkpoint, "--out", tmp_path / "e.onnx", "--pool", "100x100")
-    assert_one_line_error(result, "finer than every chosen tap's map (the largest is up0's 28x28); use at most 28x28")
+    assert_one_line_error(result, "--pool 100x100 is finer than the 28x28 images; use at most 28x28")
     assert not (tmp_path / "e.onnx").exists()
     assert cli("export", tiny_checkpoint).exit_code == 2  # a usage error, like any missing option
     result = cli("export", tiny_checkpoint, "--out", tmp_path / "e.onnx", "--timestep", "5", "--timesteps", "5,9")

@@ -19,9 +19,14 @@ class Tap:
     channels: int
     size: int | None
 
+    def grid(self, pool: int) -> int:
+        """The side of the grid its map is pooled to: `pool`, or the map's own side where that is
+        smaller (a finer grid would only repeat its values)."""
+        return min(pool, self.size)
+
     def width(self, pool: int) -> int:
-        """Features it gives when pooled to a `pool` x `pool` grid (vectors are not pooled)."""
-        return self.channels if self.size is None else self.channels * pool**2
+        """Features it gives when pooled to at most a `pool` x `pool` grid (vectors are not pooled)."""
+        return self.channels if self.size is None else self.channels * self.grid(pool)**2
 
 
 class TapCollector:

@@ -47,13 +47,13 @@ class TapExtractor(nn.Module):
         super().__init__()
         if spec.pool < 1:
             raise DiffclassError("the pooling grid must be at least 1x1")
+        side = network.config.image_size
+        if spec.pool > side:
+            raise DiffclassError(f"--pool {pool_name(spec.pool)} is finer than the {side}x{side} images; "
+                                 f"use at most {pool_name(side)} (each map is pooled to at most its own side)")
         self.taps = resolve_taps(network.config, spec.taps)
-        maps = {tap.name: tap.size for tap in network.taps() if tap.name in self.taps and tap.size is not None}
-        if maps and spec.pool > max(maps.values()):  # a grid finer than a map repeats its values
-            name = max(maps, key=maps.get)
-            raise DiffclassError(f"--pool {pool_name(spec.pool)} is finer than every chosen tap's map (the largest "
-                                 f"is {name}'s {maps[name]}x{maps[name]}); use at most {pool_name(maps[name])}")
         self.spec, self.prefixes = spec, prefixes
+        self.grids = {tap.name: tap.grid(spec.pool) for tap in network.taps() if tap.size is not None}
         network.prune_intermediate_layers(self.taps)
         self.network = network.eval().requires_grad_(False)
 
@@ -63,7 +63,7 @@ class TapExtractor(nn.Module):
         for prefix in self.prefixes:
             for name in self.taps:
                 tap, stop = taps[name], start + taps[name].width(self.spec.pool)
-                suffix = "" if tap.size is None else f"/{pool_name(self.spec.pool)}"
+                suffix = "" if tap.size is None else f"/{pool_name(tap.grid(self.spec.pool))}"
                 groups.append(FeatureGroup(f"{prefix}{name}{suffix}", start, stop))
                 start = stop
         return groups
@@ -75,7 +75,7 @@ class TapExtractor(nn.Module):
     def pooled(self, found: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The chosen taps' outputs, each `[N, width]`, in order."""
         return [found[name] if found[name].dim() == 2 else
-                F.adaptive_avg_pool2d(found[name], self.spec.pool).flatten(1) for name in self.taps]
+                F.adaptive_avg_pool2d(found[name], self.grids[name]).flatten(1) for name in self.taps]
 
     def describe(self) -> dict:
         """What the ONNX metadata records of the extractor itself."""
