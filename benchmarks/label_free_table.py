@@ -17,6 +17,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from diffclass_cli.extractors.spec import DEFAULT_TIMESTEPS
+
 CANDIDATES = "10,25,50,100,250,500"
 GRID = ["--heads", "logreg", "--draws", "5", "--draws-few", "20"]
 
@@ -70,7 +72,7 @@ def main() -> None:
     print(f"validation logreg by timestep (K = {options.validation_per_class}): "
           + "; ".join(f"{t} " + " / ".join(f"{a:.3f}" for a in by_t[t].values()) for t in by_t))
     print(f"label-free scores: timestep {auto['timestep_choice']['scores']}; taps {auto['taps_choice']['scores']}")
-    print("| K | default (t = 100) | auto (" + chose + f") | best by labels ({best}) | raw pixels |")
+    print(f"| K | default (t = {DEFAULT_TIMESTEPS[0]}) | auto ({chose}) | best by labels ({best}) | raw pixels |")
     print("|---|---|---|---|---|")
     for k in (1, 10, 100):
         cells = [test[f"diffusion:{name}"][k] for name in ("default", "auto", "best")] + [test["pixels"][k]]

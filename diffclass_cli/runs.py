@@ -39,7 +39,7 @@ HEAD_HELP = ("A head file made by `diffclass fit` (.skops), or a classifier made
 HEAD_MODEL_HELP = ("With images and a skops head: the extractor (.onnx) to featurize them with (default: the one the "
                    "head was fitted on, found where featurize ran it, or the shipped one).")
 TAPS_HELP = ("Blocks to take features from, comma-separated (see export --list-taps), or the groups encoder, decoder, "
-             "all (default: ddpm: mid and every up block; vae: the encoder blocks and the latent mean).")
+             "all (default: ddpm: mid and the up block after it; vae: the encoder blocks and the latent mean).")
 LABELS_HELP = ("A CSV table of 'path,label' rows (a header is optional) that labels the images instead of their class "
                "folders; images it does not name are unlabeled.")
 
@@ -199,7 +199,7 @@ class ExportRun(ExtractorOptions):
 
     Examples:\n
       diffclass export --list-taps runs/bb.ckpt\n
-      diffclass export runs/bb.ckpt --out exports/bb.onnx --timestep 100\n
+      diffclass export runs/bb.ckpt --out exports/bb.onnx\n
       diffclass export runs/bb.ckpt --out bb.onnx --timestep auto --taps auto --choose-on photos/unlabeled\n
       diffclass export runs/bb.ckpt --out bb.onnx --timesteps 25,100 --noise-draws 4 --taps mid,up1 --pool global\n
       diffclass export diffusers:models/ddpm-cifar10 --out cifar.onnx --timestep 100 --taps mid,up3\n
@@ -214,13 +214,14 @@ class ExportRun(ExtractorOptions):
     list_taps: bool = _flag("--list-taps", "Print the backbone's taps and exit.")
     timestep: str | None = option(
         f"Diffusion step the images are noised to (default: {DEFAULT_TIMESTEPS[0]}), or 'auto': chosen from "
-        "unlabeled images (--choose-on), no labels, among the default and the larger steps up to equal signal and "
-        "noise (250 of the default schedule): the step whose features keep their nearest neighbours under another "
+        "unlabeled images (--choose-on), no labels, among the default and the larger steps whose signal is at "
+        "least 1.5 times the noise (none above the default on the default schedule; up to 430 of the cosine one): "
+        "the step whose features keep their nearest neighbours under another "
         "noise draw and a one-pixel shift and form well-separated clusters, if it does so on both halves of the "
         "sample too; else the default (a minute or two; docs/guide.md).", None)
     taps: str | None = option(
         TAPS_HELP + " Or 'auto': chosen from unlabeled images like --timestep auto (after it), among the default "
-        "set, the default set with one more tap, and all taps.", None)
+        "set and the default set with one more tap.", None)
     choose_on: str | None = option(
         "With --timestep auto or --taps auto: the unlabeled images to choose on, any SOURCE (default: the images the "
         "backbone was trained on).", None)

@@ -12,7 +12,7 @@ from diffclass_cli.benchmark.report import COLUMNS
 from diffclass_cli.benchmark.suite import _describe, refuse_shared_images
 from diffclass_cli.data.sources import open_source
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.extractors.spec import ExtractorSpec
+from diffclass_cli.extractors.spec import DEFAULT_TIMESTEPS, ExtractorSpec
 from diffclass_cli.heads.models import HeadKind
 from tests.conftest import write_image
 
@@ -35,7 +35,8 @@ def test_quick_benchmark_end_to_end(cli, tiny_checkpoint, tmp_path):
     assert {r["feature_set"] for r in rows if r["sweep"] == "timestep"} == {"t10", "t100", "t10+100"}
     summary = (out / "summary.md").read_text()
     assert "| diffusion:tiny | logreg |" in summary and "±" in summary and summary in result.stdout
-    assert "extractor options for checkpoints: timesteps 100 (diffusion), taps default, pool 3x3" in summary
+    assert (f"extractor options for checkpoints: timesteps {DEFAULT_TIMESTEPS[0]} (diffusion), taps default, pool 3x3"
+            in summary)
 
     draws = json.loads((out / "labeled_draws.json").read_text())
     train_ids = set(open_source("mnist-sample:train").ids)

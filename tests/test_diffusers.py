@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffclass_cli.backbone.checkpoint import load_checkpoint
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.extractors.choose import CANDIDATE_TIMESTEPS, MIN_SNR
+from diffclass_cli.extractors.spec import DEFAULT_TIMESTEPS
 from diffclass_cli.features.runtime import ExtractorSession
 from tests.conftest import assert_one_line_error, write_image
 
@@ -103,7 +104,8 @@ def test_the_label_free_choice_works_on_a_pretrained_model(cli, pretrained, rgb_
     assert result.exit_code == 0, result.output
     scores = read_metadata(out)["timestep_choice"]["scores"]
     abar = load_checkpoint(f"diffusers:{pretrained}").config.alphas_cumprod().numpy()  # the model's own schedule
-    expected = [t for t in CANDIDATE_TIMESTEPS if t >= 100 and abar[t] / (1 - abar[t]) >= MIN_SNR]
+    default = DEFAULT_TIMESTEPS[0]
+    expected = [default] + [t for t in CANDIDATE_TIMESTEPS if t > default and abar[t] / (1 - abar[t]) >= MIN_SNR]
     assert [int(t) for t in scores] == expected
 
 

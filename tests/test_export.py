@@ -15,6 +15,7 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.extractors.choose import (
     CANDIDATE_TIMESTEPS,
+    MIN_SNR,
     _choose,
     candidate_tap_sets,
     cluster_separation,
@@ -23,7 +24,14 @@ from diffclass_cli.extractors.choose import (
 )
 from diffclass_cli.extractors.extractor import resolve_taps
 from diffclass_cli.extractors.onnx_export import build_extractor, export_onnx, pytorch_features
-from diffclass_cli.extractors.spec import DEFAULT_POOL, ExtractorSpec, parse_pool, pool_name
+from diffclass_cli.extractors.spec import (
+    DEFAULT_POOL,
+    DEFAULT_TIMESTEPS,
+    ExtractorSpec,
+    parse_pool,
+    pool_name,
+    timesteps_name,
+)
 from tests.conftest import assert_one_line_error
 
 
@@ -63,9 +71,9 @@ def test_deterministic_across_runs_and_processes(exported, tmp_path):
 def test_metadata_describes_the_graph(exported, tiny_checkpoint):
     meta = read_metadata(exported)
     ckpt = load_checkpoint(tiny_checkpoint)
-    assert meta["taps"] == ["mid", "up2", "up1", "up0"] and meta["pool"] == pool_name(DEFAULT_POOL) == "3x3"
-    assert meta["timesteps"] == [100] and meta["noise_draws"] == 1
-    assert meta["feature_dim"] == (16 + 16 + 16 + 8) * 9 == meta["feature_groups"][-1]["stop"]
+    assert meta["taps"] == ["mid", "up2"] and meta["pool"] == pool_name(DEFAULT_POOL) == "3x3"
+    assert meta["timesteps"] == list(DEFAULT_TIMESTEPS) and meta["noise_draws"] == 1
+    assert meta["feature_dim"] == (16 + 16) * 9 == meta["feature_groups"][-1]["stop"]
     assert meta["image_size"] == 28 and meta["channels"] == 1 and meta["input_range"] == [0.0, 1.0]
     assert meta["checkpoint_step"] == ckpt.step and meta["trained_on"]["source"] == "mnist-sample:train"
     assert len(meta["checkpoint_sha256"]) == 64
@@ -157,7 +165,8 @@ def test_a_map_smaller_than_the_grid_is_kept_whole(tiny_checkpoint):
         extractor, _ = build_extractor(tiny_checkpoint, spec)
         features[grid] = pytorch_features(tiny_checkpoint, spec)(images)
         names = [group.name for group in extractor.feature_groups()]
-    assert names == ["t100/mid/7x7", "t100/up1/14x14"]  # mid's map is 7x7, up1's 14x14
+    prefix = timesteps_name(DEFAULT_TIMESTEPS)
+    assert names == [f"{prefix}/mid/7x7", f"{prefix}/up1/14x14"]  # mid's map is 7x7, up1's 14x14
     mid = 16 * 7 * 7
     assert np.allclose(features["7x7"][:, :mid], features["14x14"][:, :mid], atol=1e-6)
     assert features["14x14"].shape[1] == mid + 16 * 14 * 14
@@ -189,7 +198,7 @@ def test_export_cli_list_taps_info_and_refusals(cli, tiny_checkpoint, exported, 
     assert listed.exit_code == 0
     assert listed.stdout.splitlines()[0].split("\t") == ["down0", "8 channels", "28x28"]
     info = cli("info", exported)
-    assert info.exit_code == 0 and "feature_dim: 504" in info.stdout
+    assert info.exit_code == 0 and "feature_dim: 288" in info.stdout
     assert cli("export", tiny_checkpoint, "--out", exported).exit_code == 1
     (tmp_path / "foreign.ckpt").write_bytes(b"junk")
     result = cli("export", tmp_path / "foreign.ckpt", "--out", tmp_path / "x.onnx")
@@ -250,9 +259,11 @@ def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint
     assert choice["images"] == str(folder) and choice["sample"] == 60
     config = load_checkpoint(tiny_checkpoint).config
     abar = config.alphas_cumprod().numpy()
-    assert [int(t) for t in choice["scores"]] == [t for t in CANDIDATE_TIMESTEPS
-                                                  if t >= 100 and abar[t] / (1 - abar[t]) >= 1] == [100, 250]
-    for record, default, chosen in ((choice, "100", str(meta["timesteps"][0])),
+    first = DEFAULT_TIMESTEPS[0]
+    assert [int(t) for t in choice["scores"]] == [first] + [t for t in CANDIDATE_TIMESTEPS
+                                                            if t > first and abar[t] / (1 - abar[t]) >= MIN_SNR]
+    assert [int(t) for t in choice["scores"]] == [first]  # none of the linear schedule's above 200
+    for record, default, chosen in ((choice, str(first), str(meta["timesteps"][0])),
                                     (meta["taps_choice"], "default", None)):
         best = max(record["scores"], key=record["scores"].get)
         replicated = all(halves[best] > halves[default]
@@ -264,7 +275,7 @@ def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint
             assert meta["taps"] == resolve_taps(config, tuple(expected.split("+")))
     tap_sets = list(meta["taps_choice"]["scores"])
     assert tap_sets == ["+".join(taps) for taps in candidate_tap_sets(config)]
-    assert all(name.startswith("default") or name == "all" for name in tap_sets)  # the default taps are kept
+    assert all(name.startswith("default") for name in tap_sets)  # the default taps are kept
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto"), "--overwrite")
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--timestep", "ten"),
                           "whole number of steps or 'auto'")

@@ -20,6 +20,7 @@ from typing import ClassVar
 from diffclass_cli.backbone.config import (
     Prediction,
     UNetConfig,
+    deepest_taps,
     level_tap_groups,
     level_tap_names,
     register_backbone,
@@ -101,7 +102,7 @@ class DiffusersConfig:
     @property
     def tap_groups(self) -> dict[str, list[str]]:
         groups = level_tap_groups(self.tap_names, "mid")
-        return {**groups, "default": ["mid", *groups["decoder"]]}  # as our UNet's
+        return {**groups, "default": deepest_taps(groups)}
 
     @property
     def prediction(self) -> Prediction:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from diffclass_cli.errors import DiffclassError
 
-DEFAULT_TIMESTEPS = (100,)
+DEFAULT_TIMESTEPS = (200,)
 DEFAULT_POOL = 3  # 3x3 beat 2x2 at 1 label per class on validation (see the model card)
 
 
