@@ -221,7 +221,7 @@ class ExportRun(ExtractorOptions):
         "sample too; else the default (a minute or two; docs/guide.md).", None)
     taps: str | None = option(
         TAPS_HELP + " Or 'auto': chosen from unlabeled images like --timestep auto (after it), among the default "
-        "set and the default set with one more tap.", None)
+        "set and the default set with one more decoder tap.", None)
     choose_on: str | None = option(
         "With --timestep auto or --taps auto: the unlabeled images to choose on, any SOURCE (default: the images the "
         "backbone was trained on).", None)

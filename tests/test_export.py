@@ -275,7 +275,7 @@ def test_export_timestep_auto_chooses_from_unlabeled_images(cli, tiny_checkpoint
             assert meta["taps"] == resolve_taps(config, tuple(expected.split("+")))
     tap_sets = list(meta["taps_choice"]["scores"])
     assert tap_sets == ["+".join(taps) for taps in candidate_tap_sets(config)]
-    assert all(name.startswith("default") for name in tap_sets)  # the default taps are kept
+    assert tap_sets == ["default", "default+up1", "default+up0"]  # the default taps kept, one decoder tap added
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", out, "--timestep", "auto"), "--overwrite")
     assert_one_line_error(cli("export", tiny_checkpoint, "--out", tmp_path / "x.onnx", "--timestep", "ten"),
                           "whole number of steps or 'auto'")
