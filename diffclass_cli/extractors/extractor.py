@@ -63,7 +63,7 @@ class TapExtractor(nn.Module):
         for prefix in self.prefixes:
             for name in self.taps:
                 tap, stop = taps[name], start + taps[name].width(self.spec.pool)
-                suffix = "" if tap.size is None else f"/{pool_name(tap.grid(self.spec.pool))}"
+                suffix = "" if tap.size is None else f"/{pool_name(self.grids[name])}"
                 groups.append(FeatureGroup(f"{prefix}{name}{suffix}", start, stop))
                 start = stop
         return groups
