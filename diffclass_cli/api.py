@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from diffclass_cli.choices import Device
+from diffclass_cli.errors import DiffclassError
 from diffclass_cli.runs import ExportRun, FeaturizeRun, FitRun, PredictRun, TrainRun
 
 
@@ -51,16 +52,47 @@ def _spec(images) -> str:
     return str(images) if isinstance(images, str | Path) else " ".join(map(str, images))
 
 
-def _source(images, data_root: Path | None = None):
-    """A SOURCE as the commands take it: a folder, image files, '-', or a built-in name."""
-    from diffclass_cli.data.sources import ImageSource, open_inputs
+def _source(images, data_root: Path | None = None, *, one_source: bool = False):
+    """Images as the commands take them: a folder, image files, '-', or a built-in name.
+    `one_source`: one SOURCE as featurize and train-backbone read it (a folder's paths stored
+    relative to it), else as predict and evaluate read their inputs (paths as given)."""
+    from diffclass_cli.data.sources import ImageSource, open_inputs, open_source
 
     if isinstance(images, ImageSource):
         return images
+    if one_source and isinstance(images, str | Path):
+        return open_source(str(images), data_root)
     specs = [str(images)] if isinstance(images, str | Path) else [str(i) for i in images]
     return open_inputs(specs, data_root)
 
 
+def _options_help(run_class: type, skip: tuple[str, ...] = ()) -> str:
+    """The options of a command's run config, one per line with its default and meaning: the
+    keyword arguments its API function takes (generated, so it never drifts from the command)."""
+    from dataclasses import MISSING
+
+    from diffclass_cli.options import option_fields
+
+    lines = ["", "Options (keyword arguments; the command line's flags by their Python names):"]
+    for f in option_fields(run_class):
+        if f.name in skip:
+            continue
+        default = "required" if f.default is MISSING else f"default {getattr(f.default, 'value', f.default)!r}"
+        lines.append(f"    {f.name} ({default}): {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def _documented(run_class: type, *skip: str):
+    """Append the options of `run_class` to the function's docstring."""
+
+    def document(function):
+        function.__doc__ = (function.__doc__ or "") + "\n" + _options_help(run_class, skip)
+        return function
+
+    return document
+
+
+@_documented(TrainRun, "source", "out")
 def train(images, out: Path, **options) -> Path:
     """Train a backbone on unlabeled `images` (any SOURCE) and write its checkpoint to `out`,
     as `diffclass train-backbone`; `init='diffusers:PATH'` fine-tunes a pretrained model.
@@ -72,10 +104,12 @@ def train(images, out: Path, **options) -> Path:
 
     own = {f.name for f in fields(TrainRun)}
     run = TrainRun.of(source=_spec(images), out=Path(out), **{k: v for k, v in options.items() if k in own})
-    train_run(run, _source(images, run.data_root), **{k: v for k, v in options.items() if k not in own})
+    source = _source(images, run.data_root, one_source=True)
+    train_run(run, source, **{k: v for k, v in options.items() if k not in own})
     return run.out
 
 
+@_documented(ExportRun, "checkpoint", "out")
 def export(checkpoint: Path | str, out: Path, **options) -> dict:
     """Freeze a checkpoint (or `diffusers:PATH`) into an ONNX extractor at `out`, as `diffclass
     export`; returns its metadata. `options`: export's (runs.ExportRun: timestep, which may be
@@ -85,6 +119,7 @@ def export(checkpoint: Path | str, out: Path, **options) -> dict:
     return export_run(ExportRun.of(checkpoint=Path(checkpoint), out=Path(out), **options))
 
 
+@_documented(FeaturizeRun, "source", "out")
 def featurize(images, out: Path | None = None, **options) -> Features | Path:
     """The features of `images` (any SOURCE) by the extractor `model` (default: the shipped one):
     written to the feature file `out` as `diffclass featurize`, or, without `out`, returned.
@@ -92,7 +127,7 @@ def featurize(images, out: Path | None = None, **options) -> Features | Path:
     from diffclass_cli.features.extract import features_in_memory, featurize_run, resolve_model
 
     run = FeaturizeRun.of(source=_spec(images), out=Path(out or "."), **options)
-    source = _source(images, run.data_root)
+    source = _source(images, run.data_root, one_source=True)
     if out is not None:
         featurize_run(run, source)
         return run.out
@@ -101,13 +136,14 @@ def featurize(images, out: Path | None = None, **options) -> Features | Path:
                     skipped)
 
 
+@_documented(FitRun, "features", "out")
 def fit(features: Path, out: Path, **options) -> dict:
     """Fit a head on the labeled rows of a feature file and save it (skops), as `diffclass fit`;
     returns what it recorded (classes, what auto chose, the extractor, ...). `options`: fit's
     (runs.FitRun: head, per_class, seed, unlabeled, labels, C, ...)."""
     from diffclass_cli.heads.fit import fit_head
 
-    return FitRun.of(features=Path(features), out=Path(out), **options).call(fit_head)
+    return FitRun.of(features=features, out=out, **options).call(fit_head)
 
 
 def load_extractor(path: Path | None = None, *, device: Device = Device.auto):
@@ -154,6 +190,8 @@ def evaluate(inputs, *, head: Path, model: Path | None = None) -> dict:
 
     files = _feature_files(inputs)
     if files is not None:
+        if len(files) > 1:
+            raise DiffclassError("evaluate takes one feature file")
         return apply.evaluate(files[0], Path(head))
     return apply.evaluate_images(_source(inputs), Path(head), model=model)
 

@@ -327,5 +327,5 @@ def plot(run: runs.PlotRun) -> None:
 def show_predictions(run: runs.ShowPredictionsRun) -> None:
     from diffclass_cli.plot import prediction_grid
 
-    shown, wrong = run.call(prediction_grid, predictions_csv=run.predictions, source_spec=run.source)
+    shown, wrong = run.call(prediction_grid, source_spec=run.source)
     log.info(f"wrote {run.out}: {shown} images, {wrong} wrong")

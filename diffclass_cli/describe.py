@@ -10,25 +10,35 @@ from pathlib import Path
 import numpy as np
 
 from diffclass_cli.errors import DiffclassError
-from diffclass_cli.files import existing_file
+from diffclass_cli.files import PNG_SOFTWARE, existing_file
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
+ONNX_START = b"\x08"  # an ONNX model's first protobuf field: its IR version
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_STARTS = {bytes([c]) for c in b"{\"'\xefabcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./ \t\r\n"}
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 CHECKPOINT_FORMAT = "diffclass-backbone"  # backbone/checkpoint.py writes it
 
 
 def kind_of(path: Path) -> str:
-    """'features', 'head', 'checkpoint' or 'extractor', from the file's first bytes."""
+    """'features', 'head', 'checkpoint', 'picture', 'table', 'extractor' (an ONNX file) or
+    'unknown', from the file's first bytes."""
     with open(existing_file(path, "file"), "rb") as f:
         start = f.read(16)
     if start.startswith(HDF5_SIGNATURE):
         return "features"
     if start.startswith(ZIP_SIGNATURE):
         return "head"
+    if start.startswith(PNG_SIGNATURE):
+        return "picture"
     if len(start) >= 9 and start[8:9] == b"{":  # safetensors: an 8-byte header length, then JSON
         return "checkpoint"
-    return "extractor"
+    if start[:1] in TEXT_STARTS:
+        return "table"
+    if start[:1] == ONNX_START:
+        return "extractor"
+    return "unknown"
 
 
 def feature_files(inputs: Sequence[str | Path]) -> list[Path] | None:
@@ -42,11 +52,87 @@ def feature_files(inputs: Sequence[str | Path]) -> list[Path] | None:
 
 
 def describe(path: Path) -> dict:
-    """What `path` holds, as plain JSON-able data, with its `kind` first."""
+    """What `path` holds, as plain JSON-able data, with its `kind` first; a file or folder that
+    diffclass did not write is one line of error."""
+    path = Path(path)
+    if path.is_dir():
+        return {"kind": "benchmark", **_benchmark_folder(path)}
     kind = kind_of(path)
     if kind == "extractor":
-        return _onnx(Path(path))
-    return {"kind": kind, **{"features": _features, "head": _head, "checkpoint": _checkpoint}[kind](Path(path))}
+        return _onnx(path)
+    if kind == "table":
+        return _table(path)
+    if kind == "unknown":
+        raise _not_ours(path, "neither a feature file, head, checkpoint, ONNX file, table nor picture")
+    readers = {"features": _features, "head": _head, "checkpoint": _checkpoint, "picture": _picture}
+    return {"kind": kind, **readers[kind](path)}
+
+
+def _not_ours(path: Path, what: str) -> DiffclassError:
+    return DiffclassError(f"{path} is {what}, not a file diffclass wrote")
+
+
+def _picture(path: Path) -> dict:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            text, size = dict(image.text), image.size
+    except (OSError, ValueError) as err:
+        raise _not_ours(path, f"a damaged PNG ({err})") from None
+    if not str(text.get("Software", "")).startswith(PNG_SOFTWARE):
+        raise _not_ours(path, f"a {size[0]}x{size[1]} PNG image")
+    return {"made_by": text["Software"], "what": text.get("Description", ""), "size": list(size)}
+
+
+# The text tables diffclass writes, told apart by their columns (a header, or JSON keys).
+TABLES = (("predictions", ("path", "label", "confidence")), ("suggestions", ("path", "rank", "cluster")),
+          ("benchmark results", ("sweep", "feature_set", "head", "per_class", "accuracy")),
+          ("labels table", ("path", "label")))
+MAX_TABLE_BYTES = 256 * 1024 * 1024
+
+
+def _table(path: Path) -> dict:
+    """A CSV or JSON lines table we write: predictions, suggestions, benchmark results, labels."""
+    import csv
+
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise _not_ours(path, "a text file larger than any table diffclass writes")
+    text = path.read_bytes().decode("utf-8-sig", "replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        if lines and lines[0].lstrip().startswith("{"):
+            records, form = [json.loads(line) for line in lines], "jsonl"
+            if not all(isinstance(r, dict) for r in records):
+                raise ValueError
+            columns = list(records[0])
+        else:
+            records, form = list(csv.DictReader(lines)), "csv"
+            columns = list(records[0]) if records else next(csv.reader(lines[:1]), [])
+    except (ValueError, RecursionError, csv.Error):
+        raise _not_ours(path, "a text file") from None
+    kind = next((name for name, needed in TABLES if set(needed) <= set(columns)), None)
+    if kind is None:
+        raise _not_ours(path, f"a text file (columns: {', '.join(map(str, columns[:6]))[:120]})")
+    labels = [str(r.get("label")) for r in records if r.get("label") not in (None, "")]
+    found = {"kind": kind, "format": form, "rows": len(records), "columns": columns}
+    if labels:
+        found["rows_per_label"] = {name: labels.count(name) for name in sorted(set(labels))[:1000]}
+    if kind == "benchmark results":
+        found |= {key: sorted({str(r.get(key)) for r in records}) for key in ("feature_set", "head", "per_class")}
+    return found
+
+
+def _benchmark_folder(path: Path) -> dict:
+    results, summary = path / "results.csv", path / "summary.md"
+    if not (results.is_file() and summary.is_file()):
+        raise _not_ours(path, "a folder without results.csv and summary.md")
+    described = _table(results)
+    if described["kind"] != "benchmark results":
+        raise _not_ours(path, "a folder whose results.csv is not a benchmark's")
+    first = next((line for line in summary.read_text(errors="replace").splitlines()[2:] if line.strip()), "")
+    return {**{k: v for k, v in described.items() if k not in ("kind", "format", "columns")},
+            "about": first[:2000], "files": sorted(p.name for p in path.iterdir())}
 
 
 def _onnx(path: Path) -> dict:

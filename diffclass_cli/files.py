@@ -9,10 +9,12 @@ import errno
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 
 try:
@@ -127,31 +129,56 @@ def refuse_folder(path: Path, overwrite: bool) -> None:
         raise DiffclassError(f"{path} already holds files; pass --overwrite to replace them")
 
 
+def refuse_inside_inputs(out: Path, inputs: Sequence[str | Path | None]) -> None:
+    """Refuse a folder output that is one of the input files or folders, lies inside one, or holds one:
+    replacing it would delete them, whatever --overwrite says."""
+    out = Path(os.path.realpath(out))
+    for given in inputs:
+        if given is None or not Path(given).exists():
+            continue  # a built-in source, or nothing there
+        source = Path(os.path.realpath(given))
+        if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+            raise DiffclassError(f"{out} would hold or replace an input of this command ({given}); write the results "
+                                 "to a folder of their own")
+
+
 @contextmanager
-def atomic_folder(path: Path, overwrite: bool = False):
-    """Yield an empty `PATH.partial/` to write a folder of outputs into; it becomes `PATH` when the
-    block succeeds. A `PATH` that holds files is replaced only with `overwrite`."""
+def atomic_folder(path: Path, overwrite: bool = False, keep_partial: bool = False):
+    """Yield a new empty folder beside `path`, with a name no other run can foresee, to write a
+    folder of outputs into; it becomes `path` when the block succeeds. A `path` that holds files
+    is replaced only with `overwrite`. Nothing this did not create is ever deleted. On failure
+    the folder is removed, or, with `keep_partial`, kept (what was finished) and named."""
     path = Path(path)
     refuse_folder(path, overwrite)
     _make_parent(path)
-    tmp = partial_path(path)
-    if tmp.is_symlink() or tmp.is_file():
-        tmp.unlink()
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.partial-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if path.exists():
-            replaced = path.with_name(path.name + ".replaced")
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.replace(path, replaced)
+            refuse_folder(path, overwrite)
+            replaced = Path(tempfile.mkdtemp(prefix=f".{path.name}.replaced-", dir=path.parent))
+            os.replace(path, replaced)  # onto the empty folder just made: never another's
             os.replace(tmp, path)
             shutil.rmtree(replaced)
         else:
             os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if keep_partial and any(tmp.iterdir()):
+            log.warning(f"stopped: what was finished is in {tmp}/")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+PNG_SOFTWARE = "diffclass"  # the PNG text chunk `Software` of every picture diffclass writes starts so
+
+
+def png_metadata(description: str) -> dict[str, str]:
+    """Text chunks for a PNG we write, so that `info` can say what it is."""
+    from diffclass_cli import __version__
+
+    return {"Software": f"{PNG_SOFTWARE} {__version__}", "Description": description}
 
 
 def sha256_file(path: Path) -> str:

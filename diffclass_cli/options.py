@@ -6,8 +6,14 @@ text, range and command-line spelling. The configs validate their fields with `c
 No heavy imports: the command line imports this to build itself."""
 
 import math
+import numbers
+import os
 from collections.abc import Callable
 from dataclasses import MISSING, Field, field, fields
+from enum import Enum
+from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 from diffclass_cli.errors import DiffclassError
 
@@ -67,6 +73,61 @@ def check_value(f: Field, value) -> None:
 
 def _shown(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def coerced(f: Field, hint, value):
+    """`value` as the type `hint` of the field: text or a path-like as a Path, a choice's value as
+    the Enum, an int as a float, a number as text; a single item as a list of one. Anything else that is not of the
+    type is one line naming the flag (the Python API's keyword arguments arrive unchecked)."""
+    arms = [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) in (Union, UnionType) else [hint]
+    if value is None:
+        if len(arms) < len(get_args(hint)) or hint is type(None):
+            return None
+        raise DiffclassError(f"{flag_of(f)} needs a value")
+    kind = arms[0]
+    if get_origin(kind) is list:
+        values = [value] if isinstance(value, str | os.PathLike) else value
+        if not isinstance(values, list | tuple):
+            raise DiffclassError(f"{flag_of(f)} takes a list, not {value!r}")
+        return [_coerced_one(f, get_args(kind)[0], v) for v in values]
+    return _coerced_one(f, kind, value)
+
+
+def _coerced_one(f: Field, kind, value):
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        try:
+            return kind(value.value if isinstance(value, Enum) else value)
+        except ValueError:
+            choices = ", ".join(m.value for m in kind)
+            raise DiffclassError(f"{flag_of(f)} takes one of {choices}, not {value!r}") from None
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is Path and isinstance(value, str | os.PathLike):
+        return Path(value)
+    if kind is str and (isinstance(value, str | os.PathLike) or number):  # a timestep may come as 50 or "50"
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if kind is int and number and float(value).is_integer() and not isinstance(value, float):
+        return int(value)
+    if kind is float and number:
+        return float(value)
+    if kind is bool and isinstance(value, bool | np_bool()):
+        return bool(value)
+    if kind not in (Path, str, int, float, bool):
+        return value
+    name = {Path: "a path", str: "text", int: "a whole number", float: "a number", bool: "True or False"}[kind]
+    raise DiffclassError(f"{flag_of(f)} takes {name}, not {value!r}")
+
+
+def np_bool() -> type:
+    import numpy
+
+    return numpy.bool_
+
+
+def coerce_options(config) -> None:
+    """Each option field of a frozen dataclass instance made its declared type (`coerced`)."""
+    hints = get_type_hints(type(config))
+    for f in option_fields(type(config)):
+        object.__setattr__(config, f.name, coerced(f, hints[f.name], getattr(config, f.name)))
 
 
 def check_options(config) -> None:

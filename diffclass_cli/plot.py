@@ -1,5 +1,7 @@
 """`diffclass plot`: a feature file as a 2-D map, coloured by class, backed by a number."""
 
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,10 +18,11 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from diffclass_cli.choices import Projection  # noqa: E402
 from diffclass_cli.console import log  # noqa: E402
-from diffclass_cli.data.sources import UNLABELED, open_source  # noqa: E402
+from diffclass_cli.data.loading import to_mode  # noqa: E402
+from diffclass_cli.data.sources import UNLABELED, UnreadableImage, open_source  # noqa: E402
 from diffclass_cli.errors import DiffclassError  # noqa: E402
 from diffclass_cli.features.h5 import Rows, open_feature_file  # noqa: E402
-from diffclass_cli.files import atomic_output, refuse_overwrite  # noqa: E402
+from diffclass_cli.files import atomic_output, png_metadata, refuse_overwrite  # noqa: E402
 
 MIN_ROWS = 3
 THUMBNAILS = 60
@@ -99,7 +102,13 @@ def _thumbnails(source_spec: str, paths: list[str], seed: int) -> list[tuple[int
         log.warning(f"none of the plotted rows comes from {source_spec}; no thumbnails drawn")
         return []
     chosen = np.random.default_rng(seed).choice(rows, min(THUMBNAILS, len(rows)), replace=False)
-    return [(int(i), np.asarray(source.load(position[paths[i]]).convert("L").resize((20, 20)))) for i in chosen]
+    drawn = []
+    for i in chosen:
+        try:
+            drawn.append((int(i), np.asarray(to_mode(source.load(position[paths[i]]), "L").resize((20, 20)))))
+        except UnreadableImage as err:
+            log.warning(f"no thumbnail for {paths[i]}: {err}")
+    return drawn
 
 
 def plot_feature_map(features: Path, out: Path, *, method: Projection = Projection.umap,
@@ -120,56 +129,102 @@ def plot_feature_map(features: Path, out: Path, *, method: Projection = Projecti
             f"\n5-NN accuracy in the map: {score:.3f}" if score is not None else "")
         _draw(ax, embedding, rows.labels, class_names, title=title,
               thumbnails=_thumbnails(thumbnails, rows.paths, seed) if thumbnails else [])
-    _save(fig, out, overwrite)
+    _save(fig, out, overwrite, f"plot: {method.value} map of {', '.join(map(str, files))}")
     return scores
 
 
-def prediction_grid(predictions_csv: Path | str, source_spec: str, out: Path, *, n: int = 40, columns: int = 10,
-                    overwrite: bool = False) -> tuple[int, int]:
-    """`n` predicted images of SOURCE, spread evenly over the CSV, with their predicted labels, wrong ones in red
-    with the true label beside. `predictions_csv` is `predict`'s CSV (`-`: stdin). Returns
-    (shown, wrong)."""
-    import csv
-    import sys
+MAX_PREDICTIONS_BYTES = 256 * 1024 * 1024
 
-    if str(predictions_csv) != "-" and not Path(predictions_csv).is_file():
-        raise DiffclassError(f"predictions file {predictions_csv} does not exist")
-    stream = sys.stdin if str(predictions_csv) == "-" else open(predictions_csv, newline="")
+
+def read_predictions(predictions: Path | str) -> list[tuple[str, str]]:
+    """(path, label) of each labeled row of `predict`'s CSV or JSON lines (`-`: standard input)."""
+    from diffclass_cli.data.labels_table import table_rows
+
+    if str(predictions) == "-":
+        data = sys.stdin.buffer.read(MAX_PREDICTIONS_BYTES + 1) if hasattr(sys.stdin, "buffer") \
+            else sys.stdin.read().encode("utf-8", "surrogateescape")
+    else:
+        path = Path(predictions)
+        if not path.is_file():
+            raise DiffclassError(f"predictions file {predictions} does not exist")
+        if path.stat().st_size > MAX_PREDICTIONS_BYTES:
+            raise DiffclassError(f"{predictions} is larger than {MAX_PREDICTIONS_BYTES >> 20} MB")
+        data = path.read_bytes()
+    if len(data) > MAX_PREDICTIONS_BYTES:
+        raise DiffclassError(f"standard input holds more than {MAX_PREDICTIONS_BYTES >> 20} MB of predictions")
+    not_predictions = DiffclassError(f"{predictions} is not a predictions CSV or JSON lines (path,label,...)")
+    if b"\0" in data[:4096]:
+        raise not_predictions
     try:
-        with stream:
-            predictions = list(csv.DictReader(stream))
-    except (UnicodeDecodeError, csv.Error):
-        predictions = []
-    if not predictions or not {"path", "label"} <= set(predictions[0]):
-        raise DiffclassError(f"{predictions_csv} is not a predictions CSV (path,label,...)")
+        rows = [(path, label) for _, path, label in table_rows(data, predictions)]
+    except DiffclassError:
+        raise not_predictions from None
+    if not rows:
+        raise DiffclassError(f"{predictions} holds no labeled predictions")
+    return rows
+
+
+def _locate(predicted: list[str], source_spec: str | None) -> tuple[dict[str, int], object]:
+    """Where each predicted path is: {path: row of the source} and the source (the SOURCE given,
+    or, without one, the predicted paths themselves as image files)."""
+    from diffclass_cli.data.sources import open_inputs
+
+    if source_spec is None:
+        files = [p for p in dict.fromkeys(predicted) if Path(p).is_file()]
+        if not files:
+            raise DiffclassError("none of the predicted paths is an image file here; pass --source, the SOURCE "
+                                 "the predicted images came from")
+        source = open_inputs(files)
+        return {image_id: row for row, image_id in enumerate(source.ids)}, source
     source = open_source(source_spec)
-    position = {image_id: row for row, image_id in enumerate(source.ids)}
-    known = [p for p in predictions if p["path"] in position]
+    position = {}
+    for row, image_id in enumerate(source.ids):  # as featurize stores it, as predict writes it, and absolute
+        for name in (image_id, Path(source_spec, image_id).as_posix(), os.path.abspath(Path(source_spec, image_id))):
+            position.setdefault(name, row)
+    return position, source
+
+
+def prediction_grid(predictions: Path | str, source_spec: str | None, out: Path, *, n: int = 40, columns: int = 10,
+                    overwrite: bool = False) -> tuple[int, int]:
+    """`n` predicted images, spread evenly over the predictions, with their predicted labels; wrong
+    ones in red with the true label beside, where `source_spec` gives the truth. `predictions`:
+    `predict`'s CSV or JSON lines (`-`: stdin), of images or of feature files. Returns (shown, wrong)."""
+    refuse_overwrite(out, overwrite, inputs=[None if str(predictions) == "-" else Path(predictions)])
+    rows = read_predictions(predictions)
+    position, source = _locate([p for p, _ in rows], source_spec)
+    known = [(path, label) for path, label in rows if path in position or os.path.abspath(path) in position]
     shown = known[::max(1, len(known) // n)][:n]  # spread over the file, which is often sorted by class
     if not shown:
-        raise DiffclassError(f"none of the predicted paths is in {source_spec}")
+        raise DiffclassError(f"none of the predicted paths is in {source_spec} (e.g. {rows[0][0]!r})")
+    truth = set(source.class_names) & {label for _, label in rows}
+    if source.class_names and not truth:
+        log.warning(f"the classes of {source_spec} ({', '.join(source.class_names[:3])}, ...) are none of the "
+                    "predicted ones: no prediction is marked right or wrong")
     rows_needed = -(-len(shown) // columns)
     fig, axes = plt.subplots(rows_needed, columns, figsize=(columns * 1.1, rows_needed * 1.3), dpi=110,
                              squeeze=False)
     wrong = 0
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, prediction in zip(axes.ravel(), shown):
-        row = position[prediction["path"]]
-        true = source.class_names[source.labels[row]] if source.labels[row] != UNLABELED else None
-        image = source.load(row)
-        ax.imshow(np.asarray(image), cmap="gray" if image.mode == "L" else None)
-        correct = true is None or true == prediction["label"]
+    for ax, (path, label) in zip(axes.ravel(), shown):
+        row = position.get(path, position.get(os.path.abspath(path)))
+        true = source.class_names[source.labels[row]] if truth and source.labels[row] != UNLABELED else None
+        try:
+            image = to_mode(source.load(row), "RGB")
+        except UnreadableImage as err:
+            log.warning(f"skipped {path}: {err}")
+            continue
+        ax.imshow(np.asarray(image))
+        correct = true is None or true == label
         wrong += not correct
-        ax.set_title(prediction["label"] if correct else f"{prediction['label']} (is {true})",
-                     color="black" if correct else "red", fontsize=8)
+        ax.set_title(label if correct else f"{label} (is {true})", color="black" if correct else "red", fontsize=8)
     fig.suptitle(f"{len(shown)} predictions, {wrong} wrong (red: predicted, true in brackets)", fontsize=10)
-    _save(fig, out, overwrite)
+    _save(fig, out, overwrite, f"show-predictions: {len(shown)} predictions of {predictions}, {wrong} wrong")
     return len(shown), wrong
 
 
-def _save(fig, out: Path, overwrite: bool) -> None:
+def _save(fig, out: Path, overwrite: bool, description: str) -> None:
     fig.tight_layout()
     with atomic_output(out, overwrite) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata=png_metadata(description))
     plt.close(fig)

@@ -20,6 +20,7 @@ from diffclass_cli.options import (
     MAX_PROCESSES,
     SEED_HIGH,
     check_options,
+    coerce_options,
     option,
     option_fields,
     parse_ints,
@@ -80,6 +81,7 @@ class Run:
     """Validates the option fields of the dataclass that inherits this."""
 
     def __post_init__(self):
+        coerce_options(self)
         check_options(self)
 
     def call(self, function, **given):
@@ -490,8 +492,9 @@ class BenchmarkRun(ExtractorOptions):
                             "reported).", 20, low=1)
     heads: str | None = option("Heads, comma-separated: auto, logreg, mlp, semi (default: auto,logreg,semi; with "
                                "--quick: auto,logreg).", None, show_default=False)
-    baselines: str = option("Comparisons, comma-separated: pixels, pca (of pixels), cnn (supervised, from scratch).",
-                            ",".join(BASELINES))
+    baselines: str | None = option(
+        "Comparisons, comma-separated: pixels, pca (of pixels), cnn (supervised, from scratch) (default: pixels, pca, "
+        "and cnn where its first fit says all its draws take at most 2 minutes).", None, show_default=False)
     cnn_steps: int = option("Training steps of the supervised CNN per draw.", 300, low=1)
     sweep_timestep: str | None = option("Also compare these timesteps (e.g. 10,25,50,100,250,500; 50+100 "
                                         "concatenates two), logreg head, on a validation part of the train split.",
@@ -513,7 +516,7 @@ class BenchmarkRun(ExtractorOptions):
 
     @property
     def baseline_names(self) -> tuple[str, ...]:
-        chosen = tuple(b.strip() for b in self.baselines.split(",") if b.strip())
+        chosen = tuple(b.strip() for b in (self.baselines or "").split(",") if b.strip())
         if set(chosen) - set(BASELINES):
             raise DiffclassError(f"unknown baseline(s) {sorted(set(chosen) - set(BASELINES))}; choose from "
                                  f"{sorted(BASELINES)}")
@@ -551,11 +554,14 @@ class ShowPredictionsRun(Run):
     """Draw predicted images with their labels; wrong ones (when SOURCE knows the truth) in red.
 
     Examples:\n
+      diffclass predict photos/new --head head.skops > p.csv; diffclass show-predictions p.csv --out p.png\n
       diffclass predict test.h5 --head head.skops | diffclass show-predictions - --source mnist-sample:test --out p.png
     """
 
-    predictions: str = option("predict's CSV file, or - for standard input.", argument=True)
-    source: str = option("The SOURCE the predicted images came from.")
+    predictions: str = option("predict's CSV or JSON lines, or - for standard input.", argument=True)
+    source: str | None = option("The SOURCE the predicted images came from: needed for predictions of feature files, "
+                                "and where the truth comes from (its class folders); default: the predicted paths "
+                                "themselves, as image files.", None)
     out: Path = option("PNG file to write.")
     n: int = option("How many images.", 40, low=1, flags=("--n",))
     overwrite: bool = _overwrite()

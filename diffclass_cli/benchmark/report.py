@@ -16,10 +16,28 @@ COLUMNS = ["sweep", "feature_set", "head", "per_class", "draw", "seed", "accurac
 
 
 def write_results(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({**row, "accuracy": f"{row['accuracy']:.4f}"} for row in rows)
+    with ResultsFile(path) as results:
+        for row in rows:
+            results.write(row)
+
+
+class ResultsFile:
+    """results.csv written a row at a time, each on disk as soon as it is finished."""
+
+    def __init__(self, path: Path):
+        self.stream = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.stream, COLUMNS, lineterminator="\n")
+        self.writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({**row, "accuracy": f"{row['accuracy']:.4f}"})
+        self.stream.flush()
+
+    def __enter__(self) -> "ResultsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.close()
 
 
 def cell_stats(rows: list[dict]) -> dict[tuple[str, str, str], dict[int, tuple[float, float, float]]]:

@@ -16,21 +16,21 @@ from diffclass_cli.benchmark.features import (
     pca_features,
     pixel_features,
 )
-from diffclass_cli.benchmark.protocol import FEW_LABELS, Protocol, Split, run_protocol
+from diffclass_cli.benchmark.protocol import FEW_LABELS, Protocol, Split, cnn_fits_in, run_protocol
 from diffclass_cli.benchmark.report import (
+    ResultsFile,
     plot_curves,
     plot_timesteps,
     summary_markdown,
-    write_results,
 )
 from diffclass_cli.console import log
 from diffclass_cli.data.loading import load_all
-from diffclass_cli.data.sources import open_source, stratified_split
+from diffclass_cli.data.sources import UNLABELED, open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.extractors.spec import ExtractorSpec, pool_name, timesteps_name
-from diffclass_cli.files import atomic_folder, refuse_folder
-from diffclass_cli.heads.models import HeadKind, draw_per_class
+from diffclass_cli.files import atomic_folder, refuse_folder, refuse_inside_inputs
+from diffclass_cli.heads.models import HeadKind
 from diffclass_cli.options import parse_ints
 from diffclass_cli.runs import BenchmarkRun
 
@@ -39,12 +39,20 @@ QUICK = Protocol(per_class=(1, 10), draws=2, heads=(HeadKind.auto, HeadKind.logr
                  draws_few_labels=2)
 QUICK_TRAIN_PER_CLASS, QUICK_TEST_PER_CLASS = 100, 30
 SWEEP_POOLS = (1, 2, 3)
+DEFAULT_BASELINES = ("pixels", "pca")  # and the CNN where it fits in CNN_MINUTES
+CNN_MINUTES = 2.0
 
 
-def load_split(spec: str, size: int, channels: int, data_root: Path | None) -> Split:
+def load_split(spec: str, size: int, channels: int, data_root: Path | None, *, held_out: bool = False) -> Split:
+    """The images of `spec` with their labels. A train split keeps its unlabeled images (the
+    pool of the heads that learn from them); a held-out split is scored, so only its labeled
+    images are kept."""
     source = open_source(spec, data_root)
     if not source.is_labeled:
         raise DiffclassError(f"{spec} has no labels: the benchmark needs a labeled train and test split")
+    if held_out and not (source.labels >= 0).all():
+        log.info(f"{spec}: {int((source.labels < 0).sum())} unlabeled images left out (only labeled ones are scored)")
+        source = source.subset(np.flatnonzero(source.labels >= 0))
     images, kept, _ = load_all(source, size, channels)
     return Split(images, source.labels[kept], [source.ids[i] for i in kept], source.class_names)
 
@@ -64,10 +72,12 @@ def aligned_classes(held_out: Split, train_split: Split, test: str, train: str) 
     return replace(held_out, labels=codes[held_out.labels], class_names=train_split.class_names)
 
 
-def labels_per_class(train_split: Split, asked: tuple[int, ...], train: str) -> tuple[int, ...]:
+def labels_per_class(train_split: Split, asked: tuple[int, ...], train: str,
+                     grid: tuple[int, ...] = Protocol.per_class) -> tuple[int, ...]:
     """The K values to draw: as asked, each checked against the smallest class of the train split, or by
-    default those of the standard grid that every class can give."""
-    counts = np.bincount(train_split.labels, minlength=len(train_split.class_names))
+    default those of `grid` that every class can give."""
+    labeled = train_split.labels[train_split.labels != UNLABELED]
+    counts = np.bincount(labeled, minlength=len(train_split.class_names))
     smallest = int(np.argmin(counts))
     name = repr(train_split.class_names[smallest]) if train_split.class_names else str(smallest)
     if asked:
@@ -75,7 +85,7 @@ def labels_per_class(train_split: Split, asked: tuple[int, ...], train: str) -> 
             raise DiffclassError(f"class {name} has {counts[smallest]} labeled images in {train}, fewer than the "
                                  f"{max(asked)} per class asked for (--per-class)")
         return asked
-    possible = tuple(k for k in Protocol.per_class if k <= counts[smallest])
+    possible = tuple(k for k in grid if k <= counts[smallest])
     if not possible:
         raise DiffclassError(f"class {name} has no labeled images in {train}")
     log.info(f"labels per class: {','.join(map(str, possible))} (the smallest class, {name}, has "
@@ -83,8 +93,11 @@ def labels_per_class(train_split: Split, asked: tuple[int, ...], train: str) -> 
     return possible
 
 
-def _subset(split: Split, per_class: int) -> Split:
-    return _rows(split, draw_per_class(split.labels, per_class, seed=0))
+def at_most(split: Split, per_class: int, seed: int = 0) -> Split:
+    """At most `per_class` images of each class (and of the unlabeled ones), drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.flatnonzero(split.labels == c))[:per_class] for c in np.unique(split.labels)]
+    return _rows(split, np.sort(np.concatenate(rows)))
 
 
 def refuse_shared_images(train_split: Split, held_out: Split, train: str, test: str) -> None:
@@ -103,6 +116,7 @@ def validation_split(train_split: Split) -> tuple[Split, Split]:
     """Sweeps choose settings, so they are measured on a validation part of the train split (the
     same stratified 80/20 rule as the built-in splits), never on the test split."""
     fit_rows, validation_rows = stratified_split(train_split.labels)
+    validation_rows = validation_rows[train_split.labels[validation_rows] != UNLABELED]  # only labels are scored
     return _rows(train_split, fit_rows), _rows(train_split, validation_rows)
 
 
@@ -127,17 +141,20 @@ def benchmark_run(run: BenchmarkRun) -> str:
     protocol = Protocol(per_class=parse_ints(run.per_class, "--per-class") if run.per_class else (), draws=run.draws,
                         heads=heads, seed=run.seed, cnn_steps=run.cnn_steps, draws_few_labels=run.draws_few,
                         labels=run.labels)
-    return run.call(run_benchmark, spec=run.spec(), protocol=protocol, baselines=run.baseline_names)
+    return run.call(run_benchmark, spec=run.spec(), protocol=protocol,
+                    baselines=None if run.baselines is None else run.baseline_names)
 
 
 def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: Protocol,
                   *, train: str = "mnist-sample:train", test: str = "mnist-sample:test",
-                  baselines: tuple[str, ...] = ("pixels", "pca"), sweep_timesteps: tuple[tuple[int, ...], ...] = (),
+                  baselines: tuple[str, ...] | None = None, sweep_timesteps: tuple[tuple[int, ...], ...] = (),
                   sweep_taps: bool = False, sweep_pool: bool = False, quick: bool = False,
                   data_root: Path | None = None, on_validation: bool = False, overwrite: bool = False) -> str:
-    """Run everything and write the outputs into the folder `out` (atomically); returns the summary
-    markdown."""
+    """Run everything and write the outputs into the folder `out` (atomically; each result row as
+    it is finished, so a stopped run keeps them); returns the summary markdown. `baselines` None:
+    pixels, pca, and the supervised CNN where it fits in CNN_MINUTES."""
     refuse_folder(out, overwrite)  # before minutes of work, not after
+    refuse_inside_inputs(out, [train, test, *models])
     began = time.perf_counter()
     size, channels = model_input_shape(models[0])
     train_split = load_split(train, size, channels, data_root)
@@ -145,23 +162,26 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         train_split, held_out = validation_split(train_split)
         test = f"the validation part of {train}"
     else:
-        held_out = aligned_classes(load_split(test, size, channels, data_root), train_split, test, train)
+        held_out = aligned_classes(load_split(test, size, channels, data_root, held_out=True), train_split, test,
+                                   train)
+    grid = Protocol.per_class
     if quick:
-        protocol = replace(protocol, per_class=QUICK.per_class, draws=QUICK.draws,
-                           draws_few_labels=QUICK.draws_few_labels,
+        protocol = replace(protocol, draws=QUICK.draws, draws_few_labels=QUICK.draws_few_labels,
                            cnn_steps=min(protocol.cnn_steps, QUICK.cnn_steps))
-        train_split = _subset(train_split, QUICK_TRAIN_PER_CLASS)
-        held_out = _subset(held_out, QUICK_TEST_PER_CLASS)
-    protocol = replace(protocol, per_class=labels_per_class(train_split, protocol.per_class, train))
+        grid = QUICK.per_class
+        train_split = at_most(train_split, QUICK_TRAIN_PER_CLASS)
+        held_out = at_most(held_out, QUICK_TEST_PER_CLASS)
+    protocol = replace(protocol, per_class=labels_per_class(train_split, protocol.per_class, train, grid))
     refuse_shared_images(train_split, held_out, train, test)
 
     feature_sets = [extractor_features(feature_set_name(m), m, spec, train_split.images, held_out.images)
                     for m in models]
-    if "pixels" in baselines:
+    chosen = DEFAULT_BASELINES if baselines is None else baselines
+    if "pixels" in chosen:
         feature_sets.append(pixel_features(train_split.images, held_out.images))
-    if "pca" in baselines:
+    if "pca" in chosen:
         feature_sets.append(pca_features(train_split.images, held_out.images, protocol.seed))
-    rows, draws = run_protocol(feature_sets, train_split, held_out, protocol=protocol, cnn="cnn" in baselines)
+    cnn = "cnn" in chosen or (baselines is None and cnn_fits_in(CNN_MINUTES, train_split, held_out, protocol))
 
     # Sweeps vary one export option of the first model; logreg keeps them cheap and comparable.
     if (sweep_timesteps or sweep_taps or sweep_pool) and models[0].suffix == ".onnx":
@@ -173,25 +193,28 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
         if sweep_taps else [],
         "pool": [(f"pool={pool_name(g)}", replace(spec, pool=g)) for g in SWEEP_POOLS] if sweep_pool else [],
     }
-    sweep_train, validation = validation_split(train_split)
-    for sweep, variants in sweeps.items():
-        if variants:
-            sets = [extractor_features(name, models[0], variant, sweep_train.images, validation.images)
-                    for name, variant in variants]
-            sweep_rows, _ = run_protocol(sets, sweep_train, validation, protocol=protocol, sweep=sweep,
-                                         heads=(HeadKind.logreg,), cnn=False)
-            rows += sweep_rows
+    with atomic_folder(out, overwrite, keep_partial=True) as folder, ResultsFile(folder / "results.csv") as results:
+        rows, draws = run_protocol(feature_sets, train_split, held_out, protocol=protocol, cnn=cnn,
+                                   on_row=results.write)
+        sweep_train, validation = validation_split(train_split)
+        for sweep, variants in sweeps.items():
+            if variants:
+                sets = [extractor_features(name, models[0], variant, sweep_train.images, validation.images)
+                        for name, variant in variants]
+                sweep_rows, _ = run_protocol(sets, sweep_train, validation, protocol=protocol, sweep=sweep,
+                                             heads=(HeadKind.logreg,), cnn=False, on_row=results.write)
+                rows += sweep_rows
 
-    minutes = (time.perf_counter() - began) / 60
-    preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train split {train} "
-                f"({len(train_split.labels)} images), main grid scored on {test} ({len(held_out.labels)} images); "
-                f"{protocol.draws} draws per K ({protocol.draws_few_labels} at K <= {FEW_LABELS}); "
-                f"{_describe(spec, models)}; "
-                f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from "
-                f"{len(sweep_train.labels)} train images and are scored on the other {len(validation.labels)} "
-                "train images (a validation split), never on the test split.\n")
-    summary = summary_markdown(rows, preamble)
-    with atomic_folder(out, overwrite) as folder:
+        minutes = (time.perf_counter() - began) / 60
+        preamble = (f"# diffclass benchmark\n\nModels: {', '.join(str(m) for m in models)}; train split {train} "
+                    f"({int((train_split.labels != UNLABELED).sum())} labeled and "
+                    f"{int((train_split.labels == UNLABELED).sum())} unlabeled images), main grid scored on {test} "
+                    f"({len(held_out.labels)} images); {protocol.draws} draws per K ({protocol.draws_few_labels} at "
+                    f"K <= {FEW_LABELS}); {_describe(spec, models)}; "
+                    f"total time {minutes:.1f} min. Sweeps (if any) draw their labels from "
+                    f"{len(sweep_train.labels)} train images and are scored on the other {len(validation.labels)} "
+                    "train images (a validation split), never on the test split.\n")
+        summary = summary_markdown(rows, preamble)
         _write_outputs(folder, rows, draws=draws, summary=summary, test=test, train=train, sweeps=sweeps)
     log.info(f"benchmark finished in {minutes:.1f} min; wrote {out}/")
     return summary
@@ -199,8 +222,7 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
 
 def _write_outputs(folder: Path, rows: list[dict], *, draws: dict, summary: str, test: str, train: str,
                    sweeps: dict) -> None:
-    """results.csv, summary.md, labeled_draws.json and the plots."""
-    write_results(rows, folder / "results.csv")
+    """summary.md, labeled_draws.json and the plots (results.csv is written as the rows come)."""
     (folder / "summary.md").write_text(summary)
     (folder / "labeled_draws.json").write_text(json.dumps(draws))
     plot_curves(rows, "main", folder / "accuracy_vs_labels.png", f"Few-shot accuracy on {test}")

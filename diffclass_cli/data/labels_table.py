@@ -1,7 +1,9 @@
-"""Labels from a table (`path,label` CSV, the form annotation tools export) instead of class
-subfolders: `featurize --labels` and `fit --labels`."""
+"""Labels from a table instead of class subfolders (`featurize --labels`, `fit --labels`): a
+`path,label` CSV as people and spreadsheets write it, or JSON lines (what `predict --format
+jsonl` and `suggest --format jsonl` write)."""
 
 import csv
+import json
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -12,46 +14,124 @@ from diffclass_cli.errors import DiffclassError
 from diffclass_cli.files import existing_file
 
 MAX_TABLE_BYTES = 256 * 1024 * 1024
+MAX_CELL = 128 * 1024  # csv's own field limit: a longer cell is no path or label
+SNIFFED_BYTES = 64 * 1024
+DELIMITERS = ",;\t|"
+# Header names, compared lower-case without spaces, '_' or '-' ("File name" = "filename").
+PATH_COLUMNS = ("path", "file", "filename", "filepath", "image", "imagepath", "imagename", "name")
+LABEL_COLUMNS = ("label", "class", "category", "classname", "labelname", "target")
+
+
+def _column_name(cell: str) -> str:
+    return "".join(c for c in cell.strip().lower() if c not in " _-")
+
+
+def header_columns(row: list[str]) -> tuple[int, int] | None:
+    """(path column, label column) when `row` is a header naming both, else None."""
+    names = [_column_name(c) for c in row]
+    found = [next((names.index(n) for n in wanted if n in names), None) for wanted in (PATH_COLUMNS, LABEL_COLUMNS)]
+    return None if None in found else (found[0], found[1])
 
 
 def read_labels_table(path: Path) -> dict[str, str]:
-    """{path: label} from a CSV of `path,label` rows. A header is optional; with one, the `path`
-    and `label` columns may be anywhere (as in `diffclass suggest`'s list) and rows whose label is
-    empty are left unlabeled."""
+    """{path: label} from a labels table. CSV: any delimiter the sniffer finds, a byte-order mark,
+    quoted cells and blank rows are taken as spreadsheets write them; a header row naming the path
+    and label columns (path/file/filename/image, label/class/category, any case) may put them
+    anywhere, and its rows with an empty label stay unlabeled (a list to fill in). Without a header
+    the table must have two columns. JSON lines: objects with a path and a label key."""
     path = existing_file(path, "labels table")
     if path.stat().st_size > MAX_TABLE_BYTES:
         raise DiffclassError(f"{path} is larger than {MAX_TABLE_BYTES >> 20} MB; is it a labels table?")
     table: dict[str, str] = {}
-    columns, header = (0, 1), False
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        for number, row in enumerate(csv.reader(f), 1):
-            names = [c.strip().lower() for c in row]
-            if number == 1 and "path" in names and "label" in names:
-                columns, header = (names.index("path"), names.index("label")), True
-                continue
-            if not row or (header and len(row) > max(columns) and not row[columns[1]].strip()):
-                continue  # a list to fill in: rows not filled in yet stay unlabeled
-            if len(row) <= max(columns) or not row[columns[0]] or not row[columns[1]].strip():
-                raise DiffclassError(f"{path}, line {number}: expected 'path,label', got {','.join(row)!r}")
-            name, label = _normalised(row[columns[0]]), row[columns[1]].strip()
-            if table.setdefault(name, label) != label:
-                raise DiffclassError(f"{path}, line {number}: {row[0]} is labeled both {table[name]!r} and {label!r}")
+    for number, name, label in table_rows(path.read_bytes(), path):
+        name = _normalised(name)
+        if table.setdefault(name, label) != label:
+            raise DiffclassError(f"{path}, line {number}: {name} is labeled both {table[name]!r} and {label!r}")
     if not table:
-        raise DiffclassError(f"{path} has no 'path,label' rows")
+        raise DiffclassError(f"{path} has no labeled 'path,label' rows")
     return table
 
 
-def labels_for(paths: list[str], table: dict[str, str], table_path: Path) -> tuple[np.ndarray, list[str]]:
+def table_rows(data: bytes, name: Path | str):
+    """(line number, path, label) of each labeled row of a table's bytes (CSV or JSON lines, as
+    `read_labels_table` reads them); `name` is what errors call it."""
+    text = data.decode("utf-8-sig", "surrogateescape")
+    return _json_rows(text, name) if text.lstrip().startswith("{") else _csv_rows(text, name)
+
+
+def _csv_rows(text: str, path: Path):
+    """(line number, path, label) of each labeled row of a CSV table."""
+    try:
+        dialect = csv.Sniffer().sniff(text[:SNIFFED_BYTES], delimiters=DELIMITERS)
+    except csv.Error:  # one column, or nothing to tell by: the ordinary comma
+        dialect = csv.excel
+    previous = csv.field_size_limit(MAX_CELL)
+    try:
+        rows = [(number, row) for number, row in enumerate(csv.reader(text.splitlines(), dialect), 1)
+                if any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise DiffclassError(f"{path} is not a labels table CSV ({err})") from None
+    finally:
+        csv.field_size_limit(previous)
+    if not rows:
+        return
+    columns = header_columns(rows[0][1])
+    if columns is not None:
+        rows = rows[1:]
+    else:
+        widths = sorted({len(row) for _, row in rows})
+        if widths != [2]:
+            first = dialect.delimiter.join(rows[0][1])[:80]
+            hint = " (one column: separate path and label by a comma, semicolon or tab)" if widths[-1] == 1 else ""
+            raise DiffclassError(
+                f"{path}: no header row names a path and a label column, and its rows have {widths[-1]} columns, not "
+                f"2 (first row {first!r}){hint}; add a header such as 'path,label'")
+        columns = (0, 1)
+    for number, row in rows:
+        if len(row) <= max(columns) or not row[columns[0]].strip():
+            raise DiffclassError(f"{path}, line {number}: expected a path and a label, got {','.join(row)[:80]!r}")
+        label = row[columns[1]].strip()
+        if label:  # rows not filled in yet stay unlabeled
+            yield number, row[columns[0]], label
+
+
+def _json_rows(text: str, path: Path):
+    """(line number, path, label) of each labeled object of a JSON lines table."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise DiffclassError(f"{path}, line {number}: not a JSON object") from None
+        if not isinstance(record, dict):
+            raise DiffclassError(f"{path}, line {number}: not a JSON object")
+        columns = header_columns(list(record))
+        if columns is None:
+            raise DiffclassError(f"{path}, line {number}: no path and label keys (has {', '.join(record)[:80]})")
+        name, label = (list(record.values())[c] for c in columns)
+        if not isinstance(name, str) or not isinstance(label, str | int | type(None)):
+            raise DiffclassError(f"{path}, line {number}: the path and the label must be text")
+        if label is not None and str(label).strip():
+            yield number, name, str(label).strip()
+
+
+def labels_for(paths: list[str], table: dict[str, str], table_path: Path,
+               folder_classes: list[str] = ()) -> tuple[np.ndarray, list[str]]:
     """Labels `[N]` (UNLABELED for paths the table does not name) and the sorted class names.
 
     A table path matches a row's path exactly, or after dropping leading folders
     (`photos/train/cat/1.jpg` names the row `cat/1.jpg` of a feature file of `photos/train`),
-    or by file name alone when only one row has that name."""
+    or by file name alone when only one row has that name. Labels that are all numbers where
+    the class folders have names are refused: the table's label column is most likely another
+    one (a rank, a count)."""
+    _refuse_numbers_for_names(table, folder_classes, table_path)
     where = {_normalised(p): i for i, p in enumerate(paths)}
     by_name: dict[str, list[int]] = {}
     for p, i in where.items():
         by_name.setdefault(PurePosixPath(p).name, []).append(i)
     class_names = sorted(set(table.values()))
+    code = {name: i for i, name in enumerate(class_names)}
     labels = np.full(len(paths), UNLABELED, dtype=np.int64)
     unmatched = []
     for name, label in table.items():
@@ -59,16 +139,34 @@ def labels_for(paths: list[str], table: dict[str, str], table_path: Path) -> tup
         if row is None:
             unmatched.append(name)
         else:
-            labels[row] = class_names.index(label)
+            labels[row] = code[label]
     if len(unmatched) == len(table):
+        here = f"here: {paths[0]!r}, ..." if paths else "no images here"
         raise DiffclassError(f"none of the {len(table)} paths of {table_path} names an image here "
-                             f"(e.g. {unmatched[0]!r}; here: {paths[0]!r}, ...)")
+                             f"(e.g. {unmatched[0]!r}; {here})")
     if unmatched:
         log.warning(f"{len(unmatched)} of the {len(table)} paths of {table_path} name no image here: "
                     + ", ".join(unmatched[:3]) + (", ..." if len(unmatched) > 3 else ""))
     log.info(f"labels from {table_path}: {int((labels != UNLABELED).sum())} labeled images in "
              f"{len(class_names)} classes, {int((labels == UNLABELED).sum())} unlabeled")
     return labels, class_names
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _refuse_numbers_for_names(table: dict[str, str], folder_classes, table_path: Path) -> None:
+    names = [c for c in folder_classes if not _is_number(c)]
+    if names and all(_is_number(label) for label in table.values()):
+        shown = ", ".join(sorted(set(table.values()), key=float)[:5])
+        raise DiffclassError(f"every label in {table_path} is a number ({shown}, ...) while the class folders have "
+                             f"names ({', '.join(names[:3])}, ...): is the label column the right one? Name it "
+                             "'label' in a header row")
 
 
 def _normalised(path: str) -> str:

@@ -21,13 +21,41 @@ from diffclass_cli.errors import RunInterrupted
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    """One image as uint8 `[C, size, size]`: converted to gray or RGB and resized whole
-    (never cropped)."""
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits a pixel
+TRANSPARENT_BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as viewers and browsers do
+
+
+def to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """`img` as 8-bit gray ('L') or 'RGB', every pixel scaled to 0-255 from what its mode holds:
+    16-bit gray by 255/65535, 32-bit integer gray likewise when it uses more than 8 bits, float
+    gray from 0-1 when it stays within it; transparent pixels (alpha, or a palette's transparent
+    colour) composited on white; CMYK as Pillow converts it."""
     try:
-        img = img.convert("L" if channels == 1 else "RGB")
+        if img.mode in WIDE_MODES:
+            img = _eight_bit_gray(img)
+        elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        return img if img.mode == mode else img.convert(mode)
     except ValueError as err:  # a mode Pillow cannot convert (e.g. LAB to L): skipped like a corrupt file
         raise UnreadableImage(f"cannot convert a {img.mode} image: {err}") from err
+
+
+def _eight_bit_gray(img: Image.Image) -> Image.Image:
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0 if np.nanmax(values, initial=0) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    scaled = np.clip(np.nan_to_num(values) * (255.0 / top), 0, 255)
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
+def to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """One image as uint8 `[C, size, size]`: converted to gray or RGB (`to_mode`) and resized
+    whole (never cropped)."""
+    img = to_mode(img, "L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)

@@ -7,11 +7,12 @@ import errno
 import os
 import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from diffclass_cli.console import log
 from diffclass_cli.errors import DiffclassError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -39,7 +40,7 @@ class FolderLoader:
         try:
             with Image.open(path) as img:
                 img.load()
-                return img.copy()
+                return ImageOps.exif_transpose(img)  # a phone's photo stands as it was taken
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise UnreadableImage(str(err) or type(err).__name__) from err
 
@@ -86,7 +87,7 @@ class ImageSource:
         """The same images, labeled by a `path,label` table instead of their folders."""
         from diffclass_cli.data.labels_table import labels_for, read_labels_table
 
-        labels, class_names = labels_for(self.ids, read_labels_table(table_path), table_path)
+        labels, class_names = labels_for(self.ids, read_labels_table(table_path), table_path, self.class_names)
         return replace(self, labels=labels, class_names=class_names)
 
     def subset(self, rows: np.ndarray, keep_skipped: bool = False) -> "ImageSource":
@@ -222,11 +223,25 @@ def _folder_source(root: Path, spec: str) -> ImageSource:
     if not relpaths:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DiffclassError(f"no images found in {root} (searched recursively for {exts})")
+    _warn_nested(root, relpaths)
     labels = np.asarray(labels, dtype=np.int64)
     used = sorted(set(labels[labels >= 0].tolist()))
     class_names = [class_dirs[i] for i in used]
     labels = np.asarray([used.index(x) if x != UNLABELED else UNLABELED for x in labels], dtype=np.int64)
     return ImageSource(spec, relpaths, labels, class_names, FolderLoader(root, relpaths), skipped)
+
+
+def _warn_nested(root: Path, relpaths: list[str]) -> None:
+    """A class is a folder's first level: say so where images sit deeper (an album inside a class
+    folder, or a folder of unlabeled images that would become a class)."""
+    deeper = {}
+    for rel in relpaths:
+        parts = PurePosixPath(rel).parts
+        if len(parts) > 2:
+            deeper.setdefault(parts[0], PurePosixPath(*parts[:-1]).as_posix())
+    for name, folder in sorted(deeper.items()):
+        log.warning(f"images in {Path(root, folder)} count as class {name!r} (a class is the first folder level); "
+                    "move them if they are not")
 
 
 def _stdin_source() -> ImageSource:

@@ -15,7 +15,7 @@ from diffclass_cli import __version__
 from diffclass_cli.choices import Engine, FeatureDtype
 from diffclass_cli.console import log, progress
 from diffclass_cli.data.loading import Decoders, report_skipped, to_unit_range
-from diffclass_cli.data.sources import ImageSource
+from diffclass_cli.data.sources import ImageSource, UnreadableImage
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
@@ -89,6 +89,7 @@ def featurize(source: ImageSource, out: Path, model: Path, *, device: Device = D
     attrs = _file_attrs(source, model, meta, shard)
     if shard.count > 1:
         source = source.subset(shard.rows(len(source)), keep_skipped=shard.index == 0)
+    describe_conversion(source, meta, model)
     local = engine == Engine.local
     # The decoding workers start before the output is opened, so they never hold it; the session
     # (which may refuse the device) starts before the output is touched.
@@ -168,12 +169,49 @@ def _write_batches(source: ImageSource, batches: Iterator[FeatureBatch], writer:
         writer.file.attrs["provider"] = ",".join(sorted(providers)) or NO_PROVIDER
     rows = int(writer.file.attrs["rows"])
     report_skipped(skipped_total)
+    log.info(summarise(writer.file["labels"][:], source.class_names, len(skipped_total)))
     if rows == 0 and shard.count == 1:
         raise DiffclassError(f"none of the {len(source)} images of {source.spec} could be read")
     if rows == 0:  # an empty part still tells merge that this shard was done
         log.warning(f"shard {shard} has no readable images; its file holds no rows")
     return {"rows": rows, "skipped": len(skipped_total), "provider": writer.file.attrs["provider"],
             "images": len(source) - start, "seconds": time.perf_counter() - began}
+
+
+def summarise(labels: np.ndarray, class_names: list[str], skipped: int) -> str:
+    """One line: the rows of each class, how many are labeled and unlabeled, how many files were skipped."""
+    counts = np.bincount(labels[labels >= 0], minlength=len(class_names))
+    classes = ", ".join(f"{name} {n}" for name, n in zip(class_names, counts))
+    labeled = f"{len(class_names)} classes ({classes}): {counts.sum()} labeled" if class_names else "no classes"
+    return f"{labeled}, {int((labels < 0).sum())} unlabeled" + (f", {skipped} skipped" if skipped else "")
+
+
+SAMPLED_IMAGES = 5  # images looked at to say what the extractor makes of a source
+
+
+def describe_conversion(source: ImageSource, meta, model: Path) -> None:
+    """Say once what featurize does to images whose size or colour differ from the extractor's
+    (a few images spread over the source are looked at), and point photos met by the shipped
+    digits extractor to a backbone of their own."""
+    size, gray = int(meta["image_size"]), int(meta["channels"]) == 1
+    seen = []
+    for row in np.linspace(0, len(source) - 1, min(SAMPLED_IMAGES, len(source))).astype(int):
+        try:
+            image = source.load(int(row))
+        except UnreadableImage:
+            continue
+        seen.append((image.mode not in ("1", "L", "I", "I;16", "F", "LA", "La"), image.size))
+    differ = [(colour, dims) for colour, dims in seen if dims != (size, size) or (colour and gray)]
+    if not differ:
+        return
+    colour, (width, height) = differ[0]
+    shown = f"{'colour' if colour else 'gray'} images of {width}x{height}" + (" and others" if len(set(seen)) > 1
+                                                                          else "")
+    log.info(f"{shown}, read as {size}x{size} {'gray' if gray else 'RGB'} for this extractor (resized whole)")
+    if Path(model).resolve() == DEFAULT_MODEL.resolve() and (any(c for c, _ in seen) or max(width, height) > 2 * size):
+        log.warning("the shipped extractor was trained on 28x28 gray MNIST digits; for photos, train a backbone on "
+                    "your own images (diffclass train-backbone) or export a pretrained diffusers model "
+                    "(docs/guide.md)")
 
 
 BATCH_BYTES = 512 * 1024 * 1024  # the most pixel bytes (as float32) one onnxruntime call is given

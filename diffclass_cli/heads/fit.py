@@ -36,7 +36,8 @@ def fit_head(features: Path, out: Path, head: HeadKind | str = HeadKind.auto, *,
         main = readers[0]
         own_labels, class_names = main.labels, main.class_names
         if labels is not None:
-            own_labels, class_names = labels_for(main.paths(), read_labels_table(labels), labels)
+            own_labels, class_names = labels_for(main.paths(), read_labels_table(labels), labels,
+                                                 main.class_names)
         every_label = np.concatenate([own_labels, *(np.full(r.rows, UNLABELED, np.int64) for r in readers[1:])])
         rows, targets = training_labels(every_label, kind, per_class, seed=seed, cv=cv, max_unlabeled=max_unlabeled,
                                         class_names=class_names)
@@ -53,12 +54,15 @@ def fit_head(features: Path, out: Path, head: HeadKind | str = HeadKind.auto, *,
         params |= {k: float(v) for k, v in search.best_params_.items()}
         log.info(f"cross-validation chose {search.best_params_}")
     labeled = int((targets != UNLABELED).sum())
+    chosen = {}
     if kind == HeadKind.auto:
         chooser = estimator.steps[-1][1]
         params |= {"choice": chooser.choice_.value, "reason": chooser.reason_}
+        chosen = {"chosen_head": chooser.choice_.value, "reason": chooser.reason_}
         log.info(f"auto: {chooser.choice_.value} ({chooser.reason_})")
     info = {
         "head": kind.value,
+        **chosen,
         "params": params,
         "class_names": class_names,
         "feature_dim": int(table.features.shape[1]),

@@ -125,18 +125,19 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
             pseudo = np.where(targets != UNLABELED, targets, proba.argmax(axis=1))
             top_two = np.sort(proba, axis=1)[:, -2:]
             self.classifier_ = self._fit_confident(X, targets, pseudo, top_two[:, 1] - top_two[:, 0],
-                                                   self.self_training_fraction)
+                                                   self.self_training_fraction, start=self.classifier_)
         return self
 
     def _fit_confident(self, X: np.ndarray, targets: np.ndarray, pseudo: np.ndarray, margin: np.ndarray,
-                       fraction: float) -> LogisticRegression:
+                       fraction: float, start: LogisticRegression | None = None) -> LogisticRegression:
         """A logistic regression on the labeled rows and the `fraction` of unlabeled rows with the
         largest margin, weighing classes equally (the pseudo-labels inherit the unlabeled rows' class sizes,
-        the labeled draw does not)."""
+        the labeled draw does not); the solver starts from `start`'s coefficients where it has the same classes."""
         unlabeled = np.flatnonzero(targets == UNLABELED)
         keep = unlabeled[np.argsort(-margin[unlabeled], kind="stable")][:int(fraction * len(unlabeled))]
         chosen = np.sort(np.concatenate([np.flatnonzero(targets != UNLABELED), keep]))
-        return LogisticRegression(C=self.C, max_iter=3000, class_weight="balanced").fit(X[chosen], pseudo[chosen])
+        model = LogisticRegression(C=self.C, max_iter=3000, class_weight="balanced")
+        return fit_in_row_span(model, X[chosen], pseudo[chosen], start)
 
     def pseudo_labels(self, space: np.ndarray, targets: np.ndarray,
                       by_class_means: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +200,32 @@ class SpectralPseudoLabels(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
+
+
+def fit_in_row_span(model: LogisticRegression, X: np.ndarray, y: np.ndarray,
+                    start: LogisticRegression | None = None) -> LogisticRegression:
+    """`model.fit(X, y)`, solved in the span of the rows of X when there are fewer rows than
+    features. An L2-penalised linear model's weights lie in that span (the penalty only grows
+    outside it), so the solution is the same while the solver handles rows x classes numbers
+    instead of features x classes; the weights are mapped back, so the model takes full rows.
+    `start`: a fitted model of the same classes to start the solver from (the optimum is unique,
+    so only the number of iterations changes)."""
+    basis = None
+    if len(X) < X.shape[1]:
+        rows = X.astype(np.float64)
+        variance, u = np.linalg.eigh(rows @ rows.T)  # the row span from the small Gram matrix
+        kept = variance > variance[-1] * len(X) * np.finfo(np.float32).eps
+        basis = (u[:, kept].T @ rows) / np.sqrt(variance[kept])[:, None]  # [r, D], orthonormal rows
+    if start is not None and np.array_equal(start.classes_, np.unique(y)):
+        model.set_params(warm_start=True)
+        model.coef_ = start.coef_ if basis is None else start.coef_ @ basis.T
+        model.intercept_ = start.intercept_
+    model.fit(X if basis is None else X @ basis.T, y)
+    if basis is not None:
+        model.coef_ = model.coef_ @ basis
+        model.n_features_in_ = X.shape[1]
+    model.set_params(warm_start=False)
+    return model
 
 
 def embedding(X: np.ndarray, n_classes: int, n_components: int, n_neighbors: int) -> np.ndarray:
@@ -283,7 +310,7 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         self.choice_, self.reason_ = choice, reason
         labeled = targets != UNLABELED
         self.model_ = (semi.fit_in_space(X, targets, space) if choice == HeadKind.semi else
-                       self._logreg().fit(X[labeled], self.classes_[targets[labeled]]))
+                       fit_in_row_span(self._logreg(), X[labeled], self.classes_[targets[labeled]]))
         return self
 
     def _logreg(self) -> LogisticRegression:
@@ -307,9 +334,9 @@ class AutoHead(ClassifierMixin, BaseEstimator):
         for train, held in folds.split(rows, targets[rows]):
             fold_targets = targets.copy()
             fold_targets[rows[held]] = UNLABELED
-            fold_semi = clone(semi).fit_in_space(X, fold_targets, space)
+            fold_semi = clone(semi).set_params(self_training_rounds=0).fit_in_space(X, fold_targets, space)
             semi_hits[held] = fold_semi.classifier_.predict(X[rows[held]]) == targets[rows[held]]
-            logreg = self._logreg().fit(X[rows[train]], targets[rows[train]])
+            logreg = fit_in_row_span(self._logreg(), X[rows[train]], targets[rows[train]])
             logreg_hits[held] = logreg.predict(X[rows[held]]) == targets[rows[held]]
         return semi_hits, logreg_hits
 
