@@ -540,7 +540,8 @@ class PlotRun(Run):
 
     features: Path = option("A feature file made by `diffclass featurize`.", argument=True)
     out: Path = option("PNG file to write.")
-    method: Projection = option("How to project to 2-D.", Projection.umap)
+    method: Projection = option("How to project to 2-D: tsne (seconds for a few thousand rows), umap (its first "
+                                "call compiles for about ten seconds), pca.", Projection.tsne)
     compare: Path | None = option("A second feature file drawn beside the first (e.g. raw pixels).", None)
     thumbnails: str | None = option("The SOURCE the features came from: draw a sample of its images at their "
                                     "positions.", None)
