@@ -75,9 +75,9 @@ def photo(path: Path, label: int, seed: int, number: int) -> Path:
 
 
 def album(root: Path, labeled: int = 5, unlabeled: int = 60, new: int = 24, seed: int = 0) -> dict[str, Path]:
-    """photos/train/CLASS/* (`labeled` per class), photos/train/* (`unlabeled`, classes mixed),
-    photos/new/* (`new`, with their true classes in photos/new-truth.csv), one nested album
-    (photos/train/2023 holiday/more/*), files with odd names and a file that is not an image."""
+    """photos/train/CLASS/* (`labeled` per class), photos/train/* (`unlabeled`, classes mixed; their
+    true classes in photos/pool-truth.csv), photos/new/* (`new`, true classes in
+    photos/new-truth.csv), files with odd names and a file that is not an image."""
     rng = np.random.default_rng(seed)
     train, new_dir = root / "train", root / "new"
     number = 0
@@ -86,9 +86,13 @@ def album(root: Path, labeled: int = 5, unlabeled: int = 60, new: int = 24, seed
             odd = " (copy)" if i == 1 else "-é" if i == 2 else ""
             photo(train / name / f"IMG_{label}{i:03d}{odd}", label, int(rng.integers(1 << 30)), number)
             number += 1
+    pool = ["path,label"]
     for i in range(unlabeled):
-        photo(train / f"pool_{i:04d}", int(rng.integers(len(CLASSES))), int(rng.integers(1 << 30)), number)
+        label = int(rng.integers(len(CLASSES)))
+        saved = photo(train / f"pool_{i:04d}", label, int(rng.integers(1 << 30)), number)
+        pool.append(f"{saved.name},{CLASSES[label]}")
         number += 1
+    (root / "pool-truth.csv").write_text("\n".join(pool) + "\n")
     truth = ["path,label"]
     for i in range(new):
         label = i % len(CLASSES)
@@ -97,7 +101,7 @@ def album(root: Path, labeled: int = 5, unlabeled: int = 60, new: int = 24, seed
         number += 1
     (root / "new-truth.csv").write_text("\n".join(truth) + "\n")
     (train / "notes.txt").write_text("not an image")
-    return {"train": train, "new": new_dir, "truth": root / "new-truth.csv"}
+    return {"train": train, "new": new_dir, "truth": root / "new-truth.csv", "pool_truth": root / "pool-truth.csv"}
 
 
 def nested_album(train: Path, n: int = 3, seed: int = 1) -> Path:
