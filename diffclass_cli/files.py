@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -66,19 +67,27 @@ def _make_parent(path: Path) -> None:
 
 
 def _lock(tmp: Path, path: Path) -> int | None:
-    """Open and lock `tmp` (created empty when absent, never truncated); the descriptor holds the lock."""
-    planted = DiffclassError(f"{tmp} is a symbolic link, not a file this run made; remove it and run again")
+    """Open and lock `tmp` (created empty when absent, never truncated); the descriptor holds the lock.
+    A partial file is taken only if it is a regular file of this user's with no other name: in a
+    shared folder a planted link, hard link, pipe or another user's file is refused, never written."""
     if tmp.is_symlink():  # in a shared folder, a planted link would make this run write where it points
-        raise planted
+        raise _planted(tmp, "a symbolic link")
     if fcntl is None:
         return None
     while True:
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except OSError as err:
             if err.errno == errno.ELOOP:  # planted between the check above and here
-                raise planted from None
+                raise _planted(tmp, "a symbolic link") from None
             raise
+        found = os.fstat(fd)
+        problem = ("not a regular file" if not stat.S_ISREG(found.st_mode) else
+                   "a file with another name too (a hard link)" if found.st_nlink != 1 else
+                   "another user's file" if found.st_uid != os.geteuid() else None)
+        if problem:
+            os.close(fd)
+            raise _planted(tmp, problem)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,20 +95,48 @@ def _lock(tmp: Path, path: Path) -> int | None:
             raise DiffclassError(f"another run is writing {path} ({tmp} is locked); wait for it or stop it "
                                  "first") from None
         try:
-            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+            if os.path.samestat(found, os.stat(tmp)):
                 return fd
         except FileNotFoundError:
             pass
         os.close(fd)  # the run we waited on renamed or removed that file: lock the new one
 
 
+def _planted(tmp: Path, what: str) -> DiffclassError:
+    return DiffclassError(f"{tmp} is {what}, not a file this run made; remove it and run again")
+
+
+def _through_descriptor(fd: int | None, tmp: Path) -> Path:
+    """A name of the file open as `fd` that no rename or link at `tmp` can redirect (Linux's
+    /proc/self/fd), for writers that open their output by name; `tmp` where there is none."""
+    name = Path(f"/proc/self/fd/{fd}")
+    return name if fd is not None and name.exists() else tmp
+
+
+def _rename_into_place(fd: int | None, tmp: Path, path: Path) -> None:
+    """Give the finished file the umask's mode through its descriptor and rename it to `path`, if
+    `tmp` is still the file this run wrote and `path` is a regular file or nothing."""
+    if fd is not None:
+        now = os.lstat(tmp)
+        if not (stat.S_ISREG(now.st_mode) and os.path.samestat(now, os.fstat(fd)) and now.st_nlink == 1):
+            raise DiffclassError(f"{tmp} was replaced while this run wrote it; {path} was left as it was")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as the umask says, whatever mode the writer's library chose
+    else:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise DiffclassError(f"{path} is not a regular file (a link, a pipe, a folder?): it is replaced by files only")
+    os.replace(tmp, path)
+
+
 @contextmanager
 def atomic_output(path: Path, overwrite: bool = False, keep_partial: bool = False,
                   inputs: Sequence[Path | None] = ()):
-    """Lock and yield `PATH.partial` to write to (it may hold an earlier run's bytes: a
+    """Lock and yield a name of `PATH.partial` to write to (it may hold an earlier run's bytes: a
     writer truncates it or resumes it); rename it to `path` when the block succeeds.
 
-    On failure the partial file is removed, unless `keep_partial` (a resumable run).
+    The name yielded reaches the file this run opened whatever is done at `PATH.partial` meanwhile
+    (`_through_descriptor`), except for a resumable run (`keep_partial`), whose writer needs the
+    real name. On failure the partial file is removed, unless `keep_partial`.
     """
     refuse_overwrite(path, overwrite, inputs)
     path = Path(path)
@@ -108,11 +145,13 @@ def atomic_output(path: Path, overwrite: bool = False, keep_partial: bool = Fals
     fd = _lock(tmp, path)
     try:
         refuse_overwrite(path, overwrite, inputs)  # another run may have finished it while we started
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as the umask says, whatever mode the writer's library chose
-        os.replace(tmp, path)
+        yield tmp if keep_partial else _through_descriptor(fd, tmp)
+        _rename_into_place(fd, tmp, path)
     except BaseException:
-        if not keep_partial:
+        if not keep_partial and fd is not None and os.path.lexists(tmp) \
+                and os.path.samestat(os.lstat(tmp), os.fstat(fd)):
+            tmp.unlink()  # ours: never what another put there
+        elif not keep_partial and fd is None:
             tmp.unlink(missing_ok=True)
         raise
     finally:
@@ -129,17 +168,36 @@ def refuse_folder(path: Path, overwrite: bool) -> None:
         raise DiffclassError(f"{path} already holds files; pass --overwrite to replace them")
 
 
-def refuse_inside_inputs(out: Path, inputs: Sequence[str | Path | None]) -> None:
-    """Refuse a folder output that is one of the input files or folders, lies inside one, or holds one:
-    replacing it would delete them, whatever --overwrite says."""
-    out = Path(os.path.realpath(out))
-    for given in inputs:
-        if given is None or not Path(given).exists():
-            continue  # a built-in source, or nothing there
-        source = Path(os.path.realpath(given))
-        if out == source or out.is_relative_to(source) or source.is_relative_to(out):
-            raise DiffclassError(f"{out} would hold or replace an input of this command ({given}); write the results "
-                                 "to a folder of their own")
+def _paths(values) -> list[Path]:
+    """The existing files and folders among option values (a path, a list of them, None, '-' or
+    a built-in source name)."""
+    flat = values if isinstance(values, list | tuple) else [values]
+    return [Path(v) for v in flat if v is not None and str(v) != STDOUT and os.path.lexists(v)]
+
+
+def refuse_inputs_as_outputs(inputs, outputs, folder_outputs=()) -> None:
+    """Refuse, whatever --overwrite says, an output that is one of the inputs (the same file by
+    device and inode: a hard link or another name too) or lies inside an input folder, and a
+    folder output that holds an input or lies inside one: writing it would destroy what the
+    command reads. Each argument is a list of option values (paths, lists of paths, None)."""
+    read = [p for value in inputs for p in _paths(value)]
+    for given in [p for value in [*outputs, *folder_outputs] for p in _paths(value)]:
+        for source in read:
+            if os.path.samefile(given, source):
+                raise DiffclassError(f"{given} is also an input of this command ({source}); write to another file")
+    written = [Path(v) for value in outputs for v in (value if isinstance(value, list) else [value])
+               if v is not None and str(v) != STDOUT]
+    folders = [Path(v) for value in folder_outputs for v in (value if isinstance(value, list) else [value])
+               if v is not None]
+    for out in written + folders:
+        where = Path(os.path.realpath(out))
+        for source in read:
+            real = Path(os.path.realpath(source))
+            inside = real.is_dir() and where.is_relative_to(real)
+            holds = out in folders and real.is_relative_to(where)
+            if inside or holds:
+                raise DiffclassError(f"{out} would {'lie in' if inside else 'hold'} an input of this command "
+                                     f"({source}); write to a place of its own")
 
 
 @contextmanager

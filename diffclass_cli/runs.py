@@ -15,9 +15,13 @@ from diffclass_cli.backbone.config import BACKBONES, DEFAULT_KIND, TrainConfig, 
 from diffclass_cli.choices import Device, Engine, FeatureDtype, HeadKind, LabelChoice, OutputFormat, Projection
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractors.spec import DEFAULT_POOL, DEFAULT_TIMESTEPS, ExtractorSpec, pool_name
+from diffclass_cli.files import refuse_inputs_as_outputs
 from diffclass_cli.heads import MAX_UNLABELED
 from diffclass_cli.options import (
+    INPUT,
     MAX_PROCESSES,
+    OUTPUT,
+    OUTPUT_FOLDER,
     SEED_HIGH,
     check_options,
     coerce_options,
@@ -46,7 +50,7 @@ LABELS_HELP = ("A CSV table of 'path,label' rows (a header is optional) that lab
 
 
 def _source():
-    return option(SOURCE_HELP, argument=True)
+    return option(SOURCE_HELP, argument=True, role=INPUT)
 
 
 def _overwrite():
@@ -58,7 +62,7 @@ def _device():
 
 
 def _data_root():
-    return option("Folder with torchvision's dataset files.", None)
+    return option("Folder with torchvision's dataset files.", None, role=INPUT)
 
 
 def _workers(default: int, help: str = "Processes that decode images in parallel."):
@@ -83,6 +87,9 @@ class Run:
     def __post_init__(self):
         coerce_options(self)
         check_options(self)
+        refuse_inputs_as_outputs(*(
+            [getattr(self, f.name) for f in option_fields(type(self)) if f.metadata["role"] == role]
+            for role in (INPUT, OUTPUT, OUTPUT_FOLDER)))
 
     def call(self, function, **given):
         """`function(**given)`, its other parameters filled from this run's fields of the same name."""
@@ -109,13 +116,13 @@ class TrainRun(Run):
     """
 
     source: str = _source()
-    out: Path = option("Checkpoint file to write (safetensors).")
+    out: Path = option("Checkpoint file to write (safetensors).", role=OUTPUT)
     kind: BackboneKind = option("; ".join(f"{name}: {kind.summary}" for name, kind in BACKBONES.items()) + ".",
                                 BackboneKind(DEFAULT_KIND))
     init: str | None = option(
         "Fine-tune a pretrained model instead of training one from scratch: diffusers:PATH, a diffusers UNet2DModel "
         "folder (or hub id, online). Its architecture, image size, channels and noise schedule are the model's; "
-        "images are resized to it.", None, metavar="diffusers:PATH")
+        "images are resized to it.", None, metavar="diffusers:PATH", role=INPUT)
     epochs: float | None = option("Passes over the images (instead of --steps).", None, low=0, above=True)
     image_size: int | None = option(
         "Side of the square images the backbone sees (a multiple of 4) (default: the first image's).", None,
@@ -151,12 +158,12 @@ class SampleRun(Run):
       diffclass sample runs/bb.ckpt --out grid.png --n 16 --ddim-steps 50
     """
 
-    checkpoint: Path = option(CHECKPOINT_HELP, argument=True)
-    out: Path = option("PNG file for the grid of samples.")
+    checkpoint: Path = option(CHECKPOINT_HELP, argument=True, role=INPUT)
+    out: Path = option("PNG file for the grid of samples.", role=OUTPUT)
     n: int = option("How many images.", 16, low=1, flags=("--n",))
     ddim_steps: int | None = option("Sample with DDIM in this many steps (fast) instead of all DDPM steps.", None,
                                     low=1)
-    out_dir: Path | None = option("Also save each image as a PNG here.", None)
+    out_dir: Path | None = option("Also save each image as a PNG here.", None, role=OUTPUT_FOLDER)
     weights: Weights = option("The averaged (EMA) or the raw trained weights.", Weights.ema)
     device: Device = _device()
     seed: int = seed_option()
@@ -208,8 +215,8 @@ class ExportRun(ExtractorOptions):
       diffclass export --pixels --image-size 28 --channels 1 --out pixels.onnx
     """
 
-    checkpoint: Path | None = option(CHECKPOINT_HELP, None, argument=True)
-    out: Path | None = option("ONNX file to write.", None)
+    checkpoint: Path | None = option(CHECKPOINT_HELP, None, argument=True, role=INPUT)
+    out: Path | None = option("ONNX file to write.", None, role=OUTPUT)
     pixels: bool = _flag("--pixels", "Write the raw-pixel baseline extractor instead (needs --image-size, --channels).")
     image_size: int = option("With --pixels: side of the square images.", 28, low=4, high=4096)
     channels: int = option("With --pixels: 1 (gray) or 3 (RGB).", 1, low=1, high=3)
@@ -226,7 +233,7 @@ class ExportRun(ExtractorOptions):
         "set and the default set with one more decoder tap.", None)
     choose_on: str | None = option(
         "With --timestep auto or --taps auto: the unlabeled images to choose on, any SOURCE (default: the images the "
-        "backbone was trained on).", None)
+        "backbone was trained on).", None, role=INPUT)
     data_root: Path | None = _data_root()
     opset: int = option("ONNX opset (17 to 20).", 18, low=17, high=20)
     weights: Weights = option("The averaged (EMA) or the raw trained weights.", Weights.ema)
@@ -260,7 +267,7 @@ class InfoRun(Run):
     """
 
     path: Path = option("A file diffclass wrote: a checkpoint, an extractor (.onnx), a head (.skops) or a feature "
-                        "file (.h5).", argument=True)
+                        "file (.h5), or a table, picture or benchmark folder it wrote.", argument=True, role=INPUT)
     as_json: bool = _flag("--json", "Print it as JSON.")
 
 
@@ -277,8 +284,9 @@ class FeaturizeRun(Run):
     """
 
     source: str = _source()
-    out: Path = option("HDF5 feature file to write.", argument=True)
-    model: Path | None = option("Exported extractor (.onnx) (default: the shipped mnist-sample-ddpm.onnx).", None)
+    out: Path = option("HDF5 feature file to write.", argument=True, role=OUTPUT)
+    model: Path | None = option("Exported extractor (.onnx) (default: the shipped mnist-sample-ddpm.onnx).", None,
+                                role=INPUT)
     device: Device = _device()
     batch_size: int = _batch_size()
     threads: int | None = option("onnxruntime threads (default: all cores).", None, low=1, high=MAX_PROCESSES)
@@ -292,7 +300,7 @@ class FeaturizeRun(Run):
     strict: bool = _flag("--strict", "Stop at the first unreadable image.")
     dtype: FeatureDtype = option("How features are stored: float16 halves the file (readers get float32 back; "
                                  "docs/scale.md measures the accuracy change).", FeatureDtype.float32)
-    labels: Path | None = option(LABELS_HELP, None)
+    labels: Path | None = option(LABELS_HELP, None, role=INPUT)
     data_root: Path | None = _data_root()
     download: bool = _flag("--download", "Let torchvision download a missing dataset.")
     overwrite: bool = _overwrite()
@@ -308,8 +316,8 @@ class MergeRun(Run):
       diffclass merge photos.h5 parts/part-*.h5
     """
 
-    out: Path = option("Feature file to write.", argument=True)
-    parts: list[Path] = option("The shard files (any order).", argument=True)
+    out: Path = option("Feature file to write.", argument=True, role=OUTPUT)
+    parts: list[Path] = option("The shard files (any order).", argument=True, role=INPUT)
     overwrite: bool = _overwrite()
 
 
@@ -327,8 +335,8 @@ class FitRun(Run):
       diffclass fit train.h5 --out head.skops --per-class 10 --seed 1 --head logreg
     """
 
-    features: Path = option("A feature file made by `diffclass featurize`.", argument=True)
-    out: Path = option("Head file to write (.skops).")
+    features: Path = option("A feature file made by `diffclass featurize`.", argument=True, role=INPUT)
+    out: Path = option("Head file to write (.skops).", role=OUTPUT)
     head: HeadKind = option(
         "auto: semi where the unlabeled rows help, else logreg, decided from this file's rows (cross-validation over "
         "the labeled rows; with one label per class, the clusters' stability) and printed; logreg: scaled logistic "
@@ -346,8 +354,8 @@ class FitRun(Run):
         "--seed); bounds time and memory on large files.", MAX_UNLABELED, low=1)
     unlabeled: list[Path] | None = option(
         "semi / auto: another feature file of the same extractor whose rows are all used as unlabeled, whatever "
-        "their folders (repeat the option for several).", None)
-    labels: Path | None = option(LABELS_HELP, None)
+        "their folders (repeat the option for several).", None, role=INPUT)
+    labels: Path | None = option(LABELS_HELP, None, role=INPUT)
     strict_labels: bool = _flag("--strict-labels", "Fail, instead of warning, when labeled images sit with another "
                                 "class.")
     overwrite: bool = _overwrite()
@@ -367,16 +375,16 @@ class ExportClassifierRun(Run):
       diffclass predict photos/new --head classifier.onnx
     """
 
-    head: Path = option("A head file made by `diffclass fit`.", argument=True)
-    out: Path = option("Classifier file to write (.onnx).")
+    head: Path = option("A head file made by `diffclass fit`.", argument=True, role=INPUT)
+    out: Path = option("Classifier file to write (.onnx).", role=OUTPUT)
     model: Path | None = option("The extractor (.onnx) the head was fitted on, checked by sha256 (default: found "
-                                "where featurize ran it, or the shipped one).", None)
+                                "where featurize ran it, or the shipped one).", None, role=INPUT)
     overwrite: bool = _overwrite()
 
 
 def _out(what: str):
     return option(f"Write the {what} here instead of standard output ('-': standard output).", None,
-                  flags=("--out", "-o"))
+                  flags=("--out", "-o"), role=OUTPUT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,14 +402,15 @@ class SuggestRun(Run):
       diffclass suggest pool.h5 --budget 20 --labeled labeled.h5 --copy-to to-label/
     """
 
-    candidates: Path = option("A feature file of unlabeled (and maybe some labeled) images.", argument=True)
+    candidates: Path = option("A feature file of unlabeled (and maybe some labeled) images.", argument=True,
+                              role=INPUT)
     budget: int = option("How many images to suggest.", 10, low=1)
     labeled: Path | None = option("A feature file of images labeled already (same extractor): their clusters count "
-                                  "as covered.", None)
+                                  "as covered.", None, role=INPUT)
     output_format: OutputFormat = option("csv or jsonl.", OutputFormat.csv, flags=("--format",))
     out: str | None = _out("list")
     copy_to: Path | None = option("Also copy the suggested images into this folder, to sort into class subfolders.",
-                                  None)
+                                  None, role=OUTPUT_FOLDER)
     classes: int | None = option("How many classes the images hold, if you know: the pool is cut into at least "
                                  "that many clusters, and when the labels cannot cover them all, suggest names the "
                                  "clusters it leaves without a label.", None, low=2)
@@ -425,9 +434,9 @@ class EvaluateRun(Run):
       diffclass evaluate test.h5 --head head.skops --json | jq .accuracy
     """
 
-    inputs: list[str] = option(INPUTS_HELP, argument=True)
-    head: Path = option(HEAD_HELP, flags=("--head",))
-    model: Path | None = option(HEAD_MODEL_HELP, None)
+    inputs: list[str] = option(INPUTS_HELP, argument=True, role=INPUT)
+    head: Path = option(HEAD_HELP, flags=("--head",), role=INPUT)
+    model: Path | None = option(HEAD_MODEL_HELP, None, role=INPUT)
     as_json: bool = _flag("--json", "Print the metrics as JSON.")
     batch_size: int = _batch_size()
     workers: int = _workers(1)
@@ -481,10 +490,10 @@ class BenchmarkRun(ExtractorOptions):
     """
 
     models: list[Path] = option("Backbone checkpoints or exported extractors (.onnx); each is one feature set.",
-                                argument=True)
-    out: Path = option("Folder for results.csv, summary.md and the plots.")
-    train: str = option("Labeled images the few labels are drawn from.", "mnist-sample:train")
-    test: str = option("Held-out labeled split accuracy is measured on.", "mnist-sample:test")
+                                argument=True, role=INPUT)
+    out: Path = option("Folder for results.csv, summary.md and the plots.", role=OUTPUT_FOLDER)
+    train: str = option("Labeled images the few labels are drawn from.", "mnist-sample:train", role=INPUT)
+    test: str = option("Held-out labeled split accuracy is measured on.", "mnist-sample:test", role=INPUT)
     per_class: str | None = option("Labels per class, comma-separated (default: those of 1,2,5,10,32,100 that every "
                                    "class of the train split can give).", None, show_default=False)
     draws: int = option("Seeded draws of the labeled set per K.", 5, low=1)
@@ -538,13 +547,14 @@ class PlotRun(Run):
       diffclass plot train.h5 --out map.png --compare pixels.h5 --thumbnails mnist-sample:train
     """
 
-    features: Path = option("A feature file made by `diffclass featurize`.", argument=True)
-    out: Path = option("PNG file to write.")
+    features: Path = option("A feature file made by `diffclass featurize`.", argument=True, role=INPUT)
+    out: Path = option("PNG file to write.", role=OUTPUT)
     method: Projection = option("How to project to 2-D: tsne (seconds for a few thousand rows), umap (its first "
                                 "call compiles for about ten seconds), pca.", Projection.tsne)
-    compare: Path | None = option("A second feature file drawn beside the first (e.g. raw pixels).", None)
+    compare: Path | None = option("A second feature file drawn beside the first (e.g. raw pixels).", None,
+                                  role=INPUT)
     thumbnails: str | None = option("The SOURCE the features came from: draw a sample of its images at their "
-                                    "positions.", None)
+                                    "positions.", None, role=INPUT)
     max_points: int | None = option("Plot a reproducible sample of at most N rows.", 5000, low=3)
     seed: int = seed_option()
     overwrite: bool = _overwrite()
@@ -559,10 +569,10 @@ class ShowPredictionsRun(Run):
       diffclass predict test.h5 --head head.skops | diffclass show-predictions - --source mnist-sample:test --out p.png
     """
 
-    predictions: str = option("predict's CSV or JSON lines, or - for standard input.", argument=True)
+    predictions: str = option("predict's CSV or JSON lines, or - for standard input.", argument=True, role=INPUT)
     source: str | None = option("The SOURCE the predicted images came from: needed for predictions of feature files, "
                                 "and where the truth comes from (its class folders); default: the predicted paths "
-                                "themselves, as image files.", None)
-    out: Path = option("PNG file to write.")
+                                "themselves, as image files.", None, role=INPUT)
+    out: Path = option("PNG file to write.", role=OUTPUT)
     n: int = option("How many images.", 40, low=1, flags=("--n",))
     overwrite: bool = _overwrite()

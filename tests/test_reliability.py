@@ -247,7 +247,7 @@ def test_forged_extractor_metadata_is_refused_in_one_line(cli, class_tree, tiny_
     assert cli("info", model).exit_code == 1
 
 
-def test_symbolic_links_are_followed_or_reported(tmp_path):
+def test_links_to_files_are_followed_and_others_reported_unopened(tmp_path):
     real = tmp_path / "elsewhere" / "cats"
     real.mkdir(parents=True)
     for i in range(2):
@@ -259,11 +259,17 @@ def test_symbolic_links_are_followed_or_reported(tmp_path):
     (root / "dogs" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     (root / "dogs" / "self.png").symlink_to(root / "dogs" / "self.png")
     (root / "dogs" / "up").symlink_to(root)
+    (root / "dogs" / "linked.png").symlink_to(real / "0.png")
+    os.mkfifo(root / "dogs" / "pipe.png")
+    (root / "slash").symlink_to("/")
     source = open_source(str(root))
-    assert source.ids == ["cats/0.png", "cats/1.png", "dogs/d.png"] and source.class_names == ["cats", "dogs"]
-    assert dict(source.skipped) == {"dogs/gone.png": "a broken symbolic link",
+    assert source.ids == ["dogs/d.png", "dogs/linked.png"] and source.class_names == ["dogs"]
+    assert dict(source.skipped) == {"cats": "a symbolic link to a folder (not followed)",
+                                    "slash": "a symbolic link to a folder (not followed)",
+                                    "dogs/gone.png": "a broken symbolic link",
+                                    "dogs/pipe.png": "not a regular file (a pipe, device or socket)",
                                     "dogs/self.png": "a symbolic link loop",
-                                    "dogs/up": "a symbolic link to a folder that is already scanned"}
+                                    "dogs/up": "a symbolic link to a folder (not followed)"}
 
 
 @pytest.mark.parametrize("args, message", [

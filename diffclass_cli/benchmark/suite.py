@@ -29,7 +29,7 @@ from diffclass_cli.data.sources import UNLABELED, open_source, stratified_split
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.extractor_format import read_metadata
 from diffclass_cli.extractors.spec import ExtractorSpec, pool_name, timesteps_name
-from diffclass_cli.files import atomic_folder, refuse_folder, refuse_inside_inputs
+from diffclass_cli.files import atomic_folder, refuse_folder
 from diffclass_cli.heads.models import HeadKind
 from diffclass_cli.options import parse_ints
 from diffclass_cli.runs import BenchmarkRun
@@ -154,7 +154,6 @@ def run_benchmark(models: list[Path], out: Path, spec: ExtractorSpec, protocol: 
     it is finished, so a stopped run keeps them); returns the summary markdown. `baselines` None:
     pixels, pca, and the supervised CNN where it fits in CNN_MINUTES."""
     refuse_folder(out, overwrite)  # before minutes of work, not after
-    refuse_inside_inputs(out, [train, test, *models])
     began = time.perf_counter()
     size, channels = model_input_shape(models[0])
     train_split = load_split(train, size, channels, data_root)

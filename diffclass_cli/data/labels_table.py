@@ -22,6 +22,19 @@ PATH_COLUMNS = ("path", "file", "filename", "filepath", "image", "imagepath", "i
 LABEL_COLUMNS = ("label", "class", "category", "classname", "labelname", "target")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP)
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A text cell for a CSV we write: one that a spreadsheet would take for a formula gets a
+    leading apostrophe (read back without it by `table_rows`)."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def _unescaped(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
 def _column_name(cell: str) -> str:
     return "".join(c for c in cell.strip().lower() if c not in " _-")
 
@@ -61,13 +74,10 @@ def table_rows(data: bytes, name: Path | str):
 
 def _csv_rows(text: str, path: Path):
     """(line number, path, label) of each labeled row of a CSV table."""
-    try:
-        dialect = csv.Sniffer().sniff(text[:SNIFFED_BYTES], delimiters=DELIMITERS)
-    except csv.Error:  # one column, or nothing to tell by: the ordinary comma
-        dialect = csv.excel
+    delimiter = _delimiter(text)
     previous = csv.field_size_limit(MAX_CELL)
     try:
-        rows = [(number, row) for number, row in enumerate(csv.reader(text.splitlines(), dialect), 1)
+        rows = [(number, row) for number, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter), 1)
                 if any(cell.strip() for cell in row)]
     except csv.Error as err:
         raise DiffclassError(f"{path} is not a labels table CSV ({err})") from None
@@ -81,7 +91,7 @@ def _csv_rows(text: str, path: Path):
     else:
         widths = sorted({len(row) for _, row in rows})
         if widths != [2]:
-            first = dialect.delimiter.join(rows[0][1])[:80]
+            first = delimiter.join(rows[0][1])[:80]
             hint = " (one column: separate path and label by a comma, semicolon or tab)" if widths[-1] == 1 else ""
             raise DiffclassError(
                 f"{path}: no header row names a path and a label column, and its rows have {widths[-1]} columns, not "
@@ -90,9 +100,25 @@ def _csv_rows(text: str, path: Path):
     for number, row in rows:
         if len(row) <= max(columns) or not row[columns[0]].strip():
             raise DiffclassError(f"{path}, line {number}: expected a path and a label, got {','.join(row)[:80]!r}")
-        label = row[columns[1]].strip()
+        label = _unescaped(row[columns[1]].strip())
         if label:  # rows not filled in yet stay unlabeled
-            yield number, row[columns[0]], label
+            yield number, _unescaped(row[columns[0]]), label
+
+
+def _delimiter(text: str) -> str:
+    """The delimiter whose split of the first line is a header naming path and label columns,
+    else the one csv's sniffer finds, else a comma. Quotes are always double quotes."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    for delimiter in DELIMITERS:
+        try:
+            if header_columns(next(csv.reader([first[:MAX_CELL]], delimiter=delimiter), [])):
+                return delimiter
+        except csv.Error:
+            continue
+    try:
+        return csv.Sniffer().sniff(text[:SNIFFED_BYTES], delimiters=DELIMITERS).delimiter
+    except csv.Error:  # one column, or nothing to tell by
+        return ","
 
 
 def _json_rows(text: str, path: Path):

@@ -5,6 +5,7 @@ Every command that reads images opens them here, so a SOURCE means the same thin
 
 import errno
 import os
+import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -38,6 +39,9 @@ class FolderLoader:
     def __call__(self, index: int) -> Image.Image:
         path = self.root / self.relpaths[index]
         try:
+            reason = _not_a_file(path)  # never opened: a pipe would hang the run
+            if reason is not None:
+                raise UnreadableImage(reason)
             with Image.open(path) as img:
                 img.load()
                 return ImageOps.exif_transpose(img)  # a phone's photo stands as it was taken
@@ -174,30 +178,43 @@ def stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _scan(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Every non-hidden file under `root`, following symbolic links to files and folders (each
-    folder once); broken or looping links are returned as skipped, with the reason."""
-    files, skipped, seen = [], [], set()
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        identity = os.stat(folder)
-        if (identity.st_dev, identity.st_ino) in seen:  # a link back to a folder already scanned
-            rel = Path(folder).relative_to(root).as_posix()
-            skipped.append((rel, "a symbolic link to a folder that is already scanned"))
-            dirs.clear()
-            continue
-        seen.add((identity.st_dev, identity.st_ino))
-        # Real folders before links, each sorted: a link to a folder scanned anyway is skipped, so it never
-        # takes that folder's images under its own name.
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=lambda d: (os.path.islink(Path(folder, d)), d))
+    """Every non-hidden regular file under `root`, and links to files; what cannot be read as a
+    file is returned as skipped, with the reason, without being opened: links to folders (never
+    descended, so a link to / cannot walk the whole disk), broken or looping links, pipes,
+    devices and sockets, and folders that cannot be listed."""
+    files, skipped = [], []
+
+    def unlistable(err: OSError) -> None:
+        skipped.append((Path(err.filename).relative_to(root).as_posix(), f"cannot list it ({err.strerror})"))
+
+    for folder, dirs, names in os.walk(root, onerror=unlistable):
+        for name in [d for d in dirs if os.path.islink(Path(folder, d))]:
+            if not name.startswith("."):
+                skipped.append((Path(folder, name).relative_to(root).as_posix(),
+                                "a symbolic link to a folder (not followed)"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(Path(folder, d)))
         for name in names:
             path = Path(folder, name)
             if name.startswith("."):
                 continue
-            if path.is_file():
+            reason = _not_a_file(path)
+            if reason is None:
                 files.append(path)
-            elif path.is_symlink():
-                reason = "a symbolic link loop" if _link_loops(path) else "a broken symbolic link"
+            elif path.suffix.lower() in IMAGE_EXTENSIONS or path.is_symlink():
                 skipped.append((path.relative_to(root).as_posix(), reason))
     return sorted(files, key=lambda p: p.relative_to(root).parts), sorted(skipped)
+
+
+def _not_a_file(path: Path) -> str | None:
+    """None for a regular file (or a link to one), else why it is not read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a symbolic link loop" if _link_loops(path) else "a broken symbolic link"
+    if stat.S_ISREG(mode):
+        return None
+    return "a symbolic link to a folder (not followed)" if stat.S_ISDIR(mode) else \
+        "not a regular file (a pipe, device or socket)"
 
 
 def _link_loops(path: Path) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 
 from diffclass_cli.choices import Device, OutputFormat
 from diffclass_cli.console import log, progress
+from diffclass_cli.data.labels_table import spreadsheet_safe
 from diffclass_cli.data.sources import UNLABELED, ImageSource
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.features.extract import DEFAULT_MODEL, source_batches
@@ -202,11 +203,11 @@ class PredictionFormat:
         return header + ([f"p_{c}" for c in names] if self.proba else [])
 
     def csv_row(self, record: dict) -> list[str]:
-        row = [record["path"], record["label"], f"{record['confidence']:.6f}"]
+        row = [spreadsheet_safe(record["path"]), spreadsheet_safe(record["label"]), f"{record['confidence']:.6f}"]
         if "status" in record:
             row.append(record["status"])
         for top in record.get("top", [])[1:]:
-            row += [top["label"], f"{top['confidence']:.6f}"]
+            row += [spreadsheet_safe(top["label"]), f"{top['confidence']:.6f}"]
         return row + [f"{v:.6f}" for v in record.get("proba", {}).values()]
 
 

@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from diffclass_cli.choices import OutputFormat
 from diffclass_cli.console import log
+from diffclass_cli.data.labels_table import spreadsheet_safe
 from diffclass_cli.data.sources import UNLABELED
 from diffclass_cli.errors import DiffclassError
 from diffclass_cli.features.h5 import check_finite, open_feature_file, open_feature_files, take_across
@@ -195,7 +196,7 @@ def write_suggestions(paths: list[str], chosen: list[Suggestion], stream: TextIO
         return
     writer = csv.DictWriter(stream, SUGGESTION_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows({**r, "path": spreadsheet_safe(r["path"])} for r in records)
 
 
 def copy_suggested(candidates: Path, paths: list[str], chosen: list[Suggestion], folder: Path) -> int:
