@@ -175,14 +175,15 @@ def _paths(values) -> list[Path]:
     return [Path(v) for v in flat if v is not None and str(v) != STDOUT and os.path.lexists(v)]
 
 
-def refuse_inputs_as_outputs(inputs, outputs, folder_outputs=()) -> None:
+def refuse_inputs_as_outputs(inputs, outputs, folder_outputs=(), roots=()) -> None:
     """Refuse, whatever --overwrite says, an output that is one of the inputs (the same file by
     device and inode: a hard link or another name too) or lies inside an input folder, and a
     folder output that holds an input or lies inside one: writing it would destroy what the
-    command reads. Each argument is a list of option values (paths, lists of paths, None)."""
+    command reads. `roots`: folders read too, which outputs may lie in but not be. Each argument
+    is a list of option values (paths, lists of paths, None)."""
     read = [p for value in inputs for p in _paths(value)]
     for given in [p for value in [*outputs, *folder_outputs] for p in _paths(value)]:
-        for source in read:
+        for source in read + [p for value in roots for p in _paths(value)]:
             if os.path.samefile(given, source):
                 raise DiffclassError(f"{given} is also an input of this command ({source}); write to another file")
     written = [Path(v) for value in outputs for v in (value if isinstance(value, list) else [value])

@@ -23,6 +23,7 @@ MAX_PROCESSES = 1024
 
 
 INPUT, OUTPUT, OUTPUT_FOLDER = "input", "output", "output folder"  # what a path option is to its command
+INPUT_ROOT = "input root"  # a folder a library reads its own files from (torchvision's): outputs may lie in it
 
 
 def option(help: str, default=MISSING, *, low: float | None = None, high: float | None = None, above: bool = False,
@@ -31,9 +32,9 @@ def option(help: str, default=MISSING, *, low: float | None = None, high: float 
     """A config field that is also an option. `low`/`high`: its range (`above`: low itself is
     refused); `flags`: its spelling (default `--field-name`); `argument`: positional on the command
     line; `negatable`: a flag with a `--no-` form; `text`: it is typed as text and parsed by this
-    function (e.g. '1,2,2' -> (1, 2, 2)); `role`: for a file or folder, INPUT (read), OUTPUT
-    (a file written) or OUTPUT_FOLDER (a folder written), which files.refuse_inputs_as_outputs
-    holds apart."""
+    function (e.g. '1,2,2' -> (1, 2, 2)); `role`: for a file or folder, INPUT (read), INPUT_ROOT,
+    OUTPUT (a file written) or OUTPUT_FOLDER (a folder written), which
+    files.refuse_inputs_as_outputs holds apart."""
     metadata = {"help": help, "low": low, "high": high, "above": above, "flags": flags, "metavar": metavar,
                 "argument": argument, "negatable": negatable, "text": text, "show_default": show_default,
                 "role": role}

@@ -204,7 +204,7 @@ def test_export_cli_list_taps_info_and_refusals(cli, tiny_checkpoint, exported, 
     result = cli("export", tmp_path / "foreign.ckpt", "--out", tmp_path / "x.onnx")
     assert result.exit_code == 1 and "not a diffclass checkpoint" in result.stderr
     result = cli("info", tmp_path / "foreign.ckpt")
-    assert result.exit_code == 1 and "not an ONNX file" in result.stderr
+    assert result.exit_code == 1 and "not a file diffclass wrote" in result.stderr
 
 
 def test_pixel_baseline_extractor(cli, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffclass_cli import runs
-from diffclass_cli.options import INPUT, OUTPUT, OUTPUT_FOLDER, option_fields
+from diffclass_cli.options import INPUT, INPUT_ROOT, OUTPUT, OUTPUT_FOLDER, option_fields
 from tests.conftest import assert_one_line_error, write_feature_file
 
 SOURCE_LIKE = {"source", "train", "test", "thumbnails", "choose_on", "predictions", "inputs", "init", "out"}
@@ -23,7 +23,7 @@ def test_every_file_or_folder_option_declares_its_role(run_class):
     for f in option_fields(run_class):
         names_a_path = "Path" in str(hints[f.name]) or f.name in SOURCE_LIKE
         if names_a_path:
-            assert f.metadata["role"] in (INPUT, OUTPUT, OUTPUT_FOLDER), f"{run_class.__name__}.{f.name}"
+            assert f.metadata["role"] in (INPUT, INPUT_ROOT, OUTPUT, OUTPUT_FOLDER), f"{run_class.__name__}.{f.name}"
         else:
             assert f.metadata["role"] is None, f"{run_class.__name__}.{f.name}"
 

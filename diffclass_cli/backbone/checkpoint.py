@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
 from diffclass_cli import __version__
 from diffclass_cli.backbone.config import Backbone, Weights, config_from_json, config_to_json
@@ -58,11 +58,12 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
         "optimizer_groups": json.dumps(groups),
     }
     tensors = {k: v.detach().cpu().clone() for k, v in tensors.items()}  # safetensors refuses shared memory
+    data = save(tensors, metadata=metadata)  # bytes: safetensors' own file writer renames a file of its own
     with atomic_output(path, overwrite=True) as tmp:
         try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as err:  # a full disk, a file-size limit: the last checkpoint stays as it was
-            raise DiffclassError(f"cannot write {path}: {str(err).splitlines()[0][:200]}") from None
+            Path(tmp).write_bytes(data)
+        except OSError as err:  # a full disk, a file-size limit: the last checkpoint stays as it was
+            raise DiffclassError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def read_checkpoint_metadata(path: Path) -> dict[str, str]:

@@ -142,7 +142,7 @@ def _check_room(path: Path, nbytes: int) -> None:
     """Refuse a write that would not fit on the disk or under the process's file-size limit: HDF5
     cannot recover from a failed write (it may crash at exit), so we stop before one, cleanly."""
     need = 2 * nbytes + ROOM_SPARE
-    disk = os.statvfs(path.parent)
+    disk = os.statvfs(path if path.exists() else path.parent)  # the file's own disk, whatever its name
     free = disk.f_bavail * disk.f_frsize
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else -1
     room = min(free, limit - path.stat().st_size if limit >= 0 else free)
