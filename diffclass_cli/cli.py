@@ -329,3 +329,10 @@ def show_predictions(run: runs.ShowPredictionsRun) -> None:
 
     shown, wrong = run.call(prediction_grid, source_spec=run.source)
     log.info(f"wrote {run.out}: {shown} images, {wrong} wrong")
+
+
+@command(runs.LabelRun)
+def label(run: runs.LabelRun) -> None:
+    from diffclass_cli.labeling import serve
+
+    serve(run)

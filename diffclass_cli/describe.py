@@ -180,7 +180,7 @@ def _checkpoint(path: Path) -> dict:
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
         if length > min(size - 8, MAX_SAFETENSORS_HEADER):
-            raise DiffclassError(f"{path} is damaged: its header claims {length} bytes")
+            raise _not_ours(path, f"damaged or not a checkpoint: its header claims {length} bytes")
         try:
             header = json.loads(f.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -577,3 +577,40 @@ class ShowPredictionsRun(Run):
     out: Path = option("PNG file to write.", role=OUTPUT)
     n: int = option("How many images.", 40, low=1, flags=("--n",))
     overwrite: bool = _overwrite()
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelRun(Run):
+    """Label images in the browser: a local page shows the images `suggest` picks, most valuable
+    first; type a class (or press its number) and Enter. Every answer is saved at once to the
+    labels table, so closing the page loses nothing and running the command again goes on where
+    it stopped. After the budget: check the labels that look wrong, fit the head, label more.
+
+    Examples:\n
+      diffclass label pool.h5 --budget 20 --out head.skops\n
+      diffclass label pool.h5 --budget 10 --classes cat,dog,bird --labels my-labels.csv --no-browser
+    """
+
+    pool: Path = option("A feature file of the images to label (made by `diffclass featurize`).", argument=True,
+                        role=INPUT)
+    budget: int = option("How many images to ask about first.", 10, low=1)
+    labels: Path | None = option("The labels table the answers go to, read first if it exists (default: "
+                                 "POOL's name with -labels.csv).", None, role=OUTPUT)
+    out: Path | None = option("Head file the page fits (.skops); without it the page only labels.", None,
+                              role=OUTPUT)
+    classes: str | None = option("The class names, comma-separated, offered from the start (others can be typed).",
+                                 None)
+    source: str | None = option("The SOURCE the pool was featurized from, where its images are read (default: the "
+                                "one the file records).", None, role=INPUT)
+    host: str = option("Address to serve the page on (only this machine by default).", "127.0.0.1")
+    port: int = option("Port to serve on (0: a free one).", 0, low=0, high=65535)
+    no_browser: bool = _flag("--no-browser", "Print the page's address without opening a browser.")
+    seed: int = seed_option()
+
+    @property
+    def labels_table(self) -> Path:
+        return self.labels or self.pool.with_name(self.pool.stem + "-labels.csv")
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.strip() for c in (self.classes or "").split(",") if c.strip()]

@@ -106,11 +106,13 @@ def rgb_onnx(tmp_path_factory):
     return folder / "rgb.onnx"
 
 
-def write_feature_file(path: Path, features, labels, paths, class_names, extractor_sha256="raw-pixels") -> Path:
-    """A feature file written through the real writer (for heads tests without an extractor)."""
+def write_feature_file(path: Path, features, labels, paths, class_names, extractor_sha256="raw-pixels",
+                       attrs: dict | None = None) -> Path:
+    """A feature file written through the real writer (for heads tests without an extractor);
+    `attrs` replace the made-up record of its extractor and source (e.g. a real file's)."""
     from diffclass_cli.features.h5 import FeatureWriter
 
-    attrs = {"extractor_sha256": extractor_sha256, "extractor_name": "pixels", "source": "test"}
+    attrs = attrs or {"extractor_sha256": extractor_sha256, "extractor_name": "pixels", "source": "test"}
     writer = FeatureWriter(path, features.shape[1], attrs, class_names)
     writer.append(features.astype(np.float32), np.asarray(labels), list(paths), [], len(paths))
     writer.close()
@@ -153,3 +155,17 @@ def assert_same_feature_file(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(x["skipped"][:], y["skipped"][:])
         for key in ("rows", "source_rows_done", "extractor_sha256", "source_fingerprint", "shard"):
             assert x.attrs[key] == y.attrs[key], key
+
+
+def unlabeled_copy(features: Path, out: Path) -> Path:
+    """`features` with every row unlabeled: a pool of images nobody has labeled yet, made by the
+    same extractor from the same source."""
+    import h5py
+
+    from diffclass_cli.features.h5 import read_features
+
+    table = read_features(features)
+    with h5py.File(features, "r") as f:
+        attrs = {k: v for k, v in f.attrs.items() if k.startswith(("extractor", "source", "feature", "timesteps",
+                                                                     "taps", "pool"))}
+    return write_feature_file(out, table.features, np.full(len(table.paths), -1), table.paths, [], attrs=attrs)

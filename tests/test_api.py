@@ -70,10 +70,14 @@ def test_fit_predict_and_evaluate_agree_with_the_commands(cli, tiny_onnx, tmp_pa
 def test_train_and_export_from_python(tmp_path, mnist_train_pixels):
     from PIL import Image
 
+    images = tmp_path / "images"
+    images.mkdir()
     for i in range(16):
-        Image.fromarray(mnist_train_pixels[i, 0]).save(tmp_path / f"{i}.png")
-    ckpt = train(tmp_path, tmp_path / "bb.ckpt", steps=2, batch_size=8, width=8, channel_mults=(1, 2))
+        Image.fromarray(mnist_train_pixels[i, 0]).save(images / f"{i}.png")
+    ckpt = train(images, tmp_path / "bb.ckpt", steps=2, batch_size=8, width=8, channel_mults=(1, 2))
     meta = export(ckpt, tmp_path / "bb.onnx", timestep=50, taps="mid", pool="global")
     assert meta["timesteps"] == [50] and meta["taps"] == ["mid"] and meta["image_size"] == 28
     with pytest.raises(DiffclassError, match="unknown training option.* stepz"):
-        train(tmp_path, tmp_path / "typo.ckpt", stepz=2)
+        train(images, tmp_path / "typo.ckpt", stepz=2)
+    with pytest.raises(DiffclassError, match="would lie in an input of this command"):
+        train(images, images / "bb.ckpt", steps=2)
