@@ -169,3 +169,14 @@ def unlabeled_copy(features: Path, out: Path) -> Path:
         attrs = {k: v for k, v in f.attrs.items() if k.startswith(("extractor", "source", "feature", "timesteps",
                                                                      "taps", "pool"))}
     return write_feature_file(out, table.features, np.full(len(table.paths), -1), table.paths, [], attrs=attrs)
+
+
+def write_two_blobs(path: Path, per_class: int = 10, dims: int = 3, class_names=("x", "y"), paths=None,
+                    labels=None) -> Path:
+    """A feature file of two well-separated classes, `per_class` rows each (labeled by class
+    unless `labels` says otherwise), named `0.png`, `1.png`, ... unless `paths` names them."""
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (per_class, dims)), rng.normal(5, 1, (per_class, dims))])
+    labels = np.repeat([0, 1], per_class) if labels is None else labels
+    paths = [f"{i}.png" for i in range(2 * per_class)] if paths is None else paths
+    return write_feature_file(path, features, labels, paths, list(class_names))

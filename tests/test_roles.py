@@ -6,12 +6,11 @@ import os
 import typing
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from diffclass_cli import runs
 from diffclass_cli.options import INPUT, INPUT_ROOT, OUTPUT, OUTPUT_FOLDER, option_fields
-from tests.conftest import assert_one_line_error, write_feature_file
+from tests.conftest import assert_one_line_error, write_two_blobs
 
 SOURCE_LIKE = {"source", "train", "test", "thumbnails", "choose_on", "predictions", "inputs", "init", "out"}
 RUNS = [c for c in vars(runs).values() if isinstance(c, type) and issubclass(c, runs.Run) and c is not runs.Run]
@@ -30,11 +29,7 @@ def test_every_file_or_folder_option_declares_its_role(run_class):
 
 @pytest.fixture
 def files(tmp_path):
-    rng = np.random.default_rng(0)
-    features = np.concatenate([rng.normal(0, 1, (10, 3)), rng.normal(4, 1, (10, 3))])
-    labels = np.repeat([0, 1], 10)
-    a = write_feature_file(tmp_path / "a.h5", features, labels, [f"{i}.png" for i in range(20)], ["x", "y"])
-    b = write_feature_file(tmp_path / "b.h5", features, labels, [f"{i}.png" for i in range(20)], ["x", "y"])
+    a, b = write_two_blobs(tmp_path / "a.h5"), write_two_blobs(tmp_path / "b.h5")
     table = tmp_path / "labels.csv"
     table.write_text("0.png,x\n15.png,y\n")
     images = tmp_path / "images"
@@ -155,10 +150,8 @@ def test_a_thread_swapping_links_during_real_runs_never_reaches_the_victim(cli, 
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_read_back(cli, tmp_path):
-    rng = np.random.default_rng(0)
-    features = np.concatenate([rng.normal(0, 1, (10, 3)), rng.normal(4, 1, (10, 3))])
     names = [f"=HYPERLINK(x){i}.png" if i % 2 else f"@{i}.png" for i in range(20)]
-    pool = write_feature_file(tmp_path / "p.h5", features, np.repeat([0, 1], 10), names, ["+low", "-high"])
+    pool = write_two_blobs(tmp_path / "p.h5", paths=names, class_names=("+low", "-high"))
     assert cli("fit", pool, "--out", tmp_path / "h.skops", "--head", "logreg").exit_code == 0
     result = cli("predict", pool, "--head", tmp_path / "h.skops", "--out", tmp_path / "p.csv")
     assert result.exit_code == 0, result.output

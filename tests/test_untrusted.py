@@ -7,16 +7,12 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import assert_one_line_error, write_feature_file
+from tests.conftest import assert_one_line_error, write_feature_file, write_two_blobs
 
 
 @pytest.fixture
 def small(tmp_path):
-    rng = np.random.default_rng(0)
-    features = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(5, 1, (20, 4))])
-    labels = np.repeat([0, 1], 20)
-    path = write_feature_file(tmp_path / "small.h5", features, labels, [f"{i}.png" for i in range(40)], ["a", "b"])
-    return path
+    return write_two_blobs(tmp_path / "small.h5", per_class=20, dims=4, class_names=("a", "b"))
 
 
 @pytest.fixture
