@@ -162,3 +162,19 @@ def test_training_refuses_images_that_cannot_fit_in_memory_before_loading_them(c
     result = cli("train-backbone", "-", "--out", tmp_path / "bb.ckpt", "--image-size", side, "--channels", 3,
                  "--steps", 1, input=many.read_text())
     assert_one_line_error(result, "more than half of this machine's")
+
+
+def test_paths_that_are_not_utf8_are_escaped_not_a_traceback(cli, tmp_path):
+    import h5py
+
+    path = write_two_blobs(tmp_path / "odd.h5")
+    with h5py.File(path, "r+") as f:
+        f["paths"][0] = b"\xff\xfe.png"  # bytes no UTF-8 text holds, as a crafted file may carry
+    assert cli("fit", path, "--out", tmp_path / "h.skops", "--head", "logreg").exit_code == 0
+    predicted = cli("predict", path, "--head", tmp_path / "h.skops")
+    assert predicted.exit_code == 0 and "\\xff\\xfe.png,x," in predicted.stdout
+    for args in (("evaluate", path, "--head", tmp_path / "h.skops"), ("info", path),
+                 ("plot", path, "--out", tmp_path / "m.png", "--method", "pca"), ("suggest", path, "--budget", 2),
+                 ("merge", tmp_path / "m.h5", path)):
+        result = cli(*args)
+        assert result.exit_code in (0, 1) and "Traceback" not in result.output, args

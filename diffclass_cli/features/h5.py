@@ -40,6 +40,11 @@ PROGRESS_ATTR = "source_rows_done"  # rows of the source consumed so far (writte
 COMMIT_ATTR = "committed"
 
 
+def _text(stored: bytes) -> str:
+    """A stored string as text; bytes that are not UTF-8 (a file we did not write) as `\\xff` escapes."""
+    return stored.decode("utf-8", "backslashreplace")
+
+
 def storable(text: str) -> str:
     """Text as valid UTF-8: a file name that is not UTF-8 (held by Python as surrogate
     escapes) keeps its odd bytes as `\\xff` escapes."""
@@ -278,7 +283,7 @@ class FeatureReader:
 
     def paths(self) -> list[str]:
         """Every row's path, read a chunk at a time."""
-        return [p.decode() for start in range(0, self.rows, self.chunk_rows)
+        return [_text(p) for start in range(0, self.rows, self.chunk_rows)
                 for p in self.file["paths"][start:start + self.chunk_rows]]
 
     def chunks(self) -> Iterator[Rows]:
@@ -306,7 +311,7 @@ class FeatureReader:
     def _read(self, start: int, stop: int) -> Rows:
         f = self.file
         return Rows(f["features"][start:stop].astype(np.float32, copy=False),
-                    self.labels[start:stop], [p.decode() for p in f["paths"][start:stop]])
+                    self.labels[start:stop], [_text(p) for p in f["paths"][start:stop]])
 
 
 @contextmanager
@@ -427,7 +432,7 @@ def read_features(path: Path) -> FeatureFile:
 
 def copy_rows(reader: FeatureReader, writer: FeatureWriter) -> None:
     """Append every row and skipped file of an open feature file to `writer`, chunk by chunk."""
-    skipped = [(p.decode(), r.decode()) for p, r in reader.file["skipped"][:]]
+    skipped = [(_text(p), _text(r)) for p, r in reader.file["skipped"][:]]
     unreadable = int(reader.attrs[PROGRESS_ATTR]) - reader.rows  # source rows that were skipped, not written
     writer.append(np.empty((0, reader.feature_dim), np.float32), np.empty(0, np.int64), [], skipped,
                   source_rows=unreadable)
