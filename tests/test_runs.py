@@ -21,7 +21,7 @@ RUNS = {"train-backbone": runs.TrainRun, "sample": runs.SampleRun, "export": run
         "featurize": runs.FeaturizeRun, "merge": runs.MergeRun, "fit": runs.FitRun,
         "export-classifier": runs.ExportClassifierRun, "suggest": runs.SuggestRun, "predict": runs.PredictRun,
         "evaluate": runs.EvaluateRun, "benchmark": runs.BenchmarkRun, "plot": runs.PlotRun,
-        "show-predictions": runs.ShowPredictionsRun}
+        "show-predictions": runs.ShowPredictionsRun, "label": runs.LabelRun}
 
 
 def _declared(command) -> dict[str, object]:
