@@ -593,7 +593,8 @@ class LabelRun(Run):
 
     pool: Path = option("A feature file of the images to label (made by `diffclass featurize`).", argument=True,
                         role=INPUT)
-    budget: int = option("How many images to ask about first.", 10, low=1)
+    budget: int = option("How many labels to reach this round (those already in the labels table count).", 10,
+                         low=1)
     labels: Path | None = option("The labels table the answers go to, read first if it exists (default: "
                                  "POOL's name with -labels.csv).", None, role=OUTPUT)
     out: Path | None = option("Head file the page fits (.skops); without it the page only labels.", None,
