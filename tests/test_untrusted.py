@@ -2,6 +2,8 @@
 file never makes us read another file, and --overwrite replaces regular files only."""
 
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -165,8 +167,6 @@ def test_training_refuses_images_that_cannot_fit_in_memory_before_loading_them(c
 
 
 def test_paths_that_are_not_utf8_are_escaped_not_a_traceback(cli, tmp_path):
-    import h5py
-
     path = write_two_blobs(tmp_path / "odd.h5")
     with h5py.File(path, "r+") as f:
         f["paths"][0] = b"\xff\xfe.png"  # bytes no UTF-8 text holds, as a crafted file may carry
@@ -178,3 +178,26 @@ def test_paths_that_are_not_utf8_are_escaped_not_a_traceback(cli, tmp_path):
                  ("merge", tmp_path / "m.h5", path)):
         result = cli(*args)
         assert result.exit_code in (0, 1) and "Traceback" not in result.output, args
+
+
+def _declaring(path, grow):
+    with h5py.File(path, "r+") as f:
+        grow(f)
+    return path
+
+
+@pytest.mark.parametrize("grow", [
+    lambda f: [f[name].resize(1_500_000_000, axis=0) for name in ("features", "labels", "paths")],
+    lambda f: (f.__delitem__("class_names"), f.create_dataset("class_names", shape=(1,), dtype="S2000000000")),
+], ids=["1.5e9-rows", "2GB-class-names"])
+def test_a_small_file_declaring_gigabytes_is_refused_under_a_memory_limit(tmp_path, grow):
+    """A bound is a fact, not a hope: the command runs under a 2 GB address-space limit."""
+    crafted = _declaring(write_two_blobs(tmp_path / "crafted.h5"), grow)
+    assert crafted.stat().st_size < 100_000
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "from diffclass_cli.cli import app; sys.argv = ['diffclass', *sys.argv[1:]]; app()")
+    for args in (["info", crafted], ["fit", crafted, "--out", tmp_path / "h.skops"], ["suggest", crafted]):
+        result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("diffclass: error: ") and "declares" in result.stderr

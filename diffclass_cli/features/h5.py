@@ -324,7 +324,27 @@ def open_feature_file(path: Path) -> Iterator[FeatureReader]:
         raise DiffclassError(f"{path} is not an HDF5 file ({err})") from err
     with f:
         _refuse_outside_storage(f, path)
+        _refuse_declared_beyond_file(f, path)
         yield FeatureReader(f, path)
+
+
+DECLARED_SLACK = 1 << 20  # bytes a dataset may declare beyond the file's size (headers, rounding)
+
+
+def _refuse_declared_beyond_file(f: h5py.File, path: Path) -> None:
+    """A dataset declaring more fixed-size data than the whole file holds (HDF5 fills unwritten
+    chunks in, so 8 KB can declare 1e9 rows, or class names of 2 GB each) is refused before
+    anything is read: we never allocate what the file does not hold. Feature files are written
+    uncompressed, so a real one always holds what it declares."""
+    size = path.stat().st_size
+    for name in DATASETS:
+        dataset = f.get(name)
+        if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind == "O":
+            continue  # variable-length strings live in the file's heap: their size is the file's
+        declared = int(np.prod(dataset.shape, dtype=np.float64) * dataset.dtype.itemsize)
+        if declared > size + DECLARED_SLACK:
+            raise DiffclassError(f"{path} declares {declared / 2**20:.0f} MB of {name} in a file of "
+                                 f"{size / 2**20:.1f} MB: it is damaged or not a file diffclass wrote")
 
 
 DATASETS = ("features", "labels", "paths", "class_names", "skipped")
