@@ -201,3 +201,24 @@ def test_a_small_file_declaring_gigabytes_is_refused_under_a_memory_limit(tmp_pa
                                 timeout=60)
         assert result.returncode == 1, result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("diffclass: error: ") and "declares" in result.stderr
+
+
+def test_a_head_that_would_inflate_to_gigabytes_is_refused_before_inflating(cli, small, tmp_path):
+    import zipfile
+
+    assert cli("fit", small, "--out", tmp_path / "h.skops", "--head", "logreg").exit_code == 0
+    bomb = tmp_path / "bomb.skops"
+    with zipfile.ZipFile(tmp_path / "h.skops") as good, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for member in good.infolist():
+            out.writestr(member, good.read(member))
+        with out.open("zeros.npy", "w", force_zip64=True) as stream:  # 3 GiB of zeros, a few MB on disk
+            block = bytes(1 << 24)
+            for _ in range(192):
+                stream.write(block)
+    assert bomb.stat().st_size < 20_000_000
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "from diffclass_cli.cli import app; sys.argv = ['diffclass', *sys.argv[1:]]; app()")
+    for args in (["info", bomb], ["predict", small, "--head", bomb]):
+        result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1 and "over the 512 MB a head may hold" in result.stderr, result.stderr

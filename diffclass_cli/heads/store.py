@@ -52,6 +52,7 @@ def load_head(path: Path) -> tuple[Pipeline, dict]:
     """The head and its info; a clear error for a missing, foreign or untrusted file."""
     path = existing_file(path, "head")
     try:
+        _refuse_inflating(path)
         untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
         if untrusted:
             raise DiffclassError(f"{path} holds types diffclass does not load: {', '.join(untrusted)}")
@@ -62,6 +63,20 @@ def load_head(path: Path) -> tuple[Pipeline, dict]:
         raise DiffclassError(f"{path} is a skops file but not a diffclass head")
     _check_info(content.get("head"), content.get("info"), path)
     return content["head"], content["info"]
+
+
+MAX_HEAD_BYTES = 512 * 1024 * 1024  # what a head's members may inflate to, all together
+
+
+def _refuse_inflating(path: Path) -> None:
+    """A head whose zip members declare more than MAX_HEAD_BYTES is refused before any is
+    inflated; a member is never read past the size it declares (zipfile stops there), so a
+    small file cannot inflate into gigabytes."""
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(member.file_size for member in archive.infolist())
+    if declared > MAX_HEAD_BYTES:
+        raise DiffclassError(f"{path} declares {declared / 2**20:.0f} MB of content, over the "
+                             f"{MAX_HEAD_BYTES >> 20} MB a head may hold: it is damaged or not a head diffclass wrote")
 
 
 def _check_info(head, info, path: Path) -> None:
