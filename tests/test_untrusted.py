@@ -222,3 +222,29 @@ def test_a_head_that_would_inflate_to_gigabytes_is_refused_before_inflating(cli,
         result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                                 timeout=60)
         assert result.returncode == 1 and "over the 512 MB a head may hold" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["diffusion"].update(num_timesteps=10**10),
+    lambda c: c["unet"].update(channel_mults=[1, 1_000_000]),
+    lambda c: c["unet"].update(width="32"),
+    lambda c: c.pop("unet"),
+    lambda c: c["diffusion"].update(beta_end=7),
+], ids=["1e10-steps", "1e6-channels", "text-width", "missing-key", "beta-over-1"])
+def test_a_checkpoint_config_out_of_range_or_of_the_wrong_type_is_one_line(cli, tiny_checkpoint, tmp_path, change):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_checkpoint), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(metadata["config"])
+    change(config)
+    crafted = tmp_path / "crafted.ckpt"
+    save_file(tensors, str(crafted), metadata={**metadata, "config": json.dumps(config)})
+    for args in (("export", crafted, "--out", tmp_path / "x.onnx"), ("sample", crafted, "--out", tmp_path / "s.png")):
+        result = cli(*args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.stderr.strip().splitlines()[-1].startswith("diffclass: error: ")
+    assert not (tmp_path / "x.onnx").exists()

@@ -88,6 +88,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
         return load_pretrained(str(path))
     metadata = read_checkpoint_metadata(path)
+    config = config_from_json(metadata.get("config", ""))  # checked before any tensor is read
+    try:
+        return _checkpoint(path, metadata, config)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
+        raise DiffclassError(f"{path} is damaged or not a diffclass checkpoint ({type(err).__name__}: "
+                             f"{str(err)[:200]})") from None
+
+
+def _checkpoint(path: Path, metadata: dict[str, str], config: Backbone) -> Checkpoint:
     tensors = load_file(str(path))
     parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}}
     for key, value in tensors.items():
@@ -102,7 +111,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             state.setdefault(int(index), {})[key] = value
         optimizer = {"state": state, "param_groups": groups}
     return Checkpoint(
-        config=config_from_json(metadata["config"]),
+        config=config,
         step=int(metadata["step"]),
         model=parts["model"],
         ema=parts["ema"],

@@ -42,6 +42,10 @@ def deepest_taps(groups: dict[str, list[str]]) -> list[str]:
     return ["mid", groups["decoder"][0]]
 
 
+MAX_MULT, MAX_LEVELS, MAX_IMAGE_SIZE = 16, 8, 4096  # what a file's config may ask for: no network past these
+MAX_TIMESTEPS = 100_000
+
+
 @dataclass(frozen=True)
 class LevelsConfig:
     """Input images and the channels of each level (each level halves the size), and the names
@@ -64,8 +68,11 @@ class LevelsConfig:
             raise DiffclassError(f"channels must be 1 (gray) or 3 (RGB), not {self.channels}")
         if self.width < 8 or self.width % 8:
             raise DiffclassError(f"width must be a multiple of 8, not {self.width}")
-        if any(m < 1 for m in self.channel_mults):
-            raise DiffclassError(f"channel multipliers must be at least 1, not {self.channel_mults}")
+        if any(not 1 <= m <= MAX_MULT for m in self.channel_mults) or len(self.channel_mults) > MAX_LEVELS:
+            raise DiffclassError(f"channel multipliers are 1 to {MAX_MULT} for at most {MAX_LEVELS} levels, not "
+                                 f"{self.channel_mults}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise DiffclassError(f"image size {self.image_size} is over {MAX_IMAGE_SIZE}")
         levels = len(self.channel_mults)
         if levels < 1 or self.image_size >> (levels - 1) < 2:
             raise DiffclassError(f"{levels} levels are too deep for {self.image_size}px images")
@@ -135,6 +142,11 @@ class DiffusionConfig:
 
     def __post_init__(self):
         check_options(self)
+        if not (isinstance(self.num_timesteps, int) and 1 <= self.num_timesteps <= MAX_TIMESTEPS):
+            raise DiffclassError(f"a diffusion has 1 to {MAX_TIMESTEPS} steps, not {self.num_timesteps!r}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise DiffclassError(f"the noise schedule's betas must rise within (0, 1), not {self.beta_start!r} to "
+                                 f"{self.beta_end!r}")
 
 
 class Backbone(Protocol):
@@ -328,8 +340,14 @@ def config_to_json(config: Backbone) -> str:
 
 
 def config_from_json(text: str) -> Backbone:
-    raw = json.loads(text)
-    return backbone_class(raw["kind"]).from_dict(raw)
+    """A backbone's config as a file stores it; a missing key or a value of the wrong type (a file
+    we did not write) is one line of error."""
+    try:
+        raw = json.loads(text)
+        return backbone_class(raw["kind"]).from_dict(raw)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
+        raise DiffclassError(f"the backbone's config is damaged or not diffclass's ({type(err).__name__}: "
+                             f"{str(err)[:200]})") from None
 
 
 class LRSchedule(str, Enum):
