@@ -285,7 +285,7 @@ def test_links_to_files_are_followed_and_others_reported_unopened(tmp_path):
     (["train-backbone", "digits", "--out", "x.ckpt", "--epochs", "0"], "--epochs must be above 0"),
     (["train-backbone", "digits", "--out", "x.ckpt", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["train-backbone", "digits", "--out", "x.ckpt", "--lr", "-1"], "--lr must be above 0"),
-    (["train-backbone", "digits", "--out", "x.ckpt", "--channel-mults", "0"], "channel multipliers must be at least 1"),
+    (["train-backbone", "digits", "--out", "x.ckpt", "--channel-mults", "0"], "channel multipliers are 1 to 16"),
     (["train-backbone", "digits", "--out", "x.ckpt", "--blocks-per-level", "0"], "--blocks-per-level must be at"),
     (["benchmark", "m.onnx", "--out", "b", "--draws", "0"], "--draws must be at least 1"),
 ])
