@@ -139,11 +139,14 @@ def featurize(images, out: Path | None = None, **options) -> Features | Path:
 @_documented(FitRun, "features", "out")
 def fit(features: Path, out: Path, **options) -> dict:
     """Fit a head on the labeled rows of a feature file and save it (skops), as `diffclass fit`;
-    returns what it recorded (classes, what auto chose, the extractor, ...). `options`: fit's
+    returns what it recorded (classes, the extractor, ...) with the head it fitted as
+    `chosen_head` (what auto chose) and `reason`. `options`: fit's
     (runs.FitRun: head, per_class, seed, unlabeled, labels, C, ...)."""
     from diffclass_cli.heads.fit import fit_head
 
-    return FitRun.of(features=features, out=out, **options).call(fit_head)
+    info = FitRun.of(features=features, out=out, **options).call(fit_head)
+    params = info["params"]
+    return {**info, "chosen_head": params.get("choice", info["head"]), "reason": params.get("reason", "")}
 
 
 def load_extractor(path: Path | None = None, *, device: Device = Device.auto):

@@ -89,12 +89,13 @@ def _picture(path: Path) -> dict:
 TABLES = (("predictions", ("path", "label", "confidence")), ("suggestions", ("path", "rank", "cluster")),
           ("benchmark results", ("sweep", "feature_set", "head", "per_class", "accuracy")),
           ("labels table", ("path", "label")))
-MAX_TABLE_BYTES = 256 * 1024 * 1024
 
 
 def _table(path: Path) -> dict:
     """A CSV or JSON lines table we write: predictions, suggestions, benchmark results, labels."""
     import csv
+
+    from diffclass_cli.data.labels_table import MAX_TABLE_BYTES
 
     if path.stat().st_size > MAX_TABLE_BYTES:
         raise _not_ours(path, "a text file larger than any table diffclass writes")

@@ -54,9 +54,7 @@ def refuse_overwrite(path: Path, overwrite: bool, inputs: Sequence[Path | None] 
         raise DiffclassError(f"{path} already exists; pass --overwrite to replace it")
     if path.exists() and not path.is_file():
         raise DiffclassError(f"{path} is not a regular file (a device, a pipe?): --overwrite replaces files only")
-    for source in inputs:
-        if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
-            raise DiffclassError(f"{path} is also an input of this command ({source}); write to another file")
+    refuse_inputs_as_outputs([list(inputs)], [path])
 
 
 def _make_parent(path: Path) -> None:
@@ -113,12 +111,19 @@ def _through_descriptor(fd: int | None, tmp: Path) -> Path:
     return name if fd is not None and name.exists() else tmp
 
 
+def _still_ours(fd: int, tmp: Path) -> bool:
+    """Whether `tmp` is still the regular file open as `fd`, with no other name."""
+    if not os.path.lexists(tmp):
+        return False
+    now = os.lstat(tmp)
+    return stat.S_ISREG(now.st_mode) and os.path.samestat(now, os.fstat(fd)) and now.st_nlink == 1
+
+
 def _rename_into_place(fd: int | None, tmp: Path, path: Path) -> None:
     """Give the finished file the umask's mode through its descriptor and rename it to `path`, if
     `tmp` is still the file this run wrote and `path` is a regular file or nothing."""
     if fd is not None:
-        now = os.lstat(tmp)
-        if not (stat.S_ISREG(now.st_mode) and os.path.samestat(now, os.fstat(fd)) and now.st_nlink == 1):
+        if not _still_ours(fd, tmp):
             raise DiffclassError(f"{tmp} was replaced while this run wrote it; {path} was left as it was")
         os.fchmod(fd, 0o666 & ~_UMASK)  # as the umask says, whatever mode the writer's library chose
     else:
@@ -148,10 +153,7 @@ def atomic_output(path: Path, overwrite: bool = False, keep_partial: bool = Fals
         yield tmp if keep_partial else _through_descriptor(fd, tmp)
         _rename_into_place(fd, tmp, path)
     except BaseException:
-        if not keep_partial and fd is not None and os.path.lexists(tmp) \
-                and os.path.samestat(os.lstat(tmp), os.fstat(fd)):
-            tmp.unlink()  # ours: never what another put there
-        elif not keep_partial and fd is None:
+        if not keep_partial and (fd is None or _still_ours(fd, tmp)):  # never what another put there
             tmp.unlink(missing_ok=True)
         raise
     finally:
@@ -168,11 +170,15 @@ def refuse_folder(path: Path, overwrite: bool) -> None:
         raise DiffclassError(f"{path} already holds files; pass --overwrite to replace them")
 
 
-def _paths(values) -> list[Path]:
-    """The existing files and folders among option values (a path, a list of them, None, '-' or
-    a built-in source name)."""
+def _named(values) -> list[Path]:
+    """The paths an option value names (a path, a list of them, None or '-', which names none)."""
     flat = values if isinstance(values, list | tuple) else [values]
-    return [Path(v) for v in flat if v is not None and str(v) != STDOUT and os.path.lexists(v)]
+    return [Path(v) for v in flat if v is not None and str(v) != STDOUT]
+
+
+def _paths(values) -> list[Path]:
+    """The existing files and folders among option values (a built-in source name is none)."""
+    return [p for p in _named(values) if os.path.exists(p)]  # a dangling link names nothing to compare
 
 
 def refuse_inputs_as_outputs(inputs, outputs, folder_outputs=(), roots=()) -> None:
@@ -186,10 +192,8 @@ def refuse_inputs_as_outputs(inputs, outputs, folder_outputs=(), roots=()) -> No
         for source in read + [p for value in roots for p in _paths(value)]:
             if os.path.samefile(given, source):
                 raise DiffclassError(f"{given} is also an input of this command ({source}); write to another file")
-    written = [Path(v) for value in outputs for v in (value if isinstance(value, list) else [value])
-               if v is not None and str(v) != STDOUT]
-    folders = [Path(v) for value in folder_outputs for v in (value if isinstance(value, list) else [value])
-               if v is not None]
+    written = [p for value in outputs for p in _named(value)]
+    folders = [p for value in folder_outputs for p in _named(value)]
     for out in written + folders:
         where = Path(os.path.realpath(out))
         for source in read:

@@ -116,18 +116,12 @@ def _coerced_one(f: Field, kind, value):
         return int(value)
     if kind is float and number:
         return float(value)
-    if kind is bool and isinstance(value, bool | np_bool()):
+    if kind is bool and (isinstance(value, bool) or type(value).__name__ == "bool_"):  # numpy's too
         return bool(value)
     if kind not in (Path, str, int, float, bool):
         return value
     name = {Path: "a path", str: "text", int: "a whole number", float: "a number", bool: "True or False"}[kind]
     raise DiffclassError(f"{flag_of(f)} takes {name}, not {value!r}")
-
-
-def np_bool() -> type:
-    import numpy
-
-    return numpy.bool_
 
 
 def coerce_options(config) -> None:

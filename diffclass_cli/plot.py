@@ -1,7 +1,6 @@
 """`diffclass plot`: a feature file as a 2-D map, coloured by class, backed by a number."""
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -137,25 +136,11 @@ def plot_feature_map(features: Path, out: Path, *, method: Projection = Projecti
     return scores
 
 
-MAX_PREDICTIONS_BYTES = 256 * 1024 * 1024
-
-
 def read_predictions(predictions: Path | str) -> list[tuple[str, str]]:
     """(path, label) of each labeled row of `predict`'s CSV or JSON lines (`-`: standard input)."""
-    from diffclass_cli.data.labels_table import table_rows
+    from diffclass_cli.data.labels_table import table_bytes, table_rows
 
-    if str(predictions) == "-":
-        data = sys.stdin.buffer.read(MAX_PREDICTIONS_BYTES + 1) if hasattr(sys.stdin, "buffer") \
-            else sys.stdin.read().encode("utf-8", "surrogateescape")
-    else:
-        path = Path(predictions)
-        if not path.is_file():
-            raise DiffclassError(f"predictions file {predictions} does not exist")
-        if path.stat().st_size > MAX_PREDICTIONS_BYTES:
-            raise DiffclassError(f"{predictions} is larger than {MAX_PREDICTIONS_BYTES >> 20} MB")
-        data = path.read_bytes()
-    if len(data) > MAX_PREDICTIONS_BYTES:
-        raise DiffclassError(f"standard input holds more than {MAX_PREDICTIONS_BYTES >> 20} MB of predictions")
+    data = table_bytes(predictions, "predictions file")
     not_predictions = DiffclassError(f"{predictions} is not a predictions CSV or JSON lines (path,label,...)")
     if b"\0" in data[:4096]:
         raise not_predictions

@@ -84,8 +84,8 @@ class Run:
         coerce_options(self)
         check_options(self)
         refuse_inputs_as_outputs(*(
-            [getattr(self, f.name) for f in option_fields(type(self)) if f.metadata["role"] in roles]
-            for roles in ((INPUT,), (OUTPUT,), (OUTPUT_FOLDER,), (INPUT_ROOT,))))
+            [getattr(self, f.name) for f in option_fields(type(self)) if f.metadata["role"] == role]
+            for role in (INPUT, OUTPUT, OUTPUT_FOLDER, INPUT_ROOT)))
 
     def call(self, function, **given):
         """`function(**given)`, its other parameters filled from this run's fields of the same name."""

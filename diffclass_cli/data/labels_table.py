@@ -4,6 +4,7 @@ jsonl` and `suggest --format jsonl` write)."""
 
 import csv
 import json
+import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -52,17 +53,29 @@ def read_labels_table(path: Path) -> dict[str, str]:
     and label columns (path/file/filename/image, label/class/category, any case) may put them
     anywhere, and its rows with an empty label stay unlabeled (a list to fill in). Without a header
     the table must have two columns. JSON lines: objects with a path and a label key."""
-    path = existing_file(path, "labels table")
-    if path.stat().st_size > MAX_TABLE_BYTES:
-        raise DiffclassError(f"{path} is larger than {MAX_TABLE_BYTES >> 20} MB; is it a labels table?")
     table: dict[str, str] = {}
-    for number, name, label in table_rows(path.read_bytes(), path):
+    for number, name, label in table_rows(table_bytes(path, "labels table"), path):
         name = _normalised(name)
         if table.setdefault(name, label) != label:
             raise DiffclassError(f"{path}, line {number}: {name} is labeled both {table[name]!r} and {label!r}")
     if not table:
         raise DiffclassError(f"{path} has no labeled 'path,label' rows")
     return table
+
+
+def table_bytes(source: Path | str, what: str) -> bytes:
+    """The bytes of a table file, or of standard input for '-', at most MAX_TABLE_BYTES of them."""
+    if str(source) == "-":
+        data = sys.stdin.buffer.read(MAX_TABLE_BYTES + 1) if hasattr(sys.stdin, "buffer") \
+            else sys.stdin.read().encode("utf-8", "surrogateescape")
+    else:
+        path = existing_file(source, what)
+        if path.stat().st_size > MAX_TABLE_BYTES:
+            raise DiffclassError(f"{path} is larger than {MAX_TABLE_BYTES >> 20} MB; is it a {what}?")
+        data = path.read_bytes()
+    if len(data) > MAX_TABLE_BYTES:
+        raise DiffclassError(f"standard input holds more than {MAX_TABLE_BYTES >> 20} MB; is it a {what}?")
+    return data
 
 
 def table_rows(data: bytes, name: Path | str):

@@ -22,6 +22,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits a pixel
+GRAY_MODES = ("1", "L", "LA", "La", *WIDE_MODES)
 TRANSPARENT_BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as viewers and browsers do
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from diffclass_cli import __version__
 from diffclass_cli.choices import Engine, FeatureDtype
 from diffclass_cli.console import log, progress
-from diffclass_cli.data.loading import Decoders, report_skipped, to_unit_range
+from diffclass_cli.data.loading import GRAY_MODES, Decoders, report_skipped, to_unit_range
 from diffclass_cli.data.sources import ImageSource, UnreadableImage
 from diffclass_cli.device import Device
 from diffclass_cli.errors import DiffclassError
@@ -200,7 +200,7 @@ def describe_conversion(source: ImageSource, meta, model: Path) -> None:
             image = source.load(int(row))
         except UnreadableImage:
             continue
-        seen.append((image.mode not in ("1", "L", "I", "I;16", "F", "LA", "La"), image.size))
+        seen.append((image.mode not in GRAY_MODES, image.size))
     differ = [(colour, dims) for colour, dims in seen if dims != (size, size) or (colour and gray)]
     if not differ:
         return

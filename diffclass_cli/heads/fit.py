@@ -54,15 +54,12 @@ def fit_head(features: Path, out: Path, head: HeadKind | str = HeadKind.auto, *,
         params |= {k: float(v) for k, v in search.best_params_.items()}
         log.info(f"cross-validation chose {search.best_params_}")
     labeled = int((targets != UNLABELED).sum())
-    chosen = {}
     if kind == HeadKind.auto:
         chooser = estimator.steps[-1][1]
         params |= {"choice": chooser.choice_.value, "reason": chooser.reason_}
-        chosen = {"chosen_head": chooser.choice_.value, "reason": chooser.reason_}
         log.info(f"auto: {chooser.choice_.value} ({chooser.reason_})")
     info = {
         "head": kind.value,
-        **chosen,
         "params": params,
         "class_names": class_names,
         "feature_dim": int(table.features.shape[1]),

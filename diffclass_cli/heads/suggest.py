@@ -49,6 +49,7 @@ class Suggestion:
     cluster_size: int
     typicality: float  # 1 / mean distance to its nearest neighbours in the clustering space
     why: str
+    uncovered: bool = True  # its cluster holds no labeled image (else: every cluster did, and it fills the budget)
 
 
 def cluster_space(features: np.ndarray, dims: int, memory=None) -> np.ndarray:
@@ -104,7 +105,7 @@ def suggest_rows(features: np.ndarray, budget: int, labeled: np.ndarray | None =
             cluster = int(clusters[row])
             chosen.append(Suggestion(int(row), len(chosen) + 1, cluster, int(sizes[cluster]),
                                      float(typicality[row]), f"a typical image of cluster {cluster}, already "
-                                     "covered (every cluster holds a labeled or suggested image)"))
+                                     "covered (every cluster holds a labeled or suggested image)", uncovered=False))
     return chosen, typical[budget:]
 
 

@@ -83,7 +83,7 @@ class LabelSession:
         asked = set(self.queue)
         labeled = self.labeled_mask() | np.isin(np.arange(len(self.paths)), list(asked))
         chosen, _ = suggest_rows(self.features, n, labeled, self.seed, classes=len(self.classes))
-        uncovered = [s.row for s in chosen if "no labeled image covers" in s.why]
+        uncovered = [s.row for s in chosen if s.uncovered]
         rows = uncovered + ([] if self.fitted is None else self._least_sure(labeled))
         rows += [s.row for s in chosen]
         added = list(dict.fromkeys(r for r in rows if r not in asked and not labeled[r]))[:n]
@@ -185,7 +185,8 @@ class LabelSession:
             raise DiffclassError("fitting needs labeled images of at least 2 classes")
         self.save()
         info = fit_head(self.pool, self.out, labels=self.labels_path, overwrite=True)
-        self.fitted = {"head": info.get("chosen_head", info["head"]), "reason": info.get("reason", ""),
+        params = info["params"]
+        self.fitted = {"head": params.get("choice", info["head"]), "reason": params.get("reason", ""),
                        "classes": info["class_names"], "labeled": info["fitted_on"]["labeled_rows"],
                        "out": str(self.out)}
         return self.fitted
